@@ -1,0 +1,44 @@
+"""ipguard_jax: fast, batched IPGuard fingerprints of a classifier's decision boundary.
+
+IPGuard (Cao, Jia and Gong, AsiaCCS 2021) protects a trained classifier by finding data points
+near its classification boundary; the points and the owner's labels on them are a fingerprint
+that pirated copies of the model (fine-tuned, pruned, distilled...) still match and
+independently trained models do not.
+
+Data flows one way::
+
+    data -> Classifier -> generate -> Fingerprints -> verify / matching_rate
+                                                    -> save / load
+
+Example:
+    >>> import jax.numpy as jnp
+    >>> import ipguard_jax as ipg
+    >>> w = jnp.array([[1.0, -1.0, 0.5], [-0.5, 1.0, 0.2], [0.3, 0.1, -1.0]])
+    >>> owner = ipg.Classifier(lambda p, x: x @ p, w, input_shape=(3,))
+    >>> fp = ipg.generate(owner, ipg.FingerprintConfig(num=16, k=0.1, init="noise"), key=0,
+    ...                   progress=False)
+    >>> ipg.verify(fp, owner).is_copy
+    True
+
+The pure functional core (loss, one step, batched optimiser) lives in :mod:`ipguard_jax.engine`
+for use inside your own ``jax.jit`` or training loop.
+"""
+
+from ipguard_jax import engine as engine
+from ipguard_jax._version import __version__ as __version__
+from ipguard_jax.classifier import Classifier as Classifier
+from ipguard_jax.classifier import params_hash as params_hash
+from ipguard_jax.config import FingerprintConfig as FingerprintConfig
+from ipguard_jax.engine import ipguard_loss as ipguard_loss
+from ipguard_jax.engine import optimize_points as optimize_points
+from ipguard_jax.fingerprints import Fingerprints as Fingerprints
+from ipguard_jax.generation import ConvergenceWarning as ConvergenceWarning
+from ipguard_jax.generation import generate as generate
+from ipguard_jax.generation import suggest_k as suggest_k
+from ipguard_jax.io import FingerprintFileError as FingerprintFileError
+from ipguard_jax.io import load as load
+from ipguard_jax.io import save as save
+from ipguard_jax.verification import Verdict as Verdict
+from ipguard_jax.verification import matching_rate as matching_rate
+from ipguard_jax.verification import query_labels as query_labels
+from ipguard_jax.verification import verify as verify

@@ -1,0 +1,251 @@
+"""A classifier as a pure function of its parameters, with the spec of the inputs it takes."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ApplyFn = Callable[[Any, jax.Array], jax.Array]
+
+
+def _check_bounds(bounds: Any) -> tuple[float, float]:
+    try:
+        lo, hi = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise TypeError(f"bounds must be a pair of numbers (lo, hi), got {bounds!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"bounds must be finite, got {(lo, hi)}")
+    if lo >= hi:
+        raise ValueError(f"bounds must have lo < hi, got lo={lo} >= hi={hi}")
+    return lo, hi
+
+
+def _check_shape(input_shape: Any) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(d) for d in input_shape)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"input_shape must be a tuple of ints (one example's shape), got {input_shape!r}"
+        ) from None
+    if not shape or any(d <= 0 for d in shape):
+        raise ValueError(f"input_shape must be a non-empty tuple of positive ints, got {shape}")
+    return shape
+
+
+def params_hash(params: Any) -> str:
+    """A stable sha256 of a parameter pytree: its structure, leaf paths, dtypes, shapes and bytes.
+
+    Independent of the device and of the process: the same parameters give the same hash in any
+    later session, which makes it usable as provenance for a fingerprint set.
+
+    Args:
+        params: any pytree of arrays (PRNG-key leaves are hashed through their key data).
+
+    Returns:
+        A hex digest string.
+    """
+    digest = hashlib.sha256()
+    leaves, _ = jax.tree_util.tree_flatten_with_path(params)
+    for path, leaf in leaves:
+        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        array = np.ascontiguousarray(np.asarray(leaf))
+        header = f"{jax.tree_util.keystr(path)}|{array.dtype.str}|{array.shape}\n"
+        digest.update(header.encode())
+        digest.update(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+    return digest.hexdigest()
+
+
+def _nnx_apply(graphdef: Any, state: Any, x: jax.Array) -> jax.Array:
+    from flax import nnx
+
+    return nnx.merge(graphdef, state)(x)
+
+
+def _linen_apply(module: Any, kwargs: tuple[tuple[str, Any], ...], variables: Any,
+                 x: jax.Array) -> jax.Array:
+    return module.apply(variables, x, **dict(kwargs))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Classifier:
+    """An owner or suspect classifier: ``apply_fn(params, x) -> logits`` plus its input spec.
+
+    ``apply_fn`` must be a pure JAX function batched over the leading axis of ``x``; input
+    normalisation belongs inside it, so that ``bounds`` is the range of the raw input (pixels in
+    ``[0, 1]`` by default). Keep one ``Classifier`` object per model and reuse it: compiled code is
+    cached per ``apply_fn``.
+
+    Args:
+        apply_fn: ``apply_fn(params, x) -> logits`` with ``x`` of shape ``(N, *input_shape)`` and
+            logits of shape ``(N, num_classes)``.
+        params: the parameter pytree passed to ``apply_fn``.
+        input_shape: one example's shape, e.g. ``(32, 32, 3)`` for NHWC images.
+        bounds: ``(lo, hi)``, the box valid inputs live in.
+        dtype: the floating dtype inputs are given in.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from ipguard_jax import Classifier
+        >>> w = jnp.ones((4, 3)) * jnp.arange(3.0)
+        >>> clf = Classifier(lambda p, x: x @ p, w, input_shape=(4,))
+        >>> clf.num_classes, clf.predict(jnp.ones((2, 4))).tolist()
+        (3, [2, 2])
+    """
+
+    apply_fn: ApplyFn
+    params: Any
+    input_shape: tuple[int, ...]
+    bounds: tuple[float, float] = (0.0, 1.0)
+    dtype: Any = jnp.float32
+    num_classes: int = dataclasses.field(init=False)
+
+    def __post_init__(self):
+        if not callable(self.apply_fn):
+            raise TypeError(f"apply_fn must be callable, got {type(self.apply_fn).__name__}")
+        object.__setattr__(self, "input_shape", _check_shape(self.input_shape))
+        object.__setattr__(self, "bounds", _check_bounds(self.bounds))
+        dtype = jnp.dtype(self.dtype)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+        object.__setattr__(self, "dtype", dtype)
+        probe = jax.ShapeDtypeStruct((2, *self.input_shape), dtype)
+        try:
+            out = jax.eval_shape(self.apply_fn, self.params, probe)
+        except Exception as e:  # the message of the model's own failure is the useful part
+            raise ValueError(
+                f"apply_fn fails on a batch of shape {probe.shape} (input_shape "
+                f"{self.input_shape}): {type(e).__name__}: {e}"
+            ) from e
+        if not hasattr(out, "shape") or len(out.shape) != 2 or out.shape[0] != 2:
+            raise ValueError(
+                "apply_fn must return logits of shape (N, num_classes); for a batch of shape "
+                f"{probe.shape} it returned {getattr(out, 'shape', type(out).__name__)}"
+            )
+        if not jnp.issubdtype(out.dtype, jnp.floating):
+            raise TypeError(f"apply_fn must return floating logits, got dtype {out.dtype}")
+        if out.shape[1] < 2:
+            raise ValueError(
+                f"a classifier needs at least 2 classes, apply_fn returns {out.shape[1]}"
+            )
+        object.__setattr__(self, "num_classes", int(out.shape[1]))
+
+    @classmethod
+    def from_nnx(cls, module: Any, input_shape: tuple[int, ...] | None = None,
+                 bounds: tuple[float, float] = (0.0, 1.0), dtype: Any = jnp.float32,
+                 ) -> "Classifier":
+        """Wraps a Flax NNX module, in evaluation mode, as a pure function.
+
+        The module is cloned, switched to evaluation mode (BatchNorm uses its running
+        statistics, Dropout is off) and split once into a graph definition and a state; the
+        original module is left as it was. Hot loops then run plain ``jax.jit`` over the state.
+
+        Args:
+            module: an ``nnx.Module`` mapping ``(N, *input_shape)`` inputs to logits.
+            input_shape: one example's shape; defaults to ``module.input_shape`` if it has one.
+            bounds: ``(lo, hi)`` of valid inputs.
+            dtype: input dtype.
+
+        Returns:
+            A :class:`Classifier` whose ``params`` is the module's ``nnx.State``.
+        """
+        from flax import nnx
+
+        if not isinstance(module, nnx.Module):
+            raise TypeError(f"from_nnx needs an nnx.Module, got {type(module).__name__}")
+        if input_shape is None:
+            input_shape = getattr(module, "input_shape", None)
+            if input_shape is None:
+                raise ValueError(
+                    f"input_shape is required: {type(module).__name__} has no input_shape attribute"
+                )
+        module = nnx.clone(module)
+        module.eval()
+        graphdef, state = nnx.split(module)
+        return cls(functools.partial(_nnx_apply, graphdef), state, input_shape, bounds, dtype)
+
+    @classmethod
+    def from_linen(cls, module: Any, variables: Any, input_shape: tuple[int, ...],
+                   bounds: tuple[float, float] = (0.0, 1.0), dtype: Any = jnp.float32,
+                   **apply_kwargs: Any) -> "Classifier":
+        """Wraps a Flax Linen module and its variables.
+
+        Args:
+            module: a ``flax.linen.Module``.
+            variables: its variables (``{"params": ..., "batch_stats": ...}``).
+            input_shape: one example's shape.
+            bounds: ``(lo, hi)`` of valid inputs.
+            dtype: input dtype.
+            **apply_kwargs: passed to every ``module.apply`` call, e.g. ``train=False`` so that
+                BatchNorm uses its running statistics.
+
+        Returns:
+            A :class:`Classifier` with ``params = variables``.
+        """
+        if not hasattr(module, "apply"):
+            raise TypeError(f"from_linen needs a flax.linen.Module, got {type(module).__name__}")
+        apply_fn = functools.partial(_linen_apply, module, tuple(sorted(apply_kwargs.items())))
+        return cls(apply_fn, variables, input_shape, bounds, dtype)
+
+    @functools.cached_property
+    def _jit_apply(self) -> Callable[[Any, jax.Array], jax.Array]:
+        return jax.jit(self.apply_fn)
+
+    @functools.cached_property
+    def params_hash(self) -> str:
+        """sha256 of the parameters (see :func:`params_hash`), for provenance."""
+        return params_hash(self.params)
+
+    @property
+    def input_spec(self) -> dict[str, Any]:
+        """The input spec as plain JSON-able values."""
+        return {"input_shape": list(self.input_shape), "dtype": self.dtype.name,
+                "bounds": list(self.bounds), "num_classes": self.num_classes}
+
+    def check_input(self, x: Any, name: str = "x") -> np.ndarray | jax.Array:
+        """Checks that ``x`` is a batch ``(N, *input_shape)`` of finite floats; returns it cast.
+
+        Raises:
+            TypeError: ``x`` is not a floating array (e.g. uint8 images not yet scaled).
+            ValueError: wrong shape, empty, or non-finite values.
+        """
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            x = np.asarray(x)
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(
+                f"{name} must be a floating array with values in {self.bounds}, got dtype "
+                f"{x.dtype}" + (" (scale uint8 images, e.g. x / 255)" if x.dtype == np.uint8 else "")
+            )
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(
+                f"{name} must have shape (N, {', '.join(map(str, self.input_shape))}) to match "
+                f"the classifier's input_shape {self.input_shape}, got {tuple(x.shape)}"
+            )
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} is empty")
+        if not bool(jnp.all(jnp.isfinite(x))):
+            raise ValueError(f"{name} contains NaN or inf")
+        return x.astype(self.dtype)
+
+    def __call__(self, x: jax.typing.ArrayLike) -> jax.Array:
+        """Logits ``(N, num_classes)`` for a batch ``x`` of shape ``(N, *input_shape)``."""
+        return self._jit_apply(self.params, self.check_input(x))
+
+    def predict(self, x: jax.typing.ArrayLike, batch_size: int = 1024) -> np.ndarray:
+        """Predicted labels ``(N,)`` (int32) for a batch, computed in batches of ``batch_size``."""
+        x = self.check_input(x)
+        labels = [
+            np.asarray(jnp.argmax(self._jit_apply(self.params, x[s:s + batch_size]), axis=-1))
+            for s in range(0, x.shape[0], batch_size)
+        ]
+        return np.concatenate(labels).astype(np.int32)
+
+    def __repr__(self) -> str:
+        return (f"Classifier(input_shape={self.input_shape}, num_classes={self.num_classes}, "
+                f"bounds={self.bounds}, params_hash={self.params_hash[:12]}…)")

@@ -1,0 +1,115 @@
+"""FingerprintConfig: every choice the IPGuard method leaves open, validated, with defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Literal
+
+import optax
+
+INITS = ("data", "noise")
+TARGETS = ("random", "least_likely")
+KEEPS = ("converged", "all")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class FingerprintConfig:
+    """How to generate a set of IPGuard fingerprints.
+
+    Attributes:
+        num: how many fingerprints to return.
+        k: the margin, in logit units, by which the target ``j`` must beat the runner-up ``i``.
+            Larger ``k`` pushes points further past the boundary: more robust to pirates'
+            post-processing, but more likely to be matched by independent models too. Logit
+            scales differ between models; :func:`ipguard_jax.suggest_k` scales ``k`` to a model.
+        steps: the most optimisation steps per point.
+        lr: learning rate of the default optimiser, Adam (ignored when ``optimizer`` is given).
+        optimizer: any optax ``GradientTransformation``; ``None`` means ``optax.adam(lr)``. Each
+            point gets its own optimiser state.
+        tol: a point whose loss is ``<= tol`` stops moving and counts as converged.
+        init: ``"data"`` starts from given images; ``"noise"`` from uniform noise in the bounds.
+        target: ``"random"`` (uniform over the classes other than ``i``) or ``"least_likely"``.
+        batch_size: candidate points optimised together; device memory is O(batch_size).
+        keep: ``"converged"`` keeps drawing candidates until ``num`` points converged (or the
+            candidate budget runs out) and returns converged points only; ``"all"`` optimises
+            exactly ``num`` candidates and returns them all, converged or not.
+        max_candidates: the candidate budget for ``keep="converged"``; ``None`` means
+            ``4 * num`` (capped by the number of data points with ``init="data"``).
+
+    Example:
+        >>> from ipguard_jax import FingerprintConfig
+        >>> FingerprintConfig(num=100, k=3.0, init="noise").steps
+        1000
+    """
+
+    num: int = 100
+    k: float = 3.0
+    steps: int = 1000
+    lr: float = 0.01
+    optimizer: optax.GradientTransformation | None = None
+    tol: float = 0.0
+    init: Literal["data", "noise"] = "data"
+    target: Literal["random", "least_likely"] = "random"
+    batch_size: int = 128
+    keep: Literal["converged", "all"] = "converged"
+    max_candidates: int | None = None
+
+    def __post_init__(self):
+        for name in ("num", "steps", "batch_size"):
+            value = getattr(self, name)
+            if not _is_int(value):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        for name in ("k", "lr", "tol"):
+            value = getattr(self, name)
+            if not _is_number(value):
+                raise TypeError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value}")
+        if self.k < 0:
+            raise ValueError(f"k must be >= 0, got {self.k}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.tol < 0:
+            raise ValueError(f"tol must be >= 0, got {self.tol}")
+        for name, allowed in (("init", INITS), ("target", TARGETS), ("keep", KEEPS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.optimizer is not None and not (
+            callable(getattr(self.optimizer, "init", None))
+            and callable(getattr(self.optimizer, "update", None))
+        ):
+            raise TypeError(
+                f"optimizer must be an optax.GradientTransformation, got {self.optimizer!r}"
+            )
+        if self.max_candidates is not None:
+            if not _is_int(self.max_candidates):
+                raise TypeError(f"max_candidates must be an int, got {self.max_candidates!r}")
+            if self.max_candidates < self.num:
+                raise ValueError(
+                    f"max_candidates ({self.max_candidates}) must be >= num ({self.num})"
+                )
+
+    @property
+    def candidate_budget(self) -> int:
+        """The most candidate points ``generate`` draws (before any data-size cap)."""
+        if self.keep == "all":
+            return self.num
+        return self.max_candidates if self.max_candidates is not None else 4 * self.num
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able values; a custom optimizer is recorded by its ``repr``."""
+        out = dataclasses.asdict(dataclasses.replace(self, optimizer=None))
+        out["optimizer"] = (f"adam(learning_rate={self.lr})" if self.optimizer is None
+                            else f"custom: {self.optimizer!r}"[:500])
+        return out

@@ -1,0 +1,278 @@
+"""The pure functional core: the IPGuard loss, one optimisation step, and a batched optimiser.
+
+Everything here is a pure, jittable function of arrays and static callables: no Python side
+effects, no host round-trips, no global state. Call it inside your own ``jax.jit``, ``vmap``,
+``shard_map`` or training loop (say, to fingerprint every checkpoint). :func:`ipguard_jax.generate`
+is the convenience layer on top (chunking, refills, progress, provenance).
+
+For an owner classifier with logits ``Z``, a point ``x``, runner-up label ``i`` and target ``j``::
+
+    L(x) = ReLU(Z_i(x) - Z_j(x) + k) + ReLU(max_{t != i, j} Z_t(x) - Z_i(x))
+
+``L(x) == 0`` means the classifier predicts ``j`` with a logit margin of at least ``k`` over ``i``,
+and ``i`` beats every other class: ``x`` lies just across the ``i``/``j`` boundary.
+
+Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from ipguard_jax import engine
+    >>> w = jnp.eye(4)                                   # logits = x @ w, 4 classes
+    >>> apply_fn = lambda params, x: x @ params
+    >>> x0 = jnp.array([[0.9, 0.5, 0.1, 0.0]])
+    >>> result = engine.optimize_points(
+    ...     apply_fn, w, x0, i=jnp.array([0]), j=jnp.array([1]), k=0.2,
+    ...     optimizer=optax.adam(0.01), steps=500)
+    >>> bool(result.converged[0]), int(result.logits[0].argmax())
+    (True, 1)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.typing import ArrayLike
+
+ApplyFn = Callable[[Any, jax.Array], jax.Array]
+Target = Literal["random", "least_likely"]
+
+
+def ipguard_loss(
+    logits: jax.Array, i: ArrayLike, j: ArrayLike, k: ArrayLike
+) -> jax.Array:
+    """IPGuard loss of one example.
+
+    The maximum over the other classes masks ``i`` and ``j`` with ``-inf`` (zeroing them instead,
+    as some implementations do, is wrong when all other logits are negative). For a 2-class model
+    there is no other class and the second term is 0.
+
+    Args:
+        logits: ``(C,)`` logits of one example, ``C >= 2``.
+        i: the runner-up label (the owner's prediction at the start point).
+        j: the target label, ``j != i``.
+        k: the margin, in logit units, by which ``j`` must beat ``i``.
+
+    Returns:
+        A float32 (or wider) scalar, 0 exactly when the boundary conditions hold.
+    """
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    z_i, z_j = logits[i], logits[j]
+    boundary = jax.nn.relu(z_i - z_j + k)
+    num_classes = logits.shape[-1]
+    if num_classes == 2:
+        return boundary
+    classes = jnp.arange(num_classes)
+    others = jnp.where((classes == i) | (classes == j), -jnp.inf, logits)
+    return boundary + jax.nn.relu(jnp.max(others) - z_i)
+
+
+#: :func:`ipguard_loss` over a batch: ``(B, C), (B,), (B,), () -> (B,)``.
+batched_ipguard_loss = jax.vmap(ipguard_loss, in_axes=(0, 0, 0, None))
+
+
+def choose_targets(
+    logits: jax.Array, key: jax.Array, target: Target = "random"
+) -> tuple[jax.Array, jax.Array]:
+    """Picks the runner-up ``i`` (the current prediction) and a target ``j != i`` per point.
+
+    Args:
+        logits: ``(B, C)`` logits at the start points.
+        key: a PRNG key (used by ``target="random"``), either one key or ``(B,)`` keys, one per
+            point; per-point keys make each point's draw independent of the batch it runs in.
+        target: ``"random"`` draws ``j`` uniformly from the ``C - 1`` classes other than ``i``;
+            ``"least_likely"`` takes the class with the lowest logit (the next class if that is ``i``,
+            which happens only when all logits tie).
+
+    Returns:
+        ``(i, j)``, each ``(B,)`` int32.
+    """
+    num_points, num_classes = logits.shape
+    i = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    if target == "random":
+        typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+        one_key = key.ndim == (0 if typed else 1)
+        keys = jax.random.split(key, num_points) if one_key else key
+        offset = jax.vmap(lambda kk: jax.random.randint(kk, (), 1, num_classes))(keys)
+        j = (i + offset.astype(jnp.int32)) % num_classes
+    elif target == "least_likely":
+        j = jnp.argmin(logits, axis=-1).astype(jnp.int32)
+        j = jnp.where(j == i, (i + 1) % num_classes, j)
+    else:
+        raise ValueError(f"target must be 'random' or 'least_likely', got {target!r}")
+    return i, j
+
+
+class PointState(NamedTuple):
+    """State of a batch of points under optimisation (a pytree; every leaf has a leading B axis).
+
+    Attributes:
+        x: ``(B, *input_shape)`` current points.
+        opt_state: the optimiser state of each point (``vmap`` of ``optimizer.init``).
+        loss: ``(B,)`` loss measured at the start of the last step (``inf`` before the first).
+        done: ``(B,)`` bool; a done point (loss <= tol) no longer moves and its state is frozen.
+        steps: ``(B,)`` int32 number of updates applied to each point.
+    """
+    x: jax.Array
+    opt_state: Any
+    loss: jax.Array
+    done: jax.Array
+    steps: jax.Array
+
+
+class OptimizeResult(NamedTuple):
+    """Outcome of :func:`optimize_points`; every field has a leading ``B`` axis.
+
+    Attributes:
+        x: ``(B, *input_shape)`` final points, inside the bounds.
+        loss: ``(B,)`` loss at the final points.
+        converged: ``(B,)`` bool, ``loss <= tol``.
+        steps: ``(B,)`` int32 number of updates applied.
+        logits: ``(B, C)`` the classifier's logits at the final points.
+    """
+    x: jax.Array
+    loss: jax.Array
+    converged: jax.Array
+    steps: jax.Array
+    logits: jax.Array
+
+
+def _select_points(mask: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
+    """Per point: ``new`` where ``mask`` else ``old`` (mask ``(B,)``, leaves ``(B, ...)``)."""
+    mask = mask.reshape(mask.shape + (1,) * (new.ndim - mask.ndim))
+    return jnp.where(mask, new, old)
+
+
+def init_points(optimizer: optax.GradientTransformation, x0: jax.Array) -> PointState:
+    """Starts the optimisation of a batch of points at ``x0``: one optimiser state per point."""
+    num_points = x0.shape[0]
+    return PointState(
+        x=x0,
+        opt_state=jax.vmap(optimizer.init)(x0),
+        loss=jnp.full((num_points,), jnp.inf, jnp.float32),
+        done=jnp.zeros((num_points,), bool),
+        steps=jnp.zeros((num_points,), jnp.int32),
+    )
+
+
+def loss_and_grad(
+    apply_fn: ApplyFn, params: Any, x: jax.Array, i: jax.Array, j: jax.Array, k: ArrayLike
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-point losses, their gradients w.r.t. the points, and the logits, in one pass.
+
+    The batch runs through ``apply_fn`` as one batch; since examples do not interact in an
+    evaluation-mode classifier, the gradient of the summed loss is each point's own gradient.
+
+    Returns:
+        ``(loss (B,), grad (B, *input_shape), logits (B, C))``.
+    """
+    def total(x):
+        logits = apply_fn(params, x)
+        losses = batched_ipguard_loss(logits, i, j, k)
+        return losses.sum(), (losses, logits)
+
+    (_, (losses, logits)), grad = jax.value_and_grad(total, has_aux=True)(x)
+    return losses, grad, logits
+
+
+def step_points(
+    apply_fn: ApplyFn,
+    params: Any,
+    state: PointState,
+    i: jax.Array,
+    j: jax.Array,
+    *,
+    k: ArrayLike,
+    optimizer: optax.GradientTransformation,
+    tol: ArrayLike = 0.0,
+    bounds: tuple[ArrayLike, ArrayLike] = (0.0, 1.0),
+) -> PointState:
+    """One optimisation step of a batch of points.
+
+    Measures each point's loss; a point whose loss is ``<= tol`` becomes done and keeps its ``x``
+    and optimiser state from then on. Every other point takes one optimiser step (its own state,
+    ``vmap`` over points, so transformations that look at the whole update, such as gradient
+    clipping, act per point) and is projected back onto the input box ``bounds``.
+
+    Args:
+        apply_fn: ``apply_fn(params, x) -> logits``, batched over the leading axis.
+        params: the classifier's parameters (a pytree).
+        state: the points' state, from :func:`init_points` or a previous step.
+        i: ``(B,)`` runner-up labels.
+        j: ``(B,)`` target labels.
+        k: margin.
+        optimizer: any optax ``GradientTransformation``.
+        tol: a point with loss ``<= tol`` stops.
+        bounds: ``(lo, hi)`` of the input box (scalars or arrays broadcastable to a point).
+
+    Returns:
+        The next :class:`PointState`.
+    """
+    losses, grads, _ = loss_and_grad(apply_fn, params, state.x, i, j, k)
+    done = state.done | (losses <= tol)
+    active = ~done
+    updates, new_opt_state = jax.vmap(optimizer.update)(grads, state.opt_state, state.x)
+    new_x = optax.projections.projection_box(optax.apply_updates(state.x, updates), *bounds)
+    return PointState(
+        x=_select_points(active, new_x.astype(state.x.dtype), state.x),
+        opt_state=jax.tree.map(lambda new, old: _select_points(active, new, old),
+                               new_opt_state, state.opt_state),
+        loss=losses,
+        done=done,
+        steps=state.steps + active.astype(jnp.int32),
+    )
+
+
+def optimize_points(
+    apply_fn: ApplyFn,
+    params: Any,
+    x0: jax.Array,
+    i: jax.Array,
+    j: jax.Array,
+    *,
+    k: ArrayLike,
+    optimizer: optax.GradientTransformation,
+    steps: ArrayLike,
+    tol: ArrayLike = 0.0,
+    bounds: tuple[ArrayLike, ArrayLike] = (0.0, 1.0),
+) -> OptimizeResult:
+    """Optimises a batch of points towards the ``i``/``j`` boundaries, all inside one loop.
+
+    A ``lax.while_loop`` runs at most ``steps`` steps of :func:`step_points` and stops early once
+    every point is done, so a batch that converges fast costs only the steps it needs. ``steps``,
+    ``k``, ``tol`` and ``bounds`` may be traced values: sweeping them does not recompile.
+
+    Args:
+        apply_fn: ``apply_fn(params, x) -> logits``, batched over the leading axis.
+        params: the classifier's parameters (a pytree).
+        x0: ``(B, *input_shape)`` start points (projected onto the bounds first).
+        i: ``(B,)`` runner-up labels.
+        j: ``(B,)`` target labels, ``j != i``.
+        k: margin.
+        optimizer: any optax ``GradientTransformation``; each point gets its own state.
+        steps: the most optimisation steps per point.
+        tol: a point with loss ``<= tol`` stops and counts as converged.
+        bounds: ``(lo, hi)`` of the input box.
+
+    Returns:
+        An :class:`OptimizeResult` with the final points, losses, convergence flags, steps taken
+        and the logits at the final points.
+    """
+    x0 = optax.projections.projection_box(x0, *bounds)
+    state = init_points(optimizer, x0)
+
+    def cond(carry):
+        t, state = carry
+        return (t < steps) & ~jnp.all(state.done)
+
+    def body(carry):
+        t, state = carry
+        return t + 1, step_points(apply_fn, params, state, i, j, k=k, optimizer=optimizer, tol=tol,
+                                  bounds=bounds)
+
+    _, state = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))
+    # Points that moved in the last step have not been measured since: measure all once more.
+    logits = apply_fn(params, state.x)
+    losses = batched_ipguard_loss(logits, i, j, k)
+    return OptimizeResult(x=state.x, loss=losses, converged=losses <= tol, steps=state.steps,
+                          logits=logits)

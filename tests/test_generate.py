@@ -1,0 +1,170 @@
+"""generate(): convergence, the margin, bounds, determinism, compilation, refills, errors."""
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ipguard_jax as ipg
+
+
+def _margins(classifier, fp):
+    logits = np.asarray(classifier(fp.x))
+    rows = np.arange(len(fp))
+    z_i, z_j = logits[rows, fp.i], logits[rows, fp.j]
+    others = logits.copy()
+    others[rows, fp.i] = -np.inf
+    others[rows, fp.j] = -np.inf
+    return z_j - z_i, z_i - others.max(axis=1)
+
+
+def test_default_config_converges_and_meets_the_margin(owner, digits):
+    config = ipg.FingerprintConfig(num=100, keep="all")  # keep all: measure the rate honestly
+    fp = ipg.generate(owner, config, key=0, data=digits["test"][0], progress=False)
+    assert len(fp) == 100
+    assert fp.converged.mean() >= 0.95
+    margin_j, margin_i = _margins(owner, fp[fp.converged])
+    assert margin_j.min() >= config.k - 1e-4  # j beats i by k
+    assert margin_i.min() >= -1e-4  # i is the runner-up
+    assert (fp.labels[fp.converged] == fp.j[fp.converged]).all()
+    assert (fp.i != fp.j).all()
+
+
+@pytest.mark.parametrize("init", ["data", "noise"])
+def test_points_lie_inside_the_bounds(owner, digits, init):
+    config = ipg.FingerprintConfig(num=40, k=10.0, init=init, keep="all")
+    data = digits["test"][0] if init == "data" else None
+    fp = ipg.generate(owner, config, key=1, data=data, progress=False)
+    assert fp.x.min() >= owner.bounds[0] and fp.x.max() <= owner.bounds[1]
+    assert fp.x.dtype == np.float32 and fp.input_shape == (8, 8, 1)
+
+
+def test_start_points_runner_up_and_least_likely_target(owner, digits):
+    data = digits["test"][0]
+    config = ipg.FingerprintConfig(num=30, target="least_likely", keep="all")
+    fp = ipg.generate(owner, config, key=2, data=data, progress=False)
+    start_logits = np.asarray(owner(data[fp.source]))
+    np.testing.assert_array_equal(fp.i, start_logits.argmax(1))
+    np.testing.assert_array_equal(fp.j, start_logits.argmin(1))
+    assert len(set(fp.source.tolist())) == 30  # distinct start images
+
+
+def test_same_key_same_fingerprints_other_key_other(owner, digits):
+    config = ipg.FingerprintConfig(num=20)
+    runs = [ipg.generate(owner, config, key=key, data=digits["test"][0], progress=False)
+            for key in (7, 7, 8)]
+    for name, a in runs[0].arrays().items():
+        np.testing.assert_array_equal(a, runs[1].arrays()[name], err_msg=name)
+    assert not np.array_equal(runs[0].source, runs[2].source)
+    assert runs[0].metadata["key"] == runs[1].metadata["key"] != runs[2].metadata["key"]
+
+
+def test_second_call_compiles_nothing(owner, caplog):
+    config = ipg.FingerprintConfig(num=24, batch_size=8, init="noise", keep="all")
+    with caplog.at_level(logging.DEBUG), jax.log_compiles():
+        ipg.generate(owner, config, key=0, progress=False)
+    assert any("ompil" in r.getMessage() for r in caplog.records)  # the probe sees compiles
+    caplog.clear()
+    sweep = ipg.FingerprintConfig(num=24, batch_size=8, init="noise", keep="all", k=9.0,
+                                  lr=0.02, steps=50)
+    with caplog.at_level(logging.DEBUG), jax.log_compiles():
+        ipg.generate(owner, config, key=1, progress=False)
+        ipg.generate(owner, sweep, key=2, progress=False)  # k, lr, steps are traced values
+    compiles = [r.getMessage() for r in caplog.records if "ompil" in r.getMessage()]
+    assert compiles == []
+
+
+def test_keep_converged_refills_until_num(owner, digits):
+    # At k=30 with few steps many candidates fail: generate draws more until 20 converged.
+    config = ipg.FingerprintConfig(num=20, k=30.0, steps=60, batch_size=16, max_candidates=400)
+    fp = ipg.generate(owner, config, key=0, data=digits["test"][0], progress=False)
+    assert len(fp) == 20 and fp.converged.all()
+    meta = fp.metadata
+    assert meta["num_candidates"] > 20 and meta["num_converged"] >= 20
+    assert fp.convergence_rate == pytest.approx(meta["num_converged"] / meta["num_candidates"])
+
+
+def test_budget_exhausted_warns_and_says_how_many(owner):
+    config = ipg.FingerprintConfig(num=10, k=500.0, steps=3, init="noise", max_candidates=30)
+    with pytest.warns(ipg.ConvergenceWarning, match=r"only 0 of the 10"):
+        fp = ipg.generate(owner, config, key=0, progress=False)
+    assert len(fp) == 0
+    assert fp.metadata["num_candidates"] == 30
+
+
+def test_provenance(owner, owner_fingerprints):
+    meta = owner_fingerprints.metadata
+    assert meta["classifier"]["params_sha256"] == owner.params_hash
+    assert meta["classifier"]["input_shape"] == [8, 8, 1]
+    assert meta["classifier"]["bounds"] == [0.0, 1.0]
+    assert meta["config"]["k"] == 3.0 and meta["config"]["steps"] == 1000
+    assert meta["library"]["version"] == ipg.__version__
+    assert meta["key"]["data"] == np.asarray(jax.random.key_data(jax.random.key(0))).tolist()
+    assert "x=" not in repr(owner_fingerprints) and "0." not in repr(owner_fingerprints)
+
+
+def test_suggest_k_scales_with_logits(owner, digits):
+    x = digits["test"][0]
+    k = ipg.suggest_k(owner, x)
+    scaled = ipg.Classifier(lambda p, x: 3.0 * owner.apply_fn(p, x), owner.params, (8, 8, 1))
+    assert k > 0
+    assert ipg.suggest_k(scaled, x) == pytest.approx(3 * k, rel=1e-4)
+    with pytest.raises(ValueError, match="fraction"):
+        ipg.suggest_k(owner, x, fraction=0)
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"num": 0}, ValueError, "num must be > 0"),
+        ({"num": 2.5}, TypeError, "num must be an int"),
+        ({"k": -1.0}, ValueError, "k must be >= 0"),
+        ({"k": float("nan")}, ValueError, "k must be finite"),
+        ({"steps": 0}, ValueError, "steps must be > 0"),
+        ({"lr": 0.0}, ValueError, "lr must be > 0"),
+        ({"lr": -0.1}, ValueError, "lr must be > 0"),
+        ({"tol": -1.0}, ValueError, "tol must be >= 0"),
+        ({"batch_size": 0}, ValueError, "batch_size must be > 0"),
+        ({"init": "zeros"}, ValueError, "init must be one of"),
+        ({"target": "far"}, ValueError, "target must be one of"),
+        ({"keep": "some"}, ValueError, "keep must be one of"),
+        ({"optimizer": "adam"}, TypeError, "optimizer must be an optax"),
+        ({"num": 10, "max_candidates": 5}, ValueError, "max_candidates"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ipg.FingerprintConfig(**kwargs)
+
+
+def test_generate_rejects_bad_data(owner, digits):
+    x = digits["test"][0]
+    config = ipg.FingerprintConfig(num=10)
+    cases = [
+        (None, ValueError, 'needs start images'),
+        (x[:5], ValueError, "too few data points"),
+        (x.reshape(-1, 64)[:20], ValueError, r"must have shape \(N, 8, 8, 1\)"),
+        ((x[:20] * 255).astype(np.uint8), TypeError, "floating"),
+        (np.where(np.arange(x[:20].size).reshape(x[:20].shape) == 3, np.nan, x[:20]),
+         ValueError, "NaN or inf"),
+        (x[:20] * 2.0, ValueError, "outside the classifier's bounds"),
+    ]
+    for data, error, match in cases:
+        with pytest.raises(error, match=match):
+            ipg.generate(owner, config, key=0, data=data, progress=False)
+    with pytest.raises(ValueError, match='only used with init="data"'):
+        ipg.generate(owner, ipg.FingerprintConfig(num=4, init="noise"), data=x, progress=False)
+    with pytest.raises(TypeError, match="key must be"):
+        ipg.generate(owner, config, key="seed", data=x, progress=False)
+    with pytest.raises(TypeError, match="config must be"):
+        ipg.generate(owner, {"num": 3}, data=x, progress=False)
+
+
+def test_non_finite_logits_are_reported(owner):
+    broken = ipg.Classifier(lambda p, x: owner.apply_fn(p, x) * jnp.inf, owner.params, (8, 8, 1))
+    with pytest.raises(ValueError, match="non-finite logits"):
+        ipg.generate(broken, ipg.FingerprintConfig(num=4, init="noise"), progress=False)

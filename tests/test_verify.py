@@ -1,0 +1,78 @@
+"""Verification: matching rates, black-box suspects, verdicts and the binomial test."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import ipguard_jax as ipg
+from ipguard_jax.verification import binomial_sf
+
+
+def test_owner_matches_itself_and_an_independent_model_matches_less(
+        owner, independent, owner_fingerprints):
+    own = ipg.matching_rate(owner_fingerprints, owner)
+    other = ipg.matching_rate(owner_fingerprints, independent)
+    assert own == 1.0
+    assert other < 0.6, other  # measured ~0.3 at k=3
+    assert own - other > 0.4
+
+
+def test_black_box_suspects_logits_and_labels(owner, owner_fingerprints):
+    calls = []
+
+    def logits_api(x):
+        calls.append(len(x))
+        return np.asarray(owner(x))
+
+    def labels_api(x):
+        return owner.predict(x)
+
+    assert ipg.matching_rate(owner_fingerprints, logits_api, batch_size=32) == 1.0
+    assert calls == [32, 32, 32, 4]  # queried in batches
+    assert ipg.matching_rate(owner_fingerprints, labels_api) == 1.0
+
+
+def test_verdict_and_p_value(owner, independent, owner_fingerprints):
+    verdict = ipg.verify(owner_fingerprints, owner, threshold=0.5, null_rate=0.3)
+    assert verdict.is_copy and verdict.num_points == 100 and verdict.num_matches == 100
+    assert verdict.p_value == pytest.approx(0.3 ** 100, rel=1e-9)
+    other = ipg.verify(owner_fingerprints, independent, threshold=0.5, null_rate=0.3)
+    assert not other.is_copy and other.p_value > 1e-3
+    assert "COPY" in str(verdict) and "not a copy" in str(other)
+    assert ipg.verify(owner_fingerprints, owner).p_value is None
+
+
+@pytest.mark.parametrize("k, n, p", [(0, 10, 0.5), (7, 10, 0.5), (60, 100, 0.35), (3, 1000, 0.001),
+                                     (900, 1000, 0.8), (10, 10, 0.99)])
+def test_binomial_sf_equals_scipy(k, n, p):
+    expected = stats.binomtest(k, n, p, alternative="greater").pvalue
+    assert binomial_sf(k, n, p) == pytest.approx(expected, rel=1e-9, abs=1e-300)
+
+
+def test_bad_suspects_are_rejected(owner_fingerprints, owner):
+    x = owner_fingerprints.x
+    cases = [
+        (lambda b: np.zeros((len(b), 7)), ValueError, "returns 7 classes"),
+        (lambda b: np.full(len(b), 12), ValueError, r"labels outside \[0, 10\)"),
+        (lambda b: np.zeros(len(b), np.float32), TypeError, "integer labels"),
+        (lambda b: np.zeros((3,), int), ValueError, "returned 3 labels"),
+        (lambda b: np.zeros((len(b), 2, 5)), ValueError, "must return labels"),
+    ]
+    for suspect, error, match in cases:
+        with pytest.raises(error, match=match):
+            ipg.matching_rate(owner_fingerprints, suspect)
+    with pytest.raises(TypeError, match="callable"):
+        ipg.matching_rate(owner_fingerprints, "http://example")
+    wrong_shape = ipg.Classifier(lambda p, b: b.reshape(len(b), -1)[:, :10], None, (4, 4, 4))
+    with pytest.raises(ValueError, match="inputs of shape"):
+        ipg.matching_rate(owner_fingerprints, wrong_shape)
+    three = ipg.Classifier(lambda p, b: b.reshape(len(b), -1)[:, :3], None, (8, 8, 1))
+    with pytest.raises(ValueError, match="3 classes"):
+        ipg.matching_rate(owner_fingerprints, three)
+    with pytest.raises(ValueError, match="threshold"):
+        ipg.verify(owner_fingerprints, owner, threshold=1.5)
+    with pytest.raises(ValueError, match="null_rate"):
+        ipg.verify(owner_fingerprints, owner, null_rate=-0.1)
+    with pytest.raises(ValueError, match="batch_size"):
+        ipg.matching_rate(owner_fingerprints, owner, batch_size=0)
+    assert x.shape == (100, 8, 8, 1)
