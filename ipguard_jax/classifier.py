@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ipguard_jax.fingerprints import update_digest
+
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
 
@@ -55,10 +57,7 @@ def params_hash(params: Any) -> str:
     for path, leaf in leaves:
         if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             leaf = jax.random.key_data(leaf)
-        array = np.ascontiguousarray(np.asarray(leaf))
-        header = f"{jax.tree_util.keystr(path)}|{array.dtype.str}|{array.shape}\n"
-        digest.update(header.encode())
-        digest.update(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+        update_digest(digest, jax.tree_util.keystr(path), leaf)
     return digest.hexdigest()
 
 

@@ -115,12 +115,18 @@ class Fingerprints:
     __str__ = __repr__
 
 
+def update_digest(digest: Any, label: str, array: Any) -> None:
+    """Feeds one labelled array (label, dtype, shape, little-endian C-order bytes) to a hash."""
+    array = np.asarray(array)
+    array = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<"), copy=False))
+    digest.update(f"{label}|{array.dtype.str}|{array.shape}\n".encode())
+    digest.update(array.tobytes())
+
+
 def content_digest(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> str:
     """sha256 over named arrays (name, dtype, shape, little-endian bytes) and JSON metadata."""
     digest = hashlib.sha256()
     for name in sorted(arrays):
-        array = np.ascontiguousarray(arrays[name])
-        digest.update(f"{name}|{array.dtype.str}|{array.shape}\n".encode())
-        digest.update(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+        update_digest(digest, name, arrays[name])
     digest.update(json.dumps(metadata, sort_keys=True, separators=(",", ":")).encode())
     return digest.hexdigest()
