@@ -143,14 +143,20 @@ def _select_points(mask: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array
     return jnp.where(mask, new, old)
 
 
-def init_points(optimizer: optax.GradientTransformation, x0: jax.Array) -> PointState:
-    """Starts the optimisation of a batch of points at ``x0``: one optimiser state per point."""
+def init_points(optimizer: optax.GradientTransformation, x0: jax.Array,
+                active: jax.Array | None = None) -> PointState:
+    """Starts the optimisation of a batch of points at ``x0``: one optimiser state per point.
+
+    ``active`` (``(B,)`` bool, default all) marks the points to optimise; the others start done
+    and never move (e.g. padding that fills up the last batch).
+    """
     num_points = x0.shape[0]
+    done = jnp.zeros((num_points,), bool) if active is None else ~active.astype(bool)
     return PointState(
         x=x0,
         opt_state=jax.vmap(optimizer.init)(x0),
         loss=jnp.full((num_points,), jnp.inf, jnp.float32),
-        done=jnp.zeros((num_points,), bool),
+        done=done,
         steps=jnp.zeros((num_points,), jnp.int32),
     )
 
@@ -235,6 +241,7 @@ def optimize_points(
     steps: ArrayLike,
     tol: ArrayLike = 0.0,
     bounds: tuple[ArrayLike, ArrayLike] = (0.0, 1.0),
+    active: jax.Array | None = None,
 ) -> OptimizeResult:
     """Optimises a batch of points towards the ``i``/``j`` boundaries, all inside one loop.
 
@@ -253,13 +260,15 @@ def optimize_points(
         steps: the most optimisation steps per point.
         tol: a point with loss ``<= tol`` stops and counts as converged.
         bounds: ``(lo, hi)`` of the input box.
+        active: ``(B,)`` bool, the points to optimise (default all); inactive points (padding)
+            never move and do not keep the loop running.
 
     Returns:
         An :class:`OptimizeResult` with the final points, losses, convergence flags, steps taken
         and the logits at the final points.
     """
     x0 = optax.projections.projection_box(x0, *bounds)
-    state = init_points(optimizer, x0)
+    state = init_points(optimizer, x0, active)
 
     def cond(carry):
         t, state = carry

@@ -58,7 +58,8 @@ def _noise_points(key, ids, lo, hi, *, input_shape, dtype):
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "optimizer", "target"))
-def _run_chunk(apply_fn, optimizer, target, params, x0, key, ids, k, lr, steps, tol, lo, hi):
+def _run_chunk(apply_fn, optimizer, target, params, x0, key, ids, valid, k, lr, steps, tol, lo,
+               hi):
     """Targets and optimisation for one chunk of candidates, fully on device."""
     if optimizer is None:
         optimizer = optax.adam(lr)  # lr traced: a new lr does not recompile
@@ -66,7 +67,8 @@ def _run_chunk(apply_fn, optimizer, target, params, x0, key, ids, k, lr, steps, 
     target_keys = jax.vmap(lambda kk: jax.random.fold_in(kk, 1))(_candidate_keys(key, ids))
     i, j = engine.choose_targets(start_logits, target_keys, target)
     result = engine.optimize_points(apply_fn, params, x0, i, j, k=k, optimizer=optimizer,
-                                    steps=steps, tol=tol, bounds=(lo, hi))
+                                    steps=steps, tol=tol, bounds=(lo, hi),
+                                    active=valid)
     finite = jnp.all(jnp.isfinite(start_logits), axis=-1) & jnp.all(
         jnp.isfinite(result.logits), axis=-1)
     return dict(x=result.x, labels=jnp.argmax(result.logits, -1).astype(jnp.int32), i=i, j=j,
@@ -173,7 +175,8 @@ def generate(
                 x0 = _noise_points(point_key, ids, scalars["lo"], scalars["hi"],
                                    input_shape=classifier.input_shape, dtype=classifier.dtype)
             out = _run_chunk(classifier.apply_fn, config.optimizer, config.target,
-                             classifier.params, x0, point_key, jnp.asarray(ids), **scalars)
+                             classifier.params, x0, point_key, jnp.asarray(ids),
+                             jnp.asarray(valid), **scalars)
             out = {name: np.asarray(value)[valid] for name, value in out.items()}
             if not out.pop("finite").all():
                 raise ValueError(

@@ -134,3 +134,18 @@ def test_optimize_points_is_pure_under_jit_with_traced_hyperparameters():
     assert float(margin.min()) >= 0.2 - 1e-5
     _, steps_few, _ = run(0.2, 2)
     assert int(steps_few.max()) <= 2
+
+
+def test_inactive_points_never_move_nor_hold_up_the_loop():
+    w = jax.random.normal(jax.random.key(0), (5, 4))
+    x0 = jax.random.uniform(jax.random.key(1), (4, 5))
+    i, j = engine.choose_targets(x0 @ w, jax.random.key(2))
+    active = jnp.array([True, True, False, False])
+    result = engine.optimize_points(_linear, w, x0, i, j, k=1e6, optimizer=optax.adam(0.05),
+                                    steps=7, active=active)
+    assert result.steps.tolist() == [7, 7, 0, 0]
+    np.testing.assert_array_equal(result.x[2:], x0[2:])
+    # all active points done at once: the loop stops even though padding never converges
+    easy = engine.optimize_points(_linear, w, x0, i, j, k=1e6, optimizer=optax.adam(0.05),
+                                  steps=7, active=jnp.zeros(4, bool))
+    assert easy.steps.tolist() == [0, 0, 0, 0]
