@@ -1,0 +1,338 @@
+"""Model zoo: registry, shapes, parameter counts, torch-compatible layout, modes, gradients."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ipguard_jax import models
+from ipguard_jax.models import _common
+
+# Measured nnx.Param counts with 10 classes and default arguments; each class
+# docstring states the same numbers.
+PARAM_COUNTS = {
+    "mlp": 1_707_274,
+    "cnn": 94_762,
+    "resnet20": 272_474,
+    "resnet32": 466_906,
+    "resnet56": 855_770,
+    "resnet18": 11_181_642,
+    "resnet34": 21_289_802,
+    "resnet50": 23_528_522,
+    "vgg11": 9_756_426,
+    "vgg13": 9_941_322,
+    "vgg16": 15_253_578,
+    "wrn16_4": 2_748_890,
+    "wrn28_10": 36_479_194,
+    "mobilenet_v2": 2_236_682,
+}
+
+CLASSES = {
+    "mlp": models.MLP,
+    "cnn": models.CNN,
+    "resnet20": models.CifarResNet,
+    "resnet32": models.CifarResNet,
+    "resnet56": models.CifarResNet,
+    "resnet18": models.ResNet,
+    "resnet34": models.ResNet,
+    "resnet50": models.ResNet,
+    "vgg11": models.VGG,
+    "vgg13": models.VGG,
+    "vgg16": models.VGG,
+    "wrn16_4": models.WideResNet,
+    "wrn28_10": models.WideResNet,
+    "mobilenet_v2": models.MobileNetV2,
+}
+
+
+def abstract(name, num_classes=10, **kwargs):
+    """The model with shape-only variables: no parameter memory, no init compute."""
+    return _abstract(name, num_classes, tuple(sorted(kwargs.items())))
+
+
+@functools.cache
+def _abstract(name, num_classes, kwargs):
+    return nnx.eval_shape(
+        lambda: models.create(name, num_classes, rngs=nnx.Rngs(0), **dict(kwargs))
+    )
+
+
+def count_params(model):
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def paths(model):
+    return {tuple(path) for path, _ in nnx.to_flat_state(nnx.state(model))}
+
+
+def test_available_lists_every_family():
+    assert models.available() == list(PARAM_COUNTS)
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError, match="unknown model 'resnet21'") as info:
+        models.create("resnet21", rngs=nnx.Rngs(0))
+    for name in models.available():
+        assert name in str(info.value)
+
+
+@pytest.mark.parametrize("name", list(PARAM_COUNTS))
+def test_output_shape_and_documented_param_count(name):
+    model = abstract(name)
+    assert count_params(model) == PARAM_COUNTS[name]
+    assert f"{PARAM_COUNTS[name]:,}" in CLASSES[name].__doc__
+    graphdef, state = nnx.split(model)
+    x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    out = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state, x)
+    assert out.shape == (2, 10)
+    assert out.dtype == jnp.float32
+
+
+def test_num_classes_and_input_size():
+    graphdef, state = nnx.split(abstract("resnet18", num_classes=7, in_channels=1))
+    x = jax.ShapeDtypeStruct((1, 224, 224, 1), jnp.float32)
+    out = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state, x)
+    assert out.shape == (1, 7)
+
+
+@pytest.mark.parametrize(
+    ("name", "num_classes", "kwargs", "torch_count"),
+    [
+        # torchvision's published parameter counts pin the layouts.
+        ("resnet18", 1000, {}, 11_689_512),
+        ("resnet50", 1000, {}, 25_557_032),
+        ("mobilenet_v2", 1000, {}, 3_504_872),
+        ("vgg16", 1000, {"pool_size": 7, "hidden": 4096}, 138_365_992),
+        ("vgg11", 1000, {"pool_size": 7, "hidden": 4096}, 132_868_840),
+    ],
+)
+def test_torchvision_parameter_counts(name, num_classes, kwargs, torch_count):
+    assert count_params(abstract(name, num_classes, **kwargs)) == torch_count
+
+
+def test_state_paths_mirror_pytorch_state_dict_keys():
+    assert {
+        ("conv1", "kernel"),
+        ("layer1", 0, "conv1", "kernel"),
+        ("layer2", 0, "downsample", 0, "kernel"),
+        ("layer2", 0, "downsample", 1, "mean"),
+        ("layer4", 1, "bn2", "var"),
+        ("fc", "kernel"),
+    } <= paths(abstract("resnet18"))
+    assert ("layer3", 5, "conv3", "kernel") in paths(abstract("resnet50"))
+    assert {
+        ("layer2", 0, "shortcut", 0, "kernel"),
+        ("layer2", 0, "shortcut", 1, "scale"),
+        ("linear", "kernel"),
+    } <= paths(abstract("resnet20"))
+    assert {
+        ("features", 0, "kernel"),
+        ("features", 0, "bias"),  # torchvision's VGG convs keep a bias
+        ("features", 1, "mean"),
+        ("classifier", 6, "kernel"),
+    } <= paths(abstract("vgg16"))
+    assert {
+        ("features", 0, 0, "kernel"),
+        ("features", 1, "conv", 0, 0, "kernel"),  # no expansion: depthwise first
+        ("features", 2, "conv", 3, "scale"),
+        ("features", 18, 1, "mean"),
+        ("classifier", 1, "kernel"),
+    } <= paths(abstract("mobilenet_v2"))
+    assert {
+        ("block1", "layer", 0, "convShortcut", "kernel"),
+        ("block3", "layer", 1, "bn2", "scale"),
+        ("bn1", "mean"),
+    } <= paths(abstract("wrn16_4"))
+
+
+def test_convolutions_pad_symmetrically_like_torch():
+    resnet = abstract("resnet18")
+    assert resnet.conv1.padding == ((3, 3), (3, 3))
+    assert resnet.layer2[0].conv1.padding == ((1, 1), (1, 1))
+    assert resnet.layer2[0].conv1.strides == (2, 2)
+    assert resnet.bn1.epsilon == 1e-5 and resnet.bn1.momentum == 0.9
+    mobilenet = abstract("mobilenet_v2")
+    assert mobilenet.features[0][0].padding == ((1, 1), (1, 1))
+
+
+@nnx.jit
+def forward(model, x):
+    """One compiled program per mode instead of one per eager op; BatchNorm
+    statistics updated in train mode propagate back to ``model``."""
+    return model(x)
+
+
+def build(fn):
+    """Builds a model in one compiled program (faster than eager init)."""
+    return nnx.jit(fn)()
+
+
+def uniform(seed, shape):
+    # numpy, not jax.random: threefry programs compile slowly on CPU.
+    return jnp.asarray(np.random.default_rng(seed).uniform(size=shape), jnp.float32)
+
+
+def normal(seed, shape):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
+def fast_rngs(seed):
+    # XLA compiles the "rbg" generator's ops far faster than threefry's on
+    # CPU; real weights here only need to be random, not portable.
+    return nnx.Rngs(jax.random.key(seed, impl="rbg"))
+
+
+@pytest.fixture(scope="module")
+def small_models():
+    """Real (initialised) small members of the families, built once."""
+    return {
+        "cnn": (
+            build(lambda: models.create("cnn", in_channels=1, widths=(4, 8), rngs=fast_rngs(0))),
+            (8, 8, 1),
+        ),
+        "resnet8": (
+            build(lambda: models.CifarResNet(8, widths=(4, 8, 16), rngs=fast_rngs(1))),
+            (16, 16, 3),
+        ),
+        "wrn10_1": (
+            build(lambda: models.WideResNet(10, 1, dropout=0.3, rngs=fast_rngs(2))),
+            (16, 16, 3),
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet8", "wrn10_1"])
+def test_eval_is_deterministic_and_differs_from_train(small_models, name):
+    model, shape = small_models[name]
+    x = uniform(0, (4, *shape))
+    model.eval()
+    y1, y2 = forward(model, x), forward(model, x)
+    np.testing.assert_array_equal(y1, y2)
+    model.train()
+    bn = jax.tree.map(np.array, nnx.state(model, nnx.BatchStat))
+    y_train = forward(model, x)
+    # Batch statistics in train mode, running averages in eval mode.
+    assert not np.allclose(y_train, y1, atol=1e-4)
+    changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), bn, nnx.state(model, nnx.BatchStat))
+    assert all(jax.tree.leaves(changed))
+    model.eval()
+    assert not np.allclose(forward(model, x), y1, atol=1e-6)  # updated running stats
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet8", "wrn10_1"])
+def test_input_gradient_flows(small_models, name):
+    model, shape = small_models[name]
+    model.eval()
+    graphdef, state = nnx.split(model)
+    x = uniform(1, (3, *shape))
+
+    def margin(x):
+        logits = nnx.merge(graphdef, state)(x)
+        return (logits[:, 0] - logits[:, 1]).sum()
+
+    grad = jax.jit(jax.grad(margin))(x)
+    assert grad.shape == x.shape
+    assert bool(jnp.all(jnp.isfinite(grad)))
+    assert bool(jnp.all(jnp.abs(grad).sum(axis=(1, 2, 3)) > 0))
+
+
+def test_dropout_active_in_train_mode_only():
+    model = build(
+        lambda: models.create(
+            "mlp", in_features=64, in_channels=1, hidden=(32,), dropout=0.5, rngs=fast_rngs(0)
+        )
+    )
+    x = uniform(0, (4, 8, 8, 1))
+    assert not np.allclose(forward(model, x), forward(model, x))
+    model.eval()
+    np.testing.assert_array_equal(forward(model, x), forward(model, x))
+
+
+def test_normalisation_happens_inside_the_model():
+    x = uniform(0, (2, 4, 4, 3))
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 2.0)
+    normed = build(lambda: models.MLP(48, hidden=(8,), mean=mean, std=std, rngs=fast_rngs(0)))
+    plain = build(lambda: models.MLP(48, hidden=(8,), mean=0.0, std=1.0, rngs=fast_rngs(0)))
+    expected = forward(plain, (x - jnp.array(mean)) / jnp.array(std))
+    np.testing.assert_allclose(forward(normed, x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_default_normalisation_statistics():
+    assert abstract("resnet20").mean == _common.CIFAR10_MEAN
+    assert abstract("resnet18").std == _common.IMAGENET_STD
+    assert abstract("cnn", in_channels=1).mean == (0.5,)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"mean": (0.5, 0.5)}, {"std": (1.0, 0.0, 1.0)}, {"in_channels": 0}],
+)
+def test_bad_normalisation_raises(kwargs):
+    with pytest.raises(ValueError):
+        models.create("cnn", rngs=nnx.Rngs(0), **kwargs)
+
+
+def test_bad_depth_and_features_raise():
+    with pytest.raises(ValueError, match="6n \\+ 2"):
+        models.CifarResNet(21, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="depth"):
+        models.ResNet(20, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="6n \\+ 4"):
+        models.WideResNet(15, 2, rngs=nnx.Rngs(0))
+    mlp = models.MLP(64, in_channels=1, hidden=(4,), rngs=fast_rngs(0))
+    with pytest.raises(ValueError, match="expects 64"):
+        mlp(jnp.zeros((1, 4, 4, 1)))
+
+
+def test_max_pool_2x2_matches_reduce_window():
+    x = normal(0, (2, 7, 6, 3))  # odd height: floor mode
+    expected = jax.lax.reduce_window(
+        x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"
+    )
+    np.testing.assert_array_equal(_common.max_pool_2x2(x), expected)
+
+
+def test_stem_max_pool_pads_with_minus_infinity():
+    x = -jnp.arange(1.0, 26.0).reshape(1, 5, 5, 1)  # all negative: zero padding would win
+    out = _common.max_pool(x, 3, 2, 1)
+    assert out.shape == (1, 3, 3, 1)
+    np.testing.assert_array_equal(out[0, :, :, 0], [[-1, -2, -4], [-6, -7, -9], [-16, -17, -19]])
+
+
+def test_adaptive_avg_pool_uses_torch_bins():
+    x = jnp.arange(5.0).reshape(1, 1, 5, 1) * jnp.ones((1, 5, 1, 1))
+    out = _common.adaptive_avg_pool(x, 3)
+    # torch bins for 5 -> 3: [0, 2), [1, 4), [3, 5)
+    np.testing.assert_allclose(out[0, 0, :, 0], [0.5, 2.0, 3.5])
+    np.testing.assert_allclose(_common.adaptive_avg_pool(x, 1)[0, 0, 0, 0], 2.0)
+    np.testing.assert_allclose(_common.adaptive_avg_pool(x, 5), x)
+
+
+def test_flatten_uses_torch_channel_first_order():
+    x = jnp.arange(12.0).reshape(1, 2, 3, 2)  # (B, H, W, C)
+    np.testing.assert_array_equal(
+        _common.flatten_chw(x)[0], jnp.transpose(x, (0, 3, 1, 2)).reshape(-1)
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(PARAM_COUNTS))
+def test_every_model_runs_and_differentiates_wrt_input(name):
+    model = build(lambda: models.create(name, rngs=fast_rngs(0)))
+    model.eval()
+    graphdef, state = nnx.split(model)
+    x = uniform(0, (2, 32, 32, 3))
+
+    @jax.jit
+    def logits_and_grad(x):
+        logits = nnx.merge(graphdef, state)(x)
+        grad = jax.grad(lambda x: nnx.merge(graphdef, state)(x)[:, 0].sum())(x)
+        return logits, grad
+
+    logits, grad = logits_and_grad(x)
+    assert logits.shape == (2, 10)
+    assert bool(jnp.all(jnp.isfinite(logits))) and bool(jnp.all(jnp.isfinite(grad)))
+    assert bool(jnp.all(jnp.abs(grad).sum(axis=(1, 2, 3)) > 0))

@@ -1,0 +1,237 @@
+"""Training loop: config validation, accuracy on digits, augmentation, checkpoint resume."""
+
+import dataclasses
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from sklearn.datasets import load_digits
+
+from ipguard_jax import models
+from ipguard_jax.train import TrainConfig, augment, evaluate, fit
+
+
+def build(fn):
+    # One compiled init program with the "rbg" generator: much faster to
+    # compile on CPU than eager threefry init, and just as deterministic.
+    return nnx.jit(fn)()
+
+
+def rngs(seed):
+    return nnx.Rngs(jax.random.key(seed, impl="rbg"))
+
+
+@pytest.fixture(scope="module")
+def digits_split():
+    """sklearn digits as (N, 8, 8, 1) float32 in [0, 1]: 1400 train, 397 test."""
+    data = load_digits()
+    x = (data.images / 16.0).astype(np.float32)[..., None]
+    y = data.target.astype(np.int32)
+    order = np.random.default_rng(0).permutation(len(y))
+    x, y = x[order], y[order]
+    return x[:1400], y[:1400], x[1400:], y[1400:]
+
+
+DIGITS = dict(random_crop=False, horizontal_flip=False)
+
+
+@pytest.fixture(scope="module")
+def trained_mlp(digits_split):
+    x, y, x_test, y_test = digits_split
+    model = build(
+        lambda: models.create("mlp", in_features=64, in_channels=1, hidden=(128,), rngs=rngs(0))
+    )
+    config = TrainConfig(epochs=5, batch_size=64, optimizer="adam", lr=3e-3, **DIGITS)
+    result = fit(model, x, y, config, x_val=x_test, y_val=y_test, progress=True)
+    return model, result
+
+
+def test_mlp_reaches_90_percent_on_digits(trained_mlp, digits_split):
+    model, result = trained_mlp
+    _, _, x_test, y_test = digits_split
+    assert result.model is model
+    assert evaluate(model, x_test, y_test) >= 0.9
+    assert result.history["epoch"] == [1, 2, 3, 4, 5]
+    assert result.history["val_accuracy"][-1] == evaluate(model, x_test, y_test)
+    assert result.history["loss"][-1] < result.history["loss"][0]
+    assert result.images_per_s > 0 and result.compile_time_s > 0
+    assert result.start_epoch == 0 and not result.stopped_early
+    assert result.history["lr"][-1] < 1e-6  # cosine decay to zero
+
+
+def test_evaluate_pads_the_last_batch_and_accepts_uint8(trained_mlp, digits_split):
+    model, _ = trained_mlp
+    _, _, x_test, y_test = digits_split
+    full = evaluate(model, x_test, y_test, batch_size=len(x_test))
+    assert evaluate(model, x_test, y_test, batch_size=50) == full  # 397 = 7 * 50 + 47
+    x_u8 = np.round(x_test * 255).astype(np.uint8)
+    assert abs(evaluate(model, x_u8, y_test) - full) <= 2 / len(y_test)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("epochs", 0),
+        ("epochs", 2.5),
+        ("batch_size", 0),
+        ("optimizer", "rmsprop"),
+        ("lr", -0.1),
+        ("lr", float("nan")),
+        ("momentum", 1.0),
+        ("weight_decay", -1e-4),
+        ("label_smoothing", 1.0),
+        ("warmup_epochs", 40),
+        ("crop_padding", -1),
+        ("crop_pad_mode", "edge"),
+        ("horizontal_flip", "yes"),
+        ("checkpoint_every", 0),
+    ],
+)
+def test_config_rejects_bad_values(field, value):
+    with pytest.raises(ValueError, match=f"TrainConfig.{field}"):
+        TrainConfig(**{field: value})
+
+
+def test_config_default_learning_rates():
+    assert TrainConfig().learning_rate == 0.1
+    assert TrainConfig(optimizer="adam").learning_rate == 1e-3
+    assert TrainConfig(optimizer="adam", lr=0.5).learning_rate == 0.5
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        TrainConfig().epochs = 3
+
+
+def test_fit_rejects_bad_data(digits_split):
+    x, y, _, _ = digits_split
+    model = models.MLP(64, in_channels=1, hidden=(4,), rngs=rngs(0))
+    with pytest.raises(ValueError, match="batch_size"):
+        fit(model, x[:10], y[:10], TrainConfig(batch_size=64), progress=False)
+    with pytest.raises(ValueError, match=r"\(N, H, W, C\)"):
+        fit(model, x[:, :, :, 0], y, progress=False)
+    with pytest.raises(ValueError, match="y_train"):
+        fit(model, x, y[:-1], progress=False)
+    with pytest.raises(ValueError, match="together"):
+        fit(model, x, y, x_val=x, progress=False)
+
+
+def test_augment_flips_and_crops_per_image():
+    x = np.random.default_rng(0).uniform(size=(16, 6, 6, 2)).astype(np.float32)
+    key = jax.random.key(0)
+    flipped = np.asarray(augment(x, key, random_crop=False, horizontal_flip=True))
+    is_flip = [np.array_equal(f, a[:, ::-1]) for f, a in zip(flipped, x)]
+    is_same = [np.array_equal(f, a) for f, a in zip(flipped, x)]
+    assert all(a or b for a, b in zip(is_flip, is_same))
+    assert 0 < sum(is_flip) < len(x)
+
+    cropped = np.asarray(augment(x, key, crop_padding=2, horizontal_flip=False))
+    padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    for c, p in zip(cropped, padded):
+        windows = [p[i : i + 6, j : j + 6] for i in range(5) for j in range(5)]
+        assert any(np.array_equal(c, w) for w in windows)
+    reflected = np.asarray(
+        augment(x, key, crop_padding=2, pad_mode="reflect", horizontal_flip=False)
+    )
+    assert np.isin(reflected, x).all()  # reflection copies pixels, adds no zeros
+    np.testing.assert_array_equal(cropped, augment(x, key, crop_padding=2, horizontal_flip=False))
+
+
+# A BatchNorm + dropout model with every augmentation and schedule feature
+# on, trained for 4 epochs once uninterrupted and once with a crash after
+# epoch 2 followed by a resume.
+RESUME_CONFIG = TrainConfig(
+    epochs=4,
+    batch_size=32,
+    optimizer="sgd",
+    lr=0.05,
+    nesterov=True,
+    warmup_epochs=1,
+    label_smoothing=0.1,
+    crop_padding=2,
+    crop_pad_mode="reflect",
+    seed=3,
+)
+
+
+def small_cnn():
+    return build(
+        lambda: models.create("cnn", in_channels=1, widths=(8, 16), dropout=0.2, rngs=rngs(1))
+    )
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(digits_split):
+    x, y, _, _ = digits_split
+    model = small_cnn()
+    initial_stats = jax.tree.map(np.array, nnx.state(model, nnx.BatchStat))
+    result = fit(model, x[:384], y[:384], RESUME_CONFIG, progress=False)
+    return model, result, initial_stats
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_after_crash_matches_uninterrupted_run(uninterrupted, digits_split, tmp_path):
+    x, y, _, _ = digits_split
+    x, y = x[:384], y[:384]
+    reference, reference_result, _ = uninterrupted
+    config = dataclasses.replace(RESUME_CONFIG, checkpoint_dir=str(tmp_path))
+
+    def crash_after_two(epoch, metrics):
+        if epoch == 2:
+            raise Crash
+
+    crashed = small_cnn()
+    with pytest.raises(Crash):
+        fit(crashed, x, y, config, progress=False, on_epoch_end=crash_after_two)
+    # A write cut short by the crash leaves a temporary directory behind.
+    os.makedirs(tmp_path / "3.orbax-checkpoint-tmp-1234" / "state")
+    (tmp_path / "3.orbax-checkpoint-tmp-1234" / "state" / "junk").write_text("partial")
+
+    resumed = small_cnn()
+    result = fit(resumed, x, y, config, progress=False)
+    assert result.start_epoch == 2
+    assert result.history["epoch"] == [1, 2, 3, 4]
+    np.testing.assert_allclose(result.history["loss"], reference_result.history["loss"], rtol=1e-6)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
+        jax.tree.map(np.asarray, nnx.state(resumed, nnx.Param)),
+        jax.tree.map(np.asarray, nnx.state(reference, nnx.Param)),
+    )
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
+        jax.tree.map(np.asarray, nnx.state(resumed, nnx.BatchStat)),
+        jax.tree.map(np.asarray, nnx.state(reference, nnx.BatchStat)),
+    )
+
+    # A finished run resumes to the end without training.
+    again = small_cnn()
+    result = fit(again, x, y, config, progress=False)
+    assert result.start_epoch == 4 and np.isnan(result.images_per_s)
+    np.testing.assert_array_equal(again.head.kernel[...], resumed.head.kernel[...])
+
+    # Another run's checkpoint is refused, not overwritten.
+    with pytest.raises(ValueError, match="another run"):
+        fit(small_cnn(), x, y, dataclasses.replace(config, lr=0.1), progress=False)
+
+
+def test_batchnorm_statistics_update_in_training_and_serve_in_eval(uninterrupted, digits_split):
+    model, _, initial_stats = uninterrupted
+    _, _, x_test, y_test = digits_split
+    trained_stats = jax.tree.map(np.array, nnx.state(model, nnx.BatchStat))
+    changed = jax.tree.map(lambda a, b: not np.allclose(a, b), initial_stats, trained_stats)
+    assert all(jax.tree.leaves(changed))
+    # fit leaves the model in eval mode: running statistics, no dropout.
+    assert model.stages[0][0].bn.use_running_average
+    assert model.dropout.deterministic
+    logits = nnx.jit(lambda m, x: m(x))(model, x_test)
+    manual = float(np.mean(np.argmax(logits, -1) == y_test))
+    assert evaluate(model, x_test, y_test) == pytest.approx(manual)
+    assert manual > 0.2  # 48 steps of a tiny CNN with flips on digits: above chance
+
+    # evaluate does not switch a model in train mode to eval mode.
+    model.train()
+    evaluate(model, x_test[:10], y_test[:10])
+    assert not model.stages[0][0].bn.use_running_average
+    model.eval()
