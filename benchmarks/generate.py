@@ -1,8 +1,10 @@
 """Throughput of IPGuard generation on a ResNet-20-sized Flax model.
 
 Measures, per batch size:
-  * the optimisation step itself: ``optimize_points`` with a margin no point can reach, so every
-    point takes exactly ``--steps`` steps; compile time apart, median of ``--reps`` runs;
+  * one input gradient of the batch alone (the floor of a step's cost), with XLA's FLOP count;
+  * the step loop: ``generate`` with a margin no point can reach, so every point takes exactly
+    ``--steps`` steps, with the loop on the host (unrolled compiled blocks) and on the device
+    (``lax.while_loop``), compile time apart, median of ``--reps`` runs;
   * end to end: ``generate`` (keep="all", default k=3, Adam 0.01, at most ``--e2e-steps`` steps)
     on a warm cache, median of ``--e2e-reps`` runs: fingerprints/s, convergence, mean and max
     steps per point. A batch runs until its slowest point is done, so this rate is set by the
@@ -12,7 +14,7 @@ The owner is a randomly initialised CIFAR ResNet-20 (no trained weights are need
 step; its convergence profile is not that of a trained model, so the end-to-end rate is
 indicative only).
 
-    python benchmarks/generate.py --batch-sizes 128 256 --steps 20 --reps 5 --e2e-reps 3
+    python benchmarks/generate.py --batch-sizes 128 256 --steps 10 --reps 3 --e2e-steps 200 --e2e-reps 1
 """
 
 from __future__ import annotations
@@ -49,28 +51,40 @@ def bench_batch(owner: ipg.Classifier, batch: int, steps: int, reps: int, e2e_st
                 e2e_reps: int) -> dict:
     x0 = jax.random.uniform(jax.random.key(1), (batch, *owner.input_shape))
     i, j = engine.choose_targets(owner(x0), jax.random.key(2))
-    step_fn = jax.jit(lambda params, x0, i, j: engine.optimize_points(
-        owner.apply_fn, params, x0, i, j, k=1e6, optimizer=optax.adam(0.01), steps=steps))
-    start = time.perf_counter()
-    compiled = step_fn.lower(owner.params, x0, i, j).compile()
-    compile_s = time.perf_counter() - start
+    one_step = jax.jit(lambda params, x: engine.loss_and_grad(owner.apply_fn, params, x, i, j,
+                                                              3.0)[1])
     flops = None
     try:
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        flops = cost.get("flops")
+        cost = one_step.lower(owner.params, x0).compile().cost_analysis()
+        flops = (cost[0] if isinstance(cost, (list, tuple)) else cost).get("flops")
     except Exception:  # cost analysis is best effort and backend dependent
         pass
-    result = compiled(owner.params, x0, i, j)
-    assert int(result.steps.min()) == steps, "every point must take every step"
-    median_s, times = _timed(lambda: compiled(owner.params, x0, i, j), reps)
+    grad_s, _ = _timed(lambda: one_step(owner.params, x0), reps)
+
+    loops = {}
+    for loop in ("host", "device"):
+        # a margin no point reaches: every point takes every step
+        config = ipg.FingerprintConfig(num=batch, batch_size=batch, init="noise", keep="all",
+                                       k=1e6, steps=steps, loop=loop)
+        start = time.perf_counter()
+        fp = ipg.generate(owner, config, key=0, progress=False)
+        first_s = time.perf_counter() - start
+        assert int(fp.steps.min()) == steps, "every point must take every step"
+        median_s, times = _timed(lambda: ipg.generate(owner, config, key=0, progress=False).x,
+                                 reps)
+        loops[loop] = {
+            "steps": steps,
+            "first_call_s": round(first_s, 3),
+            "compile_s_approx": round(first_s - median_s, 3),
+            "median_s": round(median_s, 4),
+            "times_s": [round(t, 4) for t in times],
+            "steps_per_s": round(steps / median_s, 3),
+            "point_steps_per_s": round(batch * steps / median_s, 1),
+        }
 
     config = ipg.FingerprintConfig(num=batch, batch_size=batch, init="noise", keep="all",
                                    steps=e2e_steps)
-    # steps is a traced value: a 1-step call compiles exactly what the timed calls run
-    start = time.perf_counter()
-    ipg.generate(owner, dataclasses.replace(config, steps=1), key=0, progress=False)
-    first_call_s = time.perf_counter() - start
+    ipg.generate(owner, dataclasses.replace(config, steps=1), key=0, progress=False)  # compile
     fps = []
     e2e_s, e2e_times = _timed(
         lambda: fps.append(ipg.generate(owner, config, key=0, progress=False)) or fps[-1].x,
@@ -78,18 +92,17 @@ def bench_batch(owner: ipg.Classifier, batch: int, steps: int, reps: int, e2e_st
     fp = fps[-1]
     return {
         "batch_size": batch,
-        "step": {
-            "steps": steps,
-            "compile_s": round(compile_s, 3),
-            "median_s": round(median_s, 4),
-            "times_s": [round(t, 4) for t in times],
-            "steps_per_s": round(steps / median_s, 2),
-            "point_steps_per_s": round(batch * steps / median_s, 1),
-            "flops_per_call_xla": flops,
+        "input_gradient_alone": {
+            "median_s": round(grad_s, 4),
+            "images_per_s": round(batch / grad_s, 1),
+            "flops_xla": flops,
+            "gflops_per_s": None if flops is None else round(flops / grad_s / 1e9, 2),
         },
+        "step_loop": loops,
+        "host_over_device": round(loops["device"]["median_s"] / loops["host"]["median_s"], 2),
         "generate": {
             "config": config.to_dict(),
-            "compile_call_s": round(first_call_s, 3),
+            "loop": ipg.generation.resolve_loop(config.loop),
             "median_s": round(e2e_s, 4),
             "times_s": [round(t, 4) for t in e2e_times],
             "convergence_rate": float(fp.converged.mean()),
@@ -103,8 +116,8 @@ def bench_batch(owner: ipg.Classifier, batch: int, steps: int, reps: int, e2e_st
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 256])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--e2e-steps", type=int, default=1000,
                         help="step cap of the end-to-end generate runs")
     parser.add_argument("--e2e-reps", type=int, default=3)
@@ -120,12 +133,13 @@ def main(argv=None):
     for batch in args.batch_sizes:
         row = bench_batch(owner, batch, args.steps, args.reps, args.e2e_steps, args.e2e_reps)
         rows.append(row)
-        s, g = row["step"], row["generate"]
-        print(f"batch {batch:4d}: {s['steps_per_s']:.2f} steps/s = {s['point_steps_per_s']:.0f} "
-              f"point-steps/s (compile {s['compile_s']:.1f} s); generate: "
-              f"{g['fingerprints_per_s']:.1f} fingerprints/s, converged "
-              f"{g['convergence_rate']:.0%}, mean {g['mean_steps_per_point']:.1f} steps",
-              flush=True)
+        g = row["generate"]
+        print(f"batch {batch:4d}: input gradient {row['input_gradient_alone']['images_per_s']:.0f}"
+              f" img/s; step loop on host {row['step_loop']['host']['point_steps_per_s']:.0f}, "
+              f"on device {row['step_loop']['device']['point_steps_per_s']:.0f} point-steps/s "
+              f"(x{row['host_over_device']}); generate: {g['fingerprints_per_s']:.2f} "
+              f"fingerprints/s, converged {g['convergence_rate']:.0%}, mean "
+              f"{g['mean_steps_per_point']:.1f} / max {g['max_steps']} steps", flush=True)
     report = {
         "command": "python benchmarks/generate.py " + " ".join(argv if argv is not None
                                                                else sys.argv[1:]),

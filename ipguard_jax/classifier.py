@@ -228,7 +228,8 @@ class Classifier:
             )
         if x.shape[0] == 0:
             raise ValueError(f"{name} is empty")
-        if not bool(jnp.all(jnp.isfinite(x))):
+        xp = np if isinstance(x, np.ndarray) else jnp  # host data is checked on the host
+        if not bool(xp.all(xp.isfinite(x))):
             raise ValueError(f"{name} contains NaN or inf")
         return x.astype(self.dtype)
 
@@ -248,3 +249,14 @@ class Classifier:
     def __repr__(self) -> str:
         return (f"Classifier(input_shape={self.input_shape}, num_classes={self.num_classes}, "
                 f"bounds={self.bounds}, params_hash={self.params_hash[:12]}…)")
+
+    @classmethod
+    def from_keras(cls, model: Any, input_shape: tuple[int, ...] | None = None,
+                   bounds: tuple[float, float] = (0.0, 1.0), **options: Any) -> "Classifier":
+        """Wraps a Keras 3 model (``KERAS_BACKEND=jax``) in inference mode.
+
+        See :func:`ipguard_jax._keras.classifier_from_keras` (``options``: ``strip_softmax``).
+        """
+        from ipguard_jax._keras import classifier_from_keras
+
+        return classifier_from_keras(model, input_shape, bounds, **options)

@@ -11,6 +11,7 @@ import optax
 INITS = ("data", "noise")
 TARGETS = ("random", "least_likely")
 KEEPS = ("converged", "all")
+LOOPS = ("auto", "device", "host")
 
 
 def _is_int(value: Any) -> bool:
@@ -44,6 +45,13 @@ class FingerprintConfig:
             exactly ``num`` candidates and returns them all, converged or not.
         max_candidates: the candidate budget for ``keep="converged"``; ``None`` means
             ``4 * num`` (capped by the number of data points with ``init="data"``).
+        loop: where the step loop runs (same steps, same results either way): ``"device"``, a
+            ``lax.while_loop`` inside one compiled call; ``"host"``, compiled blocks of
+            ``block_steps`` unrolled steps driven from Python, which is several times faster for
+            convolutional models on XLA's CPU backend (convolutions in loop bodies are slow
+            there); ``"auto"`` picks ``"host"`` on CPU and ``"device"`` on GPU/TPU.
+        block_steps: steps per compiled block with ``loop="host"`` (larger blocks mean fewer
+            host round-trips but longer compiles).
 
     Example:
         >>> from ipguard_jax import FingerprintConfig
@@ -62,9 +70,11 @@ class FingerprintConfig:
     batch_size: int = 128
     keep: Literal["converged", "all"] = "converged"
     max_candidates: int | None = None
+    loop: Literal["auto", "device", "host"] = "auto"
+    block_steps: int = 4
 
     def __post_init__(self):
-        for name in ("num", "steps", "batch_size"):
+        for name in ("num", "steps", "batch_size", "block_steps"):
             value = getattr(self, name)
             if not _is_int(value):
                 raise TypeError(f"{name} must be an int, got {value!r}")
@@ -82,7 +92,8 @@ class FingerprintConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.tol < 0:
             raise ValueError(f"tol must be >= 0, got {self.tol}")
-        for name, allowed in (("init", INITS), ("target", TARGETS), ("keep", KEEPS)):
+        for name, allowed in (("init", INITS), ("target", TARGETS), ("keep", KEEPS),
+                              ("loop", LOOPS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.optimizer is not None and not (

@@ -57,40 +57,96 @@ def _noise_points(key, ids, lo, hi, *, input_shape, dtype):
     return jax.vmap(draw)(keys)
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "optimizer", "target"))
-def _run_chunk(apply_fn, optimizer, target, params, x0, key, ids, valid, k, lr, steps, tol, lo,
-               hi):
-    """Targets and optimisation for one chunk of candidates, fully on device."""
-    if optimizer is None:
-        optimizer = optax.adam(lr)  # lr traced: a new lr does not recompile
+def _optimizer(optimizer, lr):
+    return optax.adam(lr) if optimizer is None else optimizer  # traced lr: no recompile
+
+
+def _targets(apply_fn, target, params, x0, key, ids):
     start_logits = apply_fn(params, x0)
     target_keys = jax.vmap(lambda kk: jax.random.fold_in(kk, 1))(_candidate_keys(key, ids))
     i, j = engine.choose_targets(start_logits, target_keys, target)
-    result = engine.optimize_points(apply_fn, params, x0, i, j, k=k, optimizer=optimizer,
-                                    steps=steps, tol=tol, bounds=(lo, hi),
-                                    active=valid)
-    finite = jnp.all(jnp.isfinite(start_logits), axis=-1) & jnp.all(
-        jnp.isfinite(result.logits), axis=-1)
+    return i, j, jnp.all(jnp.isfinite(start_logits), axis=-1)
+
+
+def _outputs(result, i, j, start_finite):
+    finite = start_finite & jnp.all(jnp.isfinite(result.logits), axis=-1)
     return dict(x=result.x, labels=jnp.argmax(result.logits, -1).astype(jnp.int32), i=i, j=j,
                 loss=result.loss, converged=result.converged, steps=result.steps, finite=finite)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "optimizer", "target"))
+def _run_chunk(apply_fn, optimizer, target, params, x0, key, ids, valid, k, lr, steps, tol, lo,
+               hi):
+    """One chunk, the whole optimisation loop on device (``lax.while_loop``)."""
+    i, j, start_finite = _targets(apply_fn, target, params, x0, key, ids)
+    result = engine.optimize_points(apply_fn, params, x0, i, j, k=k,
+                                    optimizer=_optimizer(optimizer, lr), steps=steps, tol=tol,
+                                    bounds=(lo, hi), active=valid)
+    return _outputs(result, i, j, start_finite)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "optimizer", "target"))
+def _start_chunk(apply_fn, optimizer, target, params, x0, key, ids, valid, lr, lo, hi):
+    i, j, start_finite = _targets(apply_fn, target, params, x0, key, ids)
+    x0 = optax.projections.projection_box(x0, lo, hi)
+    return i, j, start_finite, engine.init_points(_optimizer(optimizer, lr), x0, valid)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "optimizer", "num_steps"))
+def _advance_chunk(apply_fn, optimizer, num_steps, params, state, i, j, k, lr, tol, lo, hi,
+                   max_steps):
+    state = engine.run_steps(apply_fn, params, state, i, j, k=k,
+                             optimizer=_optimizer(optimizer, lr), num_steps=num_steps,
+                             max_steps=max_steps, tol=tol, bounds=(lo, hi))
+    return state, jnp.all(state.done)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn",))
+def _finish_chunk(apply_fn, params, state, i, j, start_finite, k, tol):
+    return _outputs(engine.finish_points(apply_fn, params, state, i, j, k=k, tol=tol), i, j,
+                    start_finite)
+
+
+def _run_chunk_host_loop(apply_fn, optimizer, target, block, params, x0, key, ids, valid, k, lr,
+                         steps, tol, lo, hi):
+    """One chunk, the step loop driven from the host in unrolled blocks of ``block`` steps.
+
+    Same steps, same results as :func:`_run_chunk`; XLA's CPU backend runs convolutions inside
+    a loop body several times slower (see :func:`ipguard_jax.engine.run_steps`).
+    """
+    i, j, start_finite, state = _start_chunk(apply_fn, optimizer, target, params, x0, key, ids,
+                                             valid, lr, lo, hi)
+    for first in range(0, int(steps), block):
+        state, all_done = _advance_chunk(apply_fn, optimizer, block, params, state, i, j, k, lr,
+                                         tol, lo, hi, np.int32(int(steps) - first))
+        if bool(all_done):
+            break
+    return _finish_chunk(apply_fn, params, state, i, j, start_finite, k, tol)
+
+
+def resolve_loop(loop: str) -> str:
+    """``"auto"`` -> ``"host"`` on the CPU backend, ``"device"`` elsewhere."""
+    if loop == "auto":
+        return "host" if jax.default_backend() == "cpu" else "device"
+    return loop
 
 
 def _check_data(classifier: Classifier, data: Any, config: FingerprintConfig) -> np.ndarray:
     if data is None:
         raise ValueError('init="data" needs start images: pass data=... (or use init="noise")')
-    x = classifier.check_input(data, name="data")
+    x = np.asarray(classifier.check_input(np.asarray(data), name="data"))
     lo, hi = classifier.bounds
-    if bool(jnp.any(x < lo)) or bool(jnp.any(x > hi)):
+    if x.min() < lo or x.max() > hi:
         raise ValueError(
             f"data has values outside the classifier's bounds {classifier.bounds}: "
-            f"min {float(jnp.min(x))}, max {float(jnp.max(x))}"
+            f"min {float(x.min())}, max {float(x.max())}"
         )
     if x.shape[0] < config.num:
         raise ValueError(
             f'too few data points for init="data": num={config.num} fingerprints need at '
             f"least {config.num} start images, data has {x.shape[0]}"
         )
-    return np.asarray(x)
+    return x
 
 
 def generate(
@@ -154,6 +210,7 @@ def generate(
     elif data is not None:
         raise ValueError('data is only used with init="data"; drop it or set init="data"')
     batch = min(config.batch_size, budget)
+    loop = resolve_loop(config.loop)
     want = config.num
 
     scalars = dict(k=jnp.float32(config.k), lr=jnp.float32(config.lr),
@@ -164,7 +221,7 @@ def generate(
     bar = tqdm(total=want, disable=not progress, unit="pt", desc="fingerprints",
                leave=False, dynamic_ncols=True)
     try:
-        while drawn < budget and (converged < want if config.keep == "converged" else True):
+        while drawn < budget and not (config.keep == "converged" and converged >= want):
             ids = np.arange(drawn, drawn + batch)
             valid = ids < budget
             if config.init == "data":
@@ -174,9 +231,13 @@ def generate(
                 source = ids
                 x0 = _noise_points(point_key, ids, scalars["lo"], scalars["hi"],
                                    input_shape=classifier.input_shape, dtype=classifier.dtype)
-            out = _run_chunk(classifier.apply_fn, config.optimizer, config.target,
-                             classifier.params, x0, point_key, jnp.asarray(ids),
-                             jnp.asarray(valid), **scalars)
+            args = (classifier.params, x0, point_key, jnp.asarray(ids), jnp.asarray(valid))
+            if loop == "device":
+                out = _run_chunk(classifier.apply_fn, config.optimizer, config.target, *args,
+                                 **scalars)
+            else:
+                out = _run_chunk_host_loop(classifier.apply_fn, config.optimizer, config.target,
+                                           config.block_steps, *args, **scalars)
             out = {name: np.asarray(value)[valid] for name, value in out.items()}
             if not out.pop("finite").all():
                 raise ValueError(
@@ -208,6 +269,7 @@ def generate(
         "library": {"name": "ipguard_jax", "version": __version__, "jax": jax.__version__},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "config": config.to_dict(),
+        "loop": loop,
         "key": _key_record(key),
         "classifier": {"params_sha256": classifier.params_hash, **classifier.input_spec},
         "num_candidates": drawn,

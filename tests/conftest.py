@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from sklearn.datasets import load_digits
 
 import ipguard_jax as ipg
+from ipguard_jax.data import load_digits
 
 
 def mlp_apply(params, x):
@@ -49,11 +49,9 @@ def train_mlp(x, y, seed, hidden=64, num_classes=10, steps=300, lr=1e-2):
 @pytest.fixture(scope="session")
 def digits():
     """Digits as (N, 8, 8, 1) float32 in [0, 1], shuffled, split into owner/other/test parts."""
-    data = load_digits()
-    x = (data.images / 16.0).astype(np.float32)[..., None]
-    y = data.target.astype(np.int32)
-    order = np.random.default_rng(0).permutation(len(y))
-    x, y = x[order], y[order]
+    digits = load_digits()
+    order = np.random.default_rng(0).permutation(len(digits))
+    x, y = digits.x[order], digits.y[order]
     return {"owner": (x[:700], y[:700]), "other": (x[700:1400], y[700:1400]),
             "test": (x[1400:], y[1400:])}
 

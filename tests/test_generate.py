@@ -132,6 +132,8 @@ def test_suggest_k_scales_with_logits(owner, digits):
         ({"init": "zeros"}, ValueError, "init must be one of"),
         ({"target": "far"}, ValueError, "target must be one of"),
         ({"keep": "some"}, ValueError, "keep must be one of"),
+        ({"loop": "gpu"}, ValueError, "loop must be one of"),
+        ({"block_steps": 0}, ValueError, "block_steps must be > 0"),
         ({"optimizer": "adam"}, TypeError, "optimizer must be an optax"),
         ({"num": 10, "max_candidates": 5}, ValueError, "max_candidates"),
     ],
@@ -168,3 +170,22 @@ def test_non_finite_logits_are_reported(owner):
     broken = ipg.Classifier(lambda p, x: owner.apply_fn(p, x) * jnp.inf, owner.params, (8, 8, 1))
     with pytest.raises(ValueError, match="non-finite logits"):
         ipg.generate(broken, ipg.FingerprintConfig(num=4, init="noise"), progress=False)
+
+
+@pytest.mark.parametrize("init", ["data", "noise"])
+def test_host_and_device_loops_give_the_same_fingerprints(owner, digits, init):
+    data = digits["test"][0] if init == "data" else None
+    runs = {}
+    for loop, block in (("device", 4), ("host", 4), ("host", 3)):
+        # steps=50 is not a multiple of 4 or 3: the last block must stop at the budget
+        config = ipg.FingerprintConfig(num=24, k=10.0, steps=50, init=init, keep="all",
+                                       loop=loop, block_steps=block)
+        runs[loop, block] = ipg.generate(owner, config, key=3, data=data, progress=False)
+    reference = runs["device", 4]
+    assert reference.steps.max() == 50 and not reference.converged.all()  # budget binds
+    for fp in runs.values():
+        np.testing.assert_array_equal(fp.steps, reference.steps)
+        np.testing.assert_array_equal(fp.converged, reference.converged)
+        np.testing.assert_array_equal(fp.labels, reference.labels)
+        np.testing.assert_allclose(fp.x, reference.x, atol=1e-6)
+    assert runs["host", 4].metadata["loop"] == "host"

@@ -7,9 +7,9 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from sklearn.datasets import load_digits
 
 from ipguard_jax import models
+from ipguard_jax.data import load_digits
 from ipguard_jax.train import TrainConfig, augment, evaluate, fit
 
 
@@ -26,11 +26,9 @@ def rngs(seed):
 @pytest.fixture(scope="module")
 def digits_split():
     """sklearn digits as (N, 8, 8, 1) float32 in [0, 1]: 1400 train, 397 test."""
-    data = load_digits()
-    x = (data.images / 16.0).astype(np.float32)[..., None]
-    y = data.target.astype(np.int32)
-    order = np.random.default_rng(0).permutation(len(y))
-    x, y = x[order], y[order]
+    digits = load_digits()
+    order = np.random.default_rng(0).permutation(len(digits))
+    x, y = digits.x[order], digits.y[order]
     return x[:1400], y[:1400], x[1400:], y[1400:]
 
 
