@@ -128,3 +128,8 @@ def test_call_input_errors():
     with pytest.raises(ValueError, match="empty"):
         clf(np.zeros((0, 4), np.float32))
     assert "params_hash" in repr(clf)
+
+
+def test_from_linen_rejects_other_objects():
+    with pytest.raises(TypeError, match="flax.linen.Module"):
+        ipg.Classifier.from_linen(object(), {}, input_shape=(3,))

@@ -189,3 +189,17 @@ def test_host_and_device_loops_give_the_same_fingerprints(owner, digits, init):
         np.testing.assert_array_equal(fp.labels, reference.labels)
         np.testing.assert_allclose(fp.x, reference.x, atol=1e-6)
     assert runs["host", 4].metadata["loop"] == "host"
+
+
+def test_keys_accepted_and_rejected():
+    from ipguard_jax.generation import as_key
+
+    typed = jax.random.key(5)
+    raw = jax.random.key_data(typed)
+    assert (jax.random.key_data(as_key(5)) == raw).all()
+    assert (jax.random.key_data(as_key(np.asarray(raw))) == raw).all()
+    assert as_key(typed) is typed
+    with pytest.raises(ValueError, match="single PRNG key"):
+        as_key(jax.random.split(typed, 3))
+    with pytest.raises(TypeError, match="key must be"):
+        as_key(1.5)

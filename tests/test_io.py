@@ -125,3 +125,39 @@ def test_no_pickle_anywhere(tmp_path, owner_fingerprints):
         if p.is_file():
             assert not p.read_bytes().startswith(b"\x80"), f"{p} looks like a pickle"
     assert os.path.isdir(path)
+
+
+def test_save_rejects_bad_arguments(tmp_path, owner_fingerprints):
+    with pytest.raises(TypeError, match="must be Fingerprints"):
+        ipg.save({"x": 1}, tmp_path / "fp")
+    with pytest.raises(FileNotFoundError, match="parent directory"):
+        ipg.save(owner_fingerprints, tmp_path / "no" / "such" / "fp")
+    odd = ipg.Fingerprints(**owner_fingerprints.arrays(), metadata={"when": object()})
+    with pytest.raises(ValueError, match="JSON-serialisable"):
+        ipg.save(odd, tmp_path / "fp")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_detects_inconsistent_parts(tmp_path, owner_fingerprints):
+    path = ipg.save(owner_fingerprints, tmp_path / "fp")
+    version = (path / "CURRENT").read_text()
+    manifest_path = path / version / "fingerprints.json"
+    original = manifest_path.read_text()
+
+    manifest = json.loads(original)
+    manifest["arrays"]["labels"]["shape"] = [99]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ipg.FingerprintFileError, match="array 'labels' has dtype"):
+        ipg.load(path)
+    manifest = json.loads(original)
+    del manifest["arrays"]["steps"]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ipg.FingerprintFileError, match="lists arrays"):
+        ipg.load(path)
+    manifest_path.write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(ipg.FingerprintFileError, match="not an ipguard_jax.fingerprints"):
+        ipg.load(path)
+    manifest_path.write_text(original)
+    (path / "CURRENT").write_text("v-gone")
+    with pytest.raises(ipg.FingerprintFileError, match="'v-gone' named by CURRENT is missing"):
+        ipg.load(path)

@@ -76,3 +76,20 @@ def test_bad_suspects_are_rejected(owner_fingerprints, owner):
     with pytest.raises(ValueError, match="batch_size"):
         ipg.matching_rate(owner_fingerprints, owner, batch_size=0)
     assert x.shape == (100, 8, 8, 1)
+
+
+def test_fingerprints_container_checks(owner_fingerprints):
+    arrays = owner_fingerprints.arrays()
+    with pytest.raises(ValueError, match="share their length"):
+        ipg.Fingerprints(**{**arrays, "labels": arrays["labels"][:5]})
+    with pytest.raises(ValueError, match="must be 1-D"):
+        ipg.Fingerprints(**{**arrays, "loss": arrays["loss"][:, None]})
+    with pytest.raises(IndexError, match="slice, an index array or a mask"):
+        owner_fingerprints[3]
+    subset = owner_fingerprints[owner_fingerprints.labels == owner_fingerprints.labels[0]]
+    assert 0 < len(subset) < 100 and subset.metadata == owner_fingerprints.metadata
+    assert not owner_fingerprints.x.flags.writeable  # evidence is read-only
+    with pytest.raises(TypeError, match="must be Fingerprints"):
+        ipg.matching_rate(arrays, lambda b: np.zeros(len(b), int))
+    with pytest.raises(ValueError, match="returned 3 rows"):
+        ipg.matching_rate(owner_fingerprints, lambda b: np.zeros((3, 10)))
