@@ -52,6 +52,11 @@ class FingerprintConfig:
             there); ``"auto"`` picks ``"host"`` on CPU and ``"device"`` on GPU/TPU.
         block_steps: steps per compiled block with ``loop="host"`` (larger blocks mean fewer
             host round-trips but longer compiles).
+        compact: with the host loop, swap finished points out of the working batch for fresh
+            candidates as it runs, so no step waits for a batch's slowest point. Each candidate
+            follows the same path as without compaction, and the same candidates are returned
+            (tested); only the count of candidates drawn may differ. Ignored with
+            ``loop="device"`` (chosen by ``"auto"`` on GPU/TPU).
 
     Example:
         >>> from ipguard_jax import FingerprintConfig
@@ -72,6 +77,7 @@ class FingerprintConfig:
     max_candidates: int | None = None
     loop: Literal["auto", "device", "host"] = "auto"
     block_steps: int = 4
+    compact: bool = False
 
     def __post_init__(self):
         for name in ("num", "steps", "batch_size", "block_steps"):

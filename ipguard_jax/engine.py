@@ -304,19 +304,21 @@ def run_steps(
 
     XLA's CPU backend runs convolutions inside a loop body several times slower than outside
     one (jax-ml/jax#12868; ResNet-20 input gradients measured here: ~65 vs ~300 images/s), so on
-    CPU the step loop is better driven from the host in unrolled blocks. Steps from
-    ``max_steps`` on (a traced count, e.g. the budget left) move nothing.
+    CPU the step loop is better driven from the host in unrolled blocks.
 
     Args:
         num_steps: steps in the block (static: the program grows with it).
-        max_steps: how many of them may move points (default all).
+        max_steps: a point that has taken ``max_steps`` steps (its own count, ``state.steps``)
+            moves no more (a traced value; default no cap). Points that start together reach
+            it together, which makes blocks end exactly at a step budget; points refilled
+            into a batch later keep their own budget.
         (the rest as in :func:`step_points`)
 
     Returns:
         The :class:`PointState` after the block.
     """
-    for step in range(num_steps):
-        enabled = True if max_steps is None else step < max_steps
+    for _ in range(num_steps):
+        enabled = True if max_steps is None else state.steps < max_steps
         state = step_points(apply_fn, params, state, i, j, k=k, optimizer=optimizer, tol=tol,
                             bounds=bounds, enabled=enabled)
     return state

@@ -116,9 +116,9 @@ def _run_chunk_host_loop(apply_fn, optimizer, target, block, params, x0, key, id
     """
     i, j, start_finite, state = _start_chunk(apply_fn, optimizer, target, params, x0, key, ids,
                                              valid, lr, lo, hi)
-    for first in range(0, int(steps), block):
+    for _ in range(0, int(steps), block):
         state, all_done = _advance_chunk(apply_fn, optimizer, block, params, state, i, j, k, lr,
-                                         tol, lo, hi, np.int32(int(steps) - first))
+                                         tol, lo, hi, steps)
         if bool(all_done):
             break
     return _finish_chunk(apply_fn, params, state, i, j, start_finite, k, tol)
@@ -147,6 +147,131 @@ def _check_data(classifier: Classifier, data: Any, config: FingerprintConfig) ->
             f"least {config.num} start images, data has {x.shape[0]}"
         )
     return x
+
+
+class _Collector:
+    """Gathers finished candidates (in any order) and tracks the stopping rule."""
+
+    def __init__(self, config: FingerprintConfig, want: int, progress: bool):
+        self.config, self.want = config, want
+        self.parts: list[dict[str, np.ndarray]] = []
+        self.converged_ids: list[np.ndarray] = []
+        self.drawn = self.converged = 0
+        self.bar = tqdm(total=want, disable=not progress, unit="pt", desc="fingerprints",
+                        leave=False, dynamic_ncols=True)
+
+    def add(self, out: dict[str, np.ndarray], ids: np.ndarray, source: np.ndarray) -> None:
+        if not out.pop("finite").all():
+            raise ValueError(
+                "the classifier produced non-finite logits (NaN or inf) during generation; "
+                "check the model and its parameters"
+            )
+        out["source"], out["id"] = source, ids
+        self.parts.append(out)
+        self.drawn += len(ids)
+        new = int(out["converged"].sum())
+        self.converged += new
+        self.converged_ids.append(ids[out["converged"]])
+        self.bar.update(min(new, max(self.want - self.bar.n, 0)) if self.config.keep == "converged"
+                        else len(ids))
+        self.bar.set_postfix(converged=f"{self.converged}/{self.drawn}")
+
+    def settled(self, lowest_open: float) -> bool:
+        """Whether the first ``want`` converged candidates (by index) are known, given that no
+        candidate below ``lowest_open`` is still running."""
+        if self.config.keep != "converged" or self.converged < self.want:
+            return False
+        ids = np.sort(np.concatenate(self.converged_ids))
+        return bool(ids[self.want - 1] < lowest_open)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        merged = {name: np.concatenate([p[name] for p in self.parts]) for name in self.parts[0]}
+        order = np.argsort(merged.pop("id"), kind="stable")  # candidate order
+        return {name: a[order] for name, a in merged.items()}
+
+
+def _run_chunked(classifier, config, loop, key, starts, budget, batch, scalars, collector):
+    """Candidates in consecutive chunks of ``batch``; each chunk runs until all its points stop."""
+    drawn = 0
+    while drawn < budget and not collector.settled(lowest_open=np.inf):
+        ids = np.arange(drawn, drawn + batch)
+        valid = ids < budget
+        x0, source = starts(ids)
+        args = (classifier.params, x0, key, jnp.asarray(ids), jnp.asarray(valid))
+        if loop == "device":
+            out = _run_chunk(classifier.apply_fn, config.optimizer, config.target, *args,
+                             **scalars)
+        else:
+            out = _run_chunk_host_loop(classifier.apply_fn, config.optimizer, config.target,
+                                       config.block_steps, *args, **scalars)
+        collector.add({name: np.asarray(v)[valid] for name, v in out.items()}, ids[valid],
+                      source[valid])
+        drawn += int(valid.sum())
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "optimizer", "target"))
+def _refill_chunk(apply_fn, optimizer, target, params, state, i, j, start_finite, x0, key, ids,
+                  refill, retire, lr, lo, hi):
+    """Puts fresh candidates into the ``refill`` slots; ``retire`` slots stop for good."""
+    new_i, new_j, new_finite, new_state = _start_chunk(apply_fn, optimizer, target, params, x0,
+                                                       key, ids, refill, lr, lo, hi)
+    pick = lambda new, old: engine._select_points(refill, new, old)
+    state = jax.tree.map(pick, new_state, state)
+    state = state._replace(done=state.done | retire)
+    return pick(new_i, i), pick(new_j, j), pick(new_finite, start_finite), state
+
+
+def _run_compacted(classifier, config, loop, key, starts, budget, batch, scalars, collector):
+    """One working batch whose finished points are swapped for fresh candidates as it runs.
+
+    Every ``block_steps`` steps the host looks at which slots stopped (converged, or out of
+    steps); once a quarter of the batch has, their results are taken out and the slots refilled
+    with the next candidates, so the steps go to unfinished points instead of waiting for the
+    slowest one. Each candidate keeps its own step budget, targets and optimiser state, so it
+    follows the same path as in the chunked run.
+    """
+    apply_fn, params, opt, target = (classifier.apply_fn, classifier.params, config.optimizer,
+                                     config.target)
+    ids = np.arange(batch)
+    slot_id = np.where(ids < budget, ids, -1)  # -1: empty slot
+    x0, slot_source = starts(ids)
+    i, j, start_finite, state = _start_chunk(apply_fn, opt, target, params, x0, key,
+                                             jnp.asarray(ids), jnp.asarray(slot_id >= 0),
+                                             scalars["lr"], scalars["lo"], scalars["hi"])
+    next_id = min(batch, budget)
+    threshold = max(1, batch // 4)
+    while True:
+        state, _ = _advance_chunk(apply_fn, opt, config.block_steps, params, state, i, j,
+                                  scalars["k"], scalars["lr"], scalars["tol"], scalars["lo"],
+                                  scalars["hi"], scalars["steps"])
+        stopped = np.asarray(state.done) | (np.asarray(state.steps) >= config.steps)
+        finished = (slot_id >= 0) & stopped
+        running = (slot_id >= 0) & ~stopped
+        if finished.sum() < threshold and running.any():
+            continue
+        out = _finish_chunk(apply_fn, params, state, i, j, start_finite, scalars["k"],
+                            scalars["tol"])
+        collector.add({name: np.asarray(v)[finished] for name, v in out.items()},
+                      slot_id[finished], slot_source[finished])
+        lowest_open = min(slot_id[running].min() if running.any() else np.inf, next_id)
+        if collector.settled(lowest_open) or (not running.any() and next_id >= budget):
+            return
+        # Refill the finished slots, in slot order, with the next candidates.
+        slots = np.flatnonzero(finished)
+        fresh = slots[:max(0, min(len(slots), budget - next_id))]
+        refill = np.zeros(batch, bool)
+        refill[fresh] = True
+        new_ids = slot_id.copy()
+        new_ids[fresh] = np.arange(next_id, next_id + len(fresh))
+        new_ids[finished & ~refill] = -1
+        next_id += len(fresh)
+        x0, source = starts(np.maximum(new_ids, 0))
+        slot_source = np.where(refill, source, slot_source)
+        i, j, start_finite, state = _refill_chunk(
+            apply_fn, opt, target, params, state, i, j, start_finite, x0, key,
+            jnp.asarray(np.maximum(new_ids, 0)), jnp.asarray(refill),
+            jnp.asarray(finished & ~refill), scalars["lr"], scalars["lo"], scalars["hi"])
+        slot_id = new_ids
 
 
 def generate(
@@ -216,46 +341,24 @@ def generate(
     scalars = dict(k=jnp.float32(config.k), lr=jnp.float32(config.lr),
                    steps=jnp.int32(config.steps), tol=jnp.float32(config.tol),
                    lo=jnp.asarray(lo, classifier.dtype), hi=jnp.asarray(hi, classifier.dtype))
-    chunks: list[dict[str, np.ndarray]] = []
-    drawn = converged = 0
-    bar = tqdm(total=want, disable=not progress, unit="pt", desc="fingerprints",
-               leave=False, dynamic_ncols=True)
-    try:
-        while drawn < budget and not (config.keep == "converged" and converged >= want):
-            ids = np.arange(drawn, drawn + batch)
-            valid = ids < budget
-            if config.init == "data":
-                source = order[ids % data.shape[0]]  # past the budget: padding, masked out
-                x0 = jnp.asarray(data[source])
-            else:
-                source = ids
-                x0 = _noise_points(point_key, ids, scalars["lo"], scalars["hi"],
-                                   input_shape=classifier.input_shape, dtype=classifier.dtype)
-            args = (classifier.params, x0, point_key, jnp.asarray(ids), jnp.asarray(valid))
-            if loop == "device":
-                out = _run_chunk(classifier.apply_fn, config.optimizer, config.target, *args,
-                                 **scalars)
-            else:
-                out = _run_chunk_host_loop(classifier.apply_fn, config.optimizer, config.target,
-                                           config.block_steps, *args, **scalars)
-            out = {name: np.asarray(value)[valid] for name, value in out.items()}
-            if not out.pop("finite").all():
-                raise ValueError(
-                    "the classifier produced non-finite logits (NaN or inf) during generation; "
-                    "check the model and its parameters"
-                )
-            out["source"] = source[valid]
-            chunks.append(out)
-            drawn += int(valid.sum())
-            new = int(out["converged"].sum())
-            converged += new
-            bar.update(min(new, max(want - bar.n, 0)) if config.keep == "converged"
-                       else int(valid.sum()))
-            bar.set_postfix(converged=f"{converged}/{drawn}")
-    finally:
-        bar.close()
 
-    arrays = {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+    def starts(ids: np.ndarray) -> tuple[jax.Array, np.ndarray]:
+        """Start points and their sources for candidate indices (past the budget: padding)."""
+        if config.init == "data":
+            source = order[ids % data.shape[0]]
+            return jnp.asarray(data[source]), source
+        return _noise_points(point_key, ids, scalars["lo"], scalars["hi"],
+                             input_shape=classifier.input_shape, dtype=classifier.dtype), ids
+
+    compact = config.compact and loop == "host"
+    collector = _Collector(config, want, progress)
+    try:
+        run = _run_compacted if compact else _run_chunked
+        run(classifier, config, loop, point_key, starts, budget, batch, scalars, collector)
+    finally:
+        collector.bar.close()
+    arrays, drawn, converged = collector.arrays(), collector.drawn, collector.converged
+
     if config.keep == "converged":
         keep = np.flatnonzero(arrays["converged"])[:want]
         if keep.size < want:
@@ -270,6 +373,7 @@ def generate(
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "config": config.to_dict(),
         "loop": loop,
+        "compact": compact,
         "key": _key_record(key),
         "classifier": {"params_sha256": classifier.params_hash, **classifier.input_spec},
         "num_candidates": drawn,

@@ -203,3 +203,24 @@ def test_keys_accepted_and_rejected():
         as_key(jax.random.split(typed, 3))
     with pytest.raises(TypeError, match="key must be"):
         as_key(1.5)
+
+
+@pytest.mark.parametrize("keep", ["all", "converged"])
+def test_compaction_returns_the_same_fingerprints(owner, digits, keep):
+    # k=10 with 40 steps: a mix of fast, slow and never-converging points, so slots refill
+    # at different times and the per-point budgets matter.
+    base = dict(num=30, k=10.0, steps=40, batch_size=8, keep=keep, loop="host", block_steps=4,
+                max_candidates=120)
+    runs = {compact: ipg.generate(owner, ipg.FingerprintConfig(**base, compact=compact), key=4,
+                                  data=digits["test"][0], progress=False)
+            for compact in (False, True)}
+    plain, compacted = runs[False], runs[True]
+    assert compacted.metadata["compact"] and not plain.metadata["compact"]
+    assert len(plain) == len(compacted) == 30
+    if keep == "all":
+        assert 0 < plain.converged.sum() < 30  # both kinds of point present
+    for name in ("source", "i", "j", "labels", "converged", "steps"):
+        np.testing.assert_array_equal(getattr(compacted, name), getattr(plain, name),
+                                      err_msg=name)
+    np.testing.assert_allclose(compacted.x, plain.x, atol=1e-6)
+    np.testing.assert_allclose(compacted.loss, plain.loss, atol=1e-5)
