@@ -38,6 +38,9 @@ from ipguard_jax.generation import suggest_k as suggest_k
 from ipguard_jax.io import FingerprintFileError as FingerprintFileError
 from ipguard_jax.io import load as load
 from ipguard_jax.io import save as save
+from ipguard_jax.suspects import HTTPSuspect as HTTPSuspect
+from ipguard_jax.suspects import QueryBudgetExceeded as QueryBudgetExceeded
+from ipguard_jax.suspects import SuspectQueryError as SuspectQueryError
 from ipguard_jax.verification import Verdict as Verdict
 from ipguard_jax.verification import matching_rate as matching_rate
 from ipguard_jax.verification import query_labels as query_labels
