@@ -6,15 +6,15 @@ Measures, per batch size:
     ``--steps`` steps, with the loop on the host (unrolled compiled blocks) and on the device
     (``lax.while_loop``), compile time apart, median of ``--reps`` runs;
   * end to end: ``generate`` (keep="all", default k=3, Adam 0.01, at most ``--e2e-steps`` steps)
-    on a warm cache, median of ``--e2e-reps`` runs: fingerprints/s, convergence, mean and max
-    steps per point. A batch runs until its slowest point is done, so this rate is set by the
-    straggler tail.
+    on a warm cache, chunked and compacted alternating, median of ``--e2e-reps`` runs:
+    fingerprints/s, convergence, mean and max steps per point. A chunk runs until its slowest
+    point is done; compaction refills finished slots instead.
 
 The owner is a randomly initialised CIFAR ResNet-20 (no trained weights are needed to time the
 step; its convergence profile is not that of a trained model, so the end-to-end rate is
 indicative only).
 
-    python benchmarks/generate.py --batch-sizes 128 256 --steps 10 --reps 3 --e2e-steps 200 --e2e-reps 1
+    python benchmarks/generate.py --batch-sizes 128 --steps 10 --reps 3 --e2e-steps 200 --e2e-reps 1
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -48,7 +49,7 @@ def _timed(fn, reps):
 
 
 def bench_batch(owner: ipg.Classifier, batch: int, steps: int, reps: int, e2e_steps: int,
-                e2e_reps: int) -> dict:
+                e2e_reps: int, e2e_num: int) -> dict:
     x0 = jax.random.uniform(jax.random.key(1), (batch, *owner.input_shape))
     i, j = engine.choose_targets(owner(x0), jax.random.key(2))
     one_step = jax.jit(lambda params, x: engine.loss_and_grad(owner.apply_fn, params, x, i, j,
@@ -82,14 +83,39 @@ def bench_batch(owner: ipg.Classifier, batch: int, steps: int, reps: int, e2e_st
             "point_steps_per_s": round(batch * steps / median_s, 1),
         }
 
-    config = ipg.FingerprintConfig(num=batch, batch_size=batch, init="noise", keep="all",
-                                   steps=e2e_steps)
-    ipg.generate(owner, dataclasses.replace(config, steps=1), key=0, progress=False)  # compile
-    fps = []
-    e2e_s, e2e_times = _timed(
-        lambda: fps.append(ipg.generate(owner, config, key=0, progress=False)) or fps[-1].x,
-        e2e_reps)
-    fp = fps[-1]
+    # End to end, chunked against compacted, alternating runs so both see the same machine.
+    configs = {
+        mode: ipg.FingerprintConfig(num=e2e_num, batch_size=batch, init="noise", keep="all",
+                                    steps=e2e_steps, compact=mode == "compacted")
+        for mode in ("chunked", "compacted")
+    }
+    for config in configs.values():
+        # steps is traced: a 1-step call compiles the timed program; two batches of candidates
+        # make the compacted run refill, which compiles the refill program too
+        ipg.generate(owner, dataclasses.replace(config, steps=1, num=batch + 1), key=0,
+                     progress=False)
+    times = {mode: [] for mode in configs}
+    results = {}
+    for _ in range(e2e_reps):
+        for mode, config in configs.items():
+            start = time.perf_counter()
+            results[mode] = ipg.generate(owner, config, key=0, progress=False)
+            times[mode].append(time.perf_counter() - start)
+    generate = {}
+    for mode, config in configs.items():
+        fp, median = results[mode], statistics.median(times[mode])
+        generate[mode] = {
+            "config": config.to_dict(),
+            "loop": fp.metadata["loop"],
+            "median_s": round(median, 4),
+            "times_s": [round(t, 4) for t in times[mode]],
+            "convergence_rate": float(fp.converged.mean()),
+            "mean_steps_per_point": float(fp.steps.mean()),
+            "max_steps": int(fp.steps.max()),
+            "fingerprints_per_s": round(int(fp.converged.sum()) / median, 2),
+        }
+    same = all(np.array_equal(getattr(results["chunked"], n), getattr(results["compacted"], n))
+               for n in ("source", "labels", "converged", "steps"))
     return {
         "batch_size": batch,
         "input_gradient_alone": {
@@ -100,16 +126,10 @@ def bench_batch(owner: ipg.Classifier, batch: int, steps: int, reps: int, e2e_st
         },
         "step_loop": loops,
         "host_over_device": round(loops["device"]["median_s"] / loops["host"]["median_s"], 2),
-        "generate": {
-            "config": config.to_dict(),
-            "loop": ipg.generation.resolve_loop(config.loop),
-            "median_s": round(e2e_s, 4),
-            "times_s": [round(t, 4) for t in e2e_times],
-            "convergence_rate": float(fp.converged.mean()),
-            "mean_steps_per_point": float(fp.steps.mean()),
-            "max_steps": int(fp.steps.max()),
-            "fingerprints_per_s": round(int(fp.converged.sum()) / e2e_s, 2),
-        },
+        "generate": generate,
+        "compaction_speedup": round(generate["chunked"]["median_s"]
+                                    / generate["compacted"]["median_s"], 2),
+        "compacted_equals_chunked": bool(same),
     }
 
 
@@ -121,6 +141,8 @@ def main(argv=None):
     parser.add_argument("--e2e-steps", type=int, default=1000,
                         help="step cap of the end-to-end generate runs")
     parser.add_argument("--e2e-reps", type=int, default=3)
+    parser.add_argument("--e2e-batches", type=int, default=4,
+                        help="end-to-end runs generate this many batches of points")
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).parent / "results" / "generate.json")
@@ -131,15 +153,20 @@ def main(argv=None):
     params = sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
     rows = []
     for batch in args.batch_sizes:
-        row = bench_batch(owner, batch, args.steps, args.reps, args.e2e_steps, args.e2e_reps)
+        row = bench_batch(owner, batch, args.steps, args.reps, args.e2e_steps, args.e2e_reps,
+                          args.e2e_batches * batch)
         rows.append(row)
         g = row["generate"]
         print(f"batch {batch:4d}: input gradient {row['input_gradient_alone']['images_per_s']:.0f}"
               f" img/s; step loop on host {row['step_loop']['host']['point_steps_per_s']:.0f}, "
               f"on device {row['step_loop']['device']['point_steps_per_s']:.0f} point-steps/s "
-              f"(x{row['host_over_device']}); generate: {g['fingerprints_per_s']:.2f} "
-              f"fingerprints/s, converged {g['convergence_rate']:.0%}, mean "
-              f"{g['mean_steps_per_point']:.1f} / max {g['max_steps']} steps", flush=True)
+              f"(x{row['host_over_device']}); generate: chunked "
+              f"{g['chunked']['fingerprints_per_s']:.2f}, compacted "
+              f"{g['compacted']['fingerprints_per_s']:.2f} fingerprints/s "
+              f"(x{row['compaction_speedup']}, same result: {row['compacted_equals_chunked']}); "
+              f"converged {g['chunked']['convergence_rate']:.0%}, mean "
+              f"{g['chunked']['mean_steps_per_point']:.1f} / max {g['chunked']['max_steps']} steps",
+              flush=True)
     report = {
         "command": "python benchmarks/generate.py " + " ".join(argv if argv is not None
                                                                else sys.argv[1:]),
