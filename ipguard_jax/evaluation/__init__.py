@@ -1,0 +1,38 @@
+"""Robustness and uniqueness of fingerprints: pirated copies, a model cache, ARUC reports.
+
+- :mod:`~ipguard_jax.evaluation.postprocess`: pirated copies of an NNX owner (FTLL, FTAL, RTLL,
+  RTAL, pruning with and without fine-tuning, distillation, int8 quantisation).
+- :mod:`~ipguard_jax.evaluation.zoo`: trained models cached on disk by recipe hash (orbax).
+- :mod:`~ipguard_jax.evaluation.report`: matching rates -> robustness, uniqueness, ARUC (as
+  ROC-AUC and as the integral of min(R, U)), TPR at 1% FPR, p-values; JSON, Markdown, PNG.
+
+Example::
+
+    >>> from ipguard_jax import evaluation
+    >>> rep = evaluation.evaluate(fp, owner, {"ftal": ftal_clf}, {"seed1": other_clf})
+    >>> print(rep.to_markdown())
+"""
+
+from ipguard_jax.evaluation import postprocess as postprocess
+from ipguard_jax.evaluation.postprocess import PirateConfig as PirateConfig
+from ipguard_jax.evaluation.postprocess import build_model as build_model
+from ipguard_jax.evaluation.postprocess import distill as distill
+from ipguard_jax.evaluation.postprocess import find_head as find_head
+from ipguard_jax.evaluation.postprocess import fine_tune_all_layers as fine_tune_all_layers
+from ipguard_jax.evaluation.postprocess import fine_tune_last_layer as fine_tune_last_layer
+from ipguard_jax.evaluation.postprocess import make_pirate as make_pirate
+from ipguard_jax.evaluation.postprocess import prune as prune
+from ipguard_jax.evaluation.postprocess import prune_and_fine_tune as prune_and_fine_tune
+from ipguard_jax.evaluation.postprocess import quantize_int8 as quantize_int8
+from ipguard_jax.evaluation.postprocess import retrain_all_layers as retrain_all_layers
+from ipguard_jax.evaluation.postprocess import retrain_last_layer as retrain_last_layer
+from ipguard_jax.evaluation.report import EvaluationReport as EvaluationReport
+from ipguard_jax.evaluation.report import evaluate as evaluate
+from ipguard_jax.evaluation.report import min_integral as min_integral
+from ipguard_jax.evaluation.report import roc_auc as roc_auc
+from ipguard_jax.evaluation.report import summarize as summarize
+from ipguard_jax.evaluation.zoo import ModelCache as ModelCache
+from ipguard_jax.evaluation.zoo import array_digest as array_digest
+from ipguard_jax.evaluation.zoo import default_model_dir as default_model_dir
+from ipguard_jax.evaluation.zoo import model_hash as model_hash
+from ipguard_jax.evaluation.zoo import recipe_key as recipe_key

@@ -1,0 +1,348 @@
+"""Robustness/uniqueness evaluation of a fingerprint set: ARUC, TPR at 1% FPR, p-values.
+
+Definitions (a suspect is called a copy when its matching rate is ``>= t``):
+
+* robustness ``R(t)``: share of pirated models with rate ``>= t`` (true-positive rate);
+* uniqueness ``U(t)``: share of independent models with rate ``< t`` (1 - false-positive rate);
+* ``aruc_roc``: the ROC-AUC of pirated vs independent rates, ``P(rate_p > rate_i)`` with ties
+  counted half; equals the area under the uniqueness-vs-robustness curve;
+* ``aruc_min``: the integral over ``t`` in [0, 1] of ``min(R(t), U(t))`` (IPGuard's ARUC, the
+  area where both curves lie), computed exactly on the step functions;
+* ``tpr_at_1pct_fpr``: ``R(t)`` at the smallest ``t`` whose false-positive rate is <= 1% (with
+  fewer than 100 independent models, that means above every independent rate);
+* ``best_threshold``: a ``t`` maximising ``R(t) + U(t) - 1``, the midpoint of the widest
+  maximising interval.
+
+Example:
+    >>> rep = summarize({"ftal": 0.9, "prune": 0.8}, {"seed1": 0.3, "vgg": 0.5}, num_points=100)
+    >>> rep.aruc_roc, round(rep.aruc_min, 2), rep.best_threshold
+    (1.0, 0.45, 0.65)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ipguard_jax.classifier import Classifier
+from ipguard_jax.fingerprints import Fingerprints
+from ipguard_jax.verification import binomial_sf, query_labels
+
+__all__ = ["EvaluationReport", "evaluate", "summarize", "roc_auc", "min_integral"]
+
+
+def _step_intervals(pirated: np.ndarray, independent: np.ndarray):
+    """Intervals (a, b] of [0, 1] on which R and U are constant, with R and U there."""
+    points = np.unique(np.clip(np.concatenate([[0.0, 1.0], pirated, independent]), 0.0, 1.0))
+    a, b = points[:-1], points[1:]
+    # On (a, b] no rate lies strictly inside, so R(t) = R(b) and U(t) = U(b).
+    r = (pirated[None, :] >= b[:, None]).mean(axis=1)
+    u = (independent[None, :] < b[:, None]).mean(axis=1)
+    return a, b, r, u
+
+
+def robustness(pirated: Any, t: Any) -> np.ndarray:
+    """Share of pirated rates ``>= t``, for each threshold in ``t``."""
+    return (np.asarray(pirated)[None, :] >= np.atleast_1d(t)[:, None]).mean(axis=1)
+
+
+def uniqueness(independent: Any, t: Any) -> np.ndarray:
+    """Share of independent rates ``< t``, for each threshold in ``t``."""
+    return (np.asarray(independent)[None, :] < np.atleast_1d(t)[:, None]).mean(axis=1)
+
+
+def roc_auc(pirated: Any, independent: Any) -> float:
+    """``P(pirated rate > independent rate)``, ties counted half (the Mann-Whitney AUC)."""
+    p, i = np.asarray(pirated, float)[:, None], np.asarray(independent, float)[None, :]
+    return float(np.mean((p > i) + 0.5 * (p == i)))
+
+
+def min_integral(pirated: Any, independent: Any) -> float:
+    """Exact ``integral_0^1 min(R(t), U(t)) dt`` of the robustness and uniqueness step curves."""
+    a, b, r, u = _step_intervals(np.asarray(pirated, float), np.asarray(independent, float))
+    return float(np.sum((b - a) * np.minimum(r, u)))
+
+
+def _tpr_at_fpr(pirated: np.ndarray, independent: np.ndarray, max_fpr: float):
+    candidates = np.unique(np.concatenate([pirated, independent, [np.inf]]))
+    for t in candidates:  # smallest threshold whose FPR is within budget
+        if np.mean(independent >= t) <= max_fpr:
+            return float(np.mean(pirated >= t)), float(t)
+    return 0.0, math.inf  # pragma: no cover - t = inf always qualifies
+
+
+def _best_threshold(pirated: np.ndarray, independent: np.ndarray) -> tuple[float, float]:
+    a, b, r, u = _step_intervals(pirated, independent)
+    j = r + u - 1.0
+    best = j.max()
+    # Merge adjacent maximising intervals, then take the midpoint of the widest run.
+    runs, start = [], None
+    for k, on in enumerate(np.isclose(j, best)):
+        if on and start is None:
+            start = k
+        if start is not None and (not on or k == len(j) - 1):
+            end = k if on else k - 1
+            runs.append((a[start], b[end]))
+            start = None
+    lo, hi = max(runs, key=lambda run: run[1] - run[0])
+    return float((lo + hi) / 2), float(best)
+
+
+@dataclasses.dataclass
+class EvaluationReport:
+    """Matching rates of pirated and independent models and the metrics derived from them.
+
+    Attributes:
+        pirated: model name -> matching rate.
+        independent: model name -> matching rate.
+        num_points: fingerprints queried per model.
+        owner_rate: the owner's own rate (1.0 for a sound fingerprint set); ``None`` if no owner.
+        thresholds: the grid where ``robustness`` and ``uniqueness`` are tabulated.
+        robustness: ``R(t)`` on ``thresholds``.
+        uniqueness: ``U(t)`` on ``thresholds``.
+        aruc_roc: ROC-AUC of pirated vs independent rates (ties half).
+        aruc_min: exact integral of ``min(R, U)`` over ``t`` in [0, 1].
+        tpr_at_1pct_fpr: robustness at the smallest threshold with <= 1% false positives.
+        threshold_at_1pct_fpr: that threshold.
+        best_threshold: midpoint of the widest interval maximising ``R + U - 1``.
+        best_youden: that maximum of ``R + U - 1``.
+        null_rate: the binomial null (agreement rate of an independent model).
+        null_rate_source: ``"given"`` or ``"mean independent rate"`` (in-sample: the
+            independent models' own p-values are then optimistic about the null).
+        p_values: model name -> exact one-sided binomial p-value of its matches vs ``null_rate``.
+        meta: free-form JSON-able context (fingerprint config, convergence, timings...).
+    """
+
+    pirated: dict[str, float]
+    independent: dict[str, float]
+    num_points: int
+    owner_rate: float | None
+    thresholds: list[float]
+    robustness: list[float]
+    uniqueness: list[float]
+    aruc_roc: float
+    aruc_min: float
+    tpr_at_1pct_fpr: float
+    threshold_at_1pct_fpr: float
+    best_threshold: float
+    best_youden: float
+    null_rate: float
+    null_rate_source: str
+    p_values: dict[str, float]
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (``inf`` written as ``None``)."""
+        d = dataclasses.asdict(self)
+        if not math.isfinite(d["threshold_at_1pct_fpr"]):
+            d["threshold_at_1pct_fpr"] = None
+        d["metric_notes"] = {
+            "aruc_roc": "ROC-AUC of pirated vs independent matching rates, ties counted half "
+                        "(= area under uniqueness-vs-robustness)",
+            "aruc_min": "integral over t in [0,1] of min(robustness(t), uniqueness(t))",
+        }
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "EvaluationReport":
+        """Inverse of :meth:`to_dict`."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in fields}
+        if kwargs.get("threshold_at_1pct_fpr") is None:
+            kwargs["threshold_at_1pct_fpr"] = math.inf
+        return cls(**kwargs)
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        """Writes :meth:`to_dict` as indented JSON."""
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, allow_nan=True)
+            f.write("\n")
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "EvaluationReport":
+        """Reads a report written by :meth:`to_json`."""
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+    def to_markdown(self, title: str | None = None) -> str:
+        """A Markdown summary: the metrics, then one row per model."""
+        lines = [f"### {title}", ""] if title else []
+        lines += [
+            "| metric | value |",
+            "|---|---|",
+            f"| ARUC as ROC-AUC (pirated vs independent, ties half) | {self.aruc_roc:.4f} |",
+            f"| ARUC as integral of min(R(t), U(t)) dt | {self.aruc_min:.4f} |",
+            f"| TPR at 1% FPR | {self.tpr_at_1pct_fpr:.4f} |",
+            f"| best threshold (max R+U-1 = {self.best_youden:.3f}) | {self.best_threshold:.4f} |",
+            f"| null rate ({self.null_rate_source}) | {self.null_rate:.4f} |",
+            f"| fingerprints per model | {self.num_points} |",
+        ]
+        if self.owner_rate is not None:
+            lines.append(f"| owner's own matching rate | {self.owner_rate:.4f} |")
+        lines += ["", "| model | kind | matching rate | p-value |", "|---|---|---|---|"]
+        for kind, rates in (("pirated", self.pirated), ("independent", self.independent)):
+            for name, rate in rates.items():
+                lines.append(f"| {name} | {kind} | {rate:.4f} | {self.p_values[name]:.3g} |")
+        return "\n".join(lines) + "\n"
+
+    def plot(self, path: str | os.PathLike, title: str | None = None) -> None:
+        """Saves a PNG: rate distributions (left) and robustness/uniqueness curves (right)."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        bins = np.linspace(0, 1, 21)
+        ax1.hist(list(self.pirated.values()), bins=bins, alpha=0.6, label="pirated")
+        ax1.hist(list(self.independent.values()), bins=bins, alpha=0.6, label="independent")
+        ax1.set_xlabel("matching rate")
+        ax1.set_ylabel("models")
+        ax1.legend()
+        ax2.step(self.thresholds, self.robustness, where="pre", label="robustness R(t)")
+        ax2.step(self.thresholds, self.uniqueness, where="pre", label="uniqueness U(t)")
+        ax2.axvline(self.best_threshold, color="gray", ls=":", label="best threshold")
+        ax2.set_xlabel("threshold t")
+        ax2.set_title(f"ARUC roc={self.aruc_roc:.3f}  min-integral={self.aruc_min:.3f}",
+                      fontsize=9)
+        ax2.legend(fontsize=8)
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+
+def _check_rates(rates: Mapping[str, float], what: str) -> dict[str, float]:
+    if not isinstance(rates, Mapping) or not rates:
+        raise ValueError(f"{what} must be a non-empty dict of model name -> model or rate")
+    out = {}
+    for name, rate in rates.items():
+        rate = float(rate)
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"{what} model {name!r} has matching rate {rate}, not in [0, 1]")
+        out[str(name)] = rate
+    return out
+
+
+def summarize(pirated: Mapping[str, float], independent: Mapping[str, float], *,
+              num_points: int, thresholds: Any = None, null_rate: float | None = None,
+              owner_rate: float | None = None,
+              meta: Mapping[str, Any] | None = None) -> EvaluationReport:
+    """Builds a report from matching rates already measured.
+
+    Args:
+        pirated: name -> matching rate of each pirated model.
+        independent: name -> matching rate of each independent model.
+        num_points: fingerprints behind each rate (for the binomial p-values).
+        thresholds: grid for the tabulated curves; default 0..1 step 0.01 plus every rate.
+        null_rate: binomial null; default the mean independent rate.
+        owner_rate: the owner's own rate, recorded as a sanity check.
+        meta: extra JSON-able context stored in the report.
+
+    Returns:
+        An :class:`EvaluationReport`.
+
+    Raises:
+        ValueError: empty inputs, rates outside [0, 1], a name used twice, bad ``num_points``.
+    """
+    pirated = _check_rates(pirated, "pirated")
+    independent = _check_rates(independent, "independent")
+    both = sorted(set(pirated) & set(independent))
+    if both:
+        raise ValueError(f"model names used for both pirated and independent models: {both}")
+    if not (isinstance(num_points, (int, np.integer)) and num_points > 0):
+        raise ValueError(f"num_points must be a positive int, got {num_points!r}")
+    p = np.array(list(pirated.values()))
+    i = np.array(list(independent.values()))
+    if thresholds is None:
+        thresholds = np.unique(np.concatenate([np.round(np.linspace(0, 1, 101), 10), p, i]))
+    thresholds = np.sort(np.asarray(thresholds, float))
+    source = "given"
+    if null_rate is None:
+        null_rate, source = float(i.mean()), "mean independent rate"
+    if not 0.0 <= null_rate <= 1.0:
+        raise ValueError(f"null_rate must be in [0, 1], got {null_rate}")
+    tpr, t_fpr = _tpr_at_fpr(p, i, 0.01)
+    best_t, best_j = _best_threshold(p, i)
+    p_values = {name: binomial_sf(int(round(rate * num_points)), int(num_points), null_rate)
+                for name, rate in {**pirated, **independent}.items()}
+    return EvaluationReport(
+        pirated=pirated, independent=independent, num_points=int(num_points),
+        owner_rate=None if owner_rate is None else float(owner_rate),
+        thresholds=thresholds.tolist(), robustness=robustness(p, thresholds).tolist(),
+        uniqueness=uniqueness(i, thresholds).tolist(), aruc_roc=roc_auc(p, i),
+        aruc_min=min_integral(p, i), tpr_at_1pct_fpr=tpr, threshold_at_1pct_fpr=t_fpr,
+        best_threshold=best_t, best_youden=best_j, null_rate=float(null_rate),
+        null_rate_source=source, p_values=p_values, meta=dict(meta or {}),
+    )
+
+
+def _rate(fingerprints: Fingerprints, model: Any, name: str, what: str) -> float:
+    if isinstance(model, Classifier):
+        if model.input_shape != fingerprints.input_shape:
+            raise ValueError(
+                f"{what} model {name!r} takes inputs of shape {model.input_shape}, the "
+                f"fingerprints have shape {fingerprints.input_shape}")
+        if fingerprints.num_classes is not None and model.num_classes != fingerprints.num_classes:
+            raise ValueError(
+                f"{what} model {name!r} has {model.num_classes} classes, the fingerprints' "
+                f"owner has {fingerprints.num_classes}")
+    elif not callable(model):
+        raise TypeError(f"{what} model {name!r} must be a Classifier or a callable, got "
+                        f"{type(model).__name__}")
+    try:
+        labels = query_labels(fingerprints, model)
+    except ValueError as e:
+        raise ValueError(f"{what} model {name!r}: {e}".replace("the owner model 'owner'",
+                                                              "the owner model")) from e
+    return float(np.mean(labels == fingerprints.labels))
+
+
+def evaluate(fingerprints: Fingerprints, owner: Any, pirated: Mapping[str, Any],
+             independent: Mapping[str, Any], *, thresholds: Any = None,
+             null_rate: float | None = None,
+             meta: Mapping[str, Any] | None = None) -> EvaluationReport:
+    """Queries every model on the fingerprints and summarises robustness and uniqueness.
+
+    Args:
+        fingerprints: the owner's fingerprint set.
+        owner: the owner (a :class:`Classifier` or callable; ``None`` to skip its sanity rate).
+        pirated: name -> :class:`Classifier` or callable (logits or labels) of each pirated copy.
+        independent: name -> model, for independently trained models.
+        thresholds: grid for the tabulated curves (see :func:`summarize`).
+        null_rate: binomial null; default the mean independent rate (recorded as such).
+        meta: extra JSON-able context stored in the report.
+
+    Returns:
+        An :class:`EvaluationReport`.
+
+    Raises:
+        ValueError: empty dicts, a name in both dicts, or a model whose classes or input shape
+            do not match the fingerprints (the message names the model).
+
+    Example:
+        >>> rep = evaluate(fp, owner, {"ftal": ftal}, {"seed1": other})  # doctest: +SKIP
+        >>> rep.to_json("report.json"); rep.plot("report.png")  # doctest: +SKIP
+    """
+    if not isinstance(fingerprints, Fingerprints):
+        raise TypeError(f"fingerprints must be Fingerprints, got {type(fingerprints).__name__}")
+    for what, models_ in (("pirated", pirated), ("independent", independent)):
+        if not isinstance(models_, Mapping) or not models_:
+            raise ValueError(f"{what} must be a non-empty dict of model name -> model")
+    both = sorted(set(pirated) & set(independent))
+    if both:
+        raise ValueError(f"model names used for both pirated and independent models: {both}")
+    if len(fingerprints) == 0:
+        raise ValueError("the fingerprint set is empty (no point converged?): nothing to query")
+    owner_rate = None if owner is None else _rate(fingerprints, owner, "owner", "the owner")
+    p = {name: _rate(fingerprints, m, name, "pirated") for name, m in pirated.items()}
+    i = {name: _rate(fingerprints, m, name, "independent") for name, m in independent.items()}
+    return summarize(p, i, num_points=len(fingerprints), thresholds=thresholds,
+                     null_rate=null_rate, owner_rate=owner_rate, meta=meta)

@@ -1,0 +1,314 @@
+"""Tests of ipguard_jax.evaluation: pirated copies, the model cache and the ARUC report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import ipguard_jax as ipg
+from ipguard_jax import evaluation as ev
+from ipguard_jax import train
+from ipguard_jax.data import load_digits
+from ipguard_jax.evaluation import postprocess as pp
+from ipguard_jax.evaluation import zoo
+
+MLP_KW = {"in_features": 64, "in_channels": 1, "hidden": (32,)}
+CNN_KW = {"in_channels": 1, "widths": (8, 16)}
+FAST = pp.PirateConfig(epochs=3, lr=3e-3, batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    owner, pirate, test = load_digits().split([0.5, 0.3, 0.2], seed=0)
+    return owner, pirate, test
+
+
+def _train(arch, kwargs, ds, epochs, seed=0):
+    model = pp.build_model(arch, 10, seed, **kwargs)
+    train.fit(model, ds.x, ds.y, train.TrainConfig(epochs=epochs, batch_size=64,
+                                                   optimizer="adam", lr=3e-3, seed=seed,
+                                                   random_crop=False, horizontal_flip=False),
+              progress=False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def mlp_owner(digits):
+    return _train("mlp", MLP_KW, digits[0], epochs=15)
+
+
+@pytest.fixture(scope="module")
+def cnn_owner(digits):
+    return _train("cnn", CNN_KW, digits[0], epochs=4)
+
+
+def _leaves(model):
+    flat = nnx.to_flat_state(nnx.state(model))
+    return {tuple(str(k) for k in path): np.asarray(v[...]) for path, v in flat}
+
+
+def dataclasses_replace(config, **changes):
+    return dataclasses.replace(config, **changes)
+
+
+def _agreement(a, b, x):
+    return float(np.mean(pp._apply_batched(a, x).argmax(-1) == pp._apply_batched(b, x).argmax(-1)))
+
+
+# --- post-processing -------------------------------------------------------------------------
+
+
+def test_find_head(mlp_owner, cnn_owner):
+    assert pp.find_head(mlp_owner, 10) == ("head",)
+    assert pp.find_head(cnn_owner, 10) == ("head",)
+    with pytest.raises(ValueError, match="exactly one nnx.Linear with 7 outputs"):
+        pp.find_head(mlp_owner, 7)
+
+
+def test_ftll_changes_only_the_head(cnn_owner, digits):
+    before = _leaves(cnn_owner)
+    pirate = pp.fine_tune_last_layer(cnn_owner, digits[1].x, digits[1].y, FAST)
+    assert all(np.array_equal(v, before[k]) for k, v in _leaves(cnn_owner).items())
+    after = _leaves(pirate)
+    changed = {k for k in before if not np.array_equal(before[k], after[k])}
+    # BatchNorm statistics included: only the head moved.
+    assert changed and all(k[0] == "head" for k in changed)
+    assert ("head", "kernel") in changed
+
+
+def test_rtll_new_head_same_body(mlp_owner, digits):
+    pirate = pp.retrain_last_layer(mlp_owner, digits[1].x, digits[1].y,
+                                   dataclasses_replace(FAST, epochs=10))
+    before, after = _leaves(mlp_owner), _leaves(pirate)
+    for k in before:
+        if k[0] == "head":
+            assert not np.allclose(before[k], after[k])
+        else:
+            np.testing.assert_array_equal(before[k], after[k])
+    assert train.evaluate(pirate, digits[2].x, digits[2].y) > 0.5
+
+
+def test_ftal_and_rtal_change_all_layers(mlp_owner, digits):
+    before = _leaves(mlp_owner)
+    for fn in (pp.fine_tune_all_layers, pp.retrain_all_layers):
+        after = _leaves(fn(mlp_owner, digits[1].x, digits[1].y, FAST))
+        assert not np.allclose(before[("layers", "0", "kernel")], after[("layers", "0", "kernel")])
+    assert all(np.array_equal(v, before[k]) for k, v in _leaves(mlp_owner).items())
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_prune_zeroes_the_asked_share(mlp_owner, scope):
+    pruned = pp.prune(mlp_owner, 0.6, scope=scope)
+    kernels = [np.asarray(pp._get(pruned, p).kernel[...]) for p in pp.kernel_paths(pruned)]
+    total = sum(k.size for k in kernels)
+    zeros = sum(int((k == 0).sum()) for k in kernels)
+    assert abs(zeros - round(0.6 * total)) <= len(kernels)
+    if scope == "layer":
+        for k in kernels:
+            assert abs((k == 0).mean() - 0.6) < 0.01
+    # Biases are not pruned.
+    assert np.count_nonzero(np.asarray(pruned.head.bias[...])) == 10
+
+
+def test_prune_and_fine_tune_keeps_zeros(mlp_owner, digits):
+    pruned = pp.prune(mlp_owner, 0.7)
+    tuned = pp.prune_and_fine_tune(mlp_owner, digits[1].x, digits[1].y, 0.7, FAST)
+    for p in pp.kernel_paths(pruned):
+        a, b = np.asarray(pp._get(pruned, p).kernel[...]), np.asarray(pp._get(tuned, p).kernel[...])
+        np.testing.assert_array_equal(b[a == 0], 0.0)
+        assert not np.allclose(a[a != 0], b[a != 0])  # the rest was trained
+    assert train.evaluate(tuned, digits[2].x, digits[2].y) > 0.8
+
+
+def test_int8_quantisation(cnn_owner, digits):
+    quant = pp.quantize_int8(cnn_owner)
+    for p in pp.kernel_paths(quant):
+        w = np.asarray(pp._get(quant, p).kernel[...])
+        per_channel = w.reshape(-1, w.shape[-1])
+        assert max(len(np.unique(per_channel[:, c])) for c in range(w.shape[-1])) <= 256
+    x = digits[2].x
+    a, b = pp._apply_batched(cnn_owner, x), pp._apply_batched(quant, x)
+    assert np.max(np.abs(a - b)) < 0.05 * np.max(np.abs(a))
+    assert _agreement(cnn_owner, quant, x) > 0.97
+
+
+def test_distillation_student_agrees_with_owner(mlp_owner, digits):
+    cfg = dataclasses_replace(FAST, epochs=8, lr=1e-2)
+    same = pp.distill(mlp_owner, digits[1].x, cfg, temperature=2.0, label_copies=2)
+    other = pp.distill(mlp_owner, digits[1].x, cfg, student="mlp", label_copies=2,
+                       student_kwargs={"in_features": 64, "in_channels": 1, "hidden": (48,)})
+    assert other.layers[0].kernel[...].shape == (64, 48)
+    # Same architecture, new weights: not a copy of the owner's parameters.
+    owner_head = np.asarray(mlp_owner.head.kernel[...])
+    assert not np.allclose(np.asarray(same.head.kernel[...]), owner_head)
+    for student in (same, other):
+        assert _agreement(mlp_owner, student, digits[2].x) > 0.6  # chance is 0.1
+
+
+def test_make_pirate_rejects_unknown_kind(mlp_owner, digits):
+    with pytest.raises(ValueError, match="unknown post-processing 'steal'"):
+        pp.make_pirate("steal", mlp_owner, digits[1].x, digits[1].y)
+    with pytest.raises(ValueError, match="rate must be in"):
+        pp.prune(mlp_owner, 1.5)
+
+
+# --- model cache -----------------------------------------------------------------------------
+
+
+def test_cache_loads_second_request(tmp_path, digits, monkeypatch):
+    calls = []
+    real_fit = train.fit
+
+    def counting_fit(*args, **kwargs):
+        calls.append(1)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(pp, "fit", counting_fit)
+    cache = ev.ModelCache(tmp_path / "models")
+    owner_ds, pirate_ds, _ = digits
+    base = pp.build_model("mlp", 10, 0, **MLP_KW)
+    recipe = {"kind": "ftal", "owner": ev.model_hash(base),
+              "data": ev.array_digest(pirate_ds.x, pirate_ds.y), "config": FAST.to_dict()}
+
+    def make():
+        return pp.make_pirate("ftal", base, pirate_ds.x, pirate_ds.y, FAST)
+
+    def like():
+        return pp.build_model("mlp", 10, 9, **MLP_KW)
+
+    first = cache.get_or_create(recipe, make, like)
+    second = cache.get_or_create(recipe, make, like)
+    assert len(calls) == 1 and (cache.hits, cache.misses) == (1, 1)
+    assert ev.model_hash(first) == ev.model_hash(second)
+    assert recipe in cache and {**recipe, "kind": "rtal"} not in cache
+    assert not list((tmp_path / "models").glob(".tmp-*"))  # atomic write left no debris
+    meta = json.loads((cache.path(recipe) / "recipe.json").read_text())
+    assert meta["recipe"] == recipe
+
+
+def test_cache_root_follows_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("IPGUARD_JAX_CACHE", str(tmp_path))
+    assert zoo.default_model_dir() == tmp_path / "models"
+    assert ev.ModelCache().root == tmp_path / "models"
+    assert ev.recipe_key({"a": 1, "b": 2}) == ev.recipe_key({"b": 2, "a": 1})
+
+
+# --- report math -----------------------------------------------------------------------------
+
+
+def test_report_math_on_hand_made_rates():
+    pirated = {"p1": 0.9, "p2": 0.8, "p3": 0.4}
+    independent = {"i1": 0.3, "i2": 0.4, "i3": 0.5}
+    rep = ev.summarize(pirated, independent, num_points=10)
+    # Pairs p > i: p1, p2 beat all three (6); p3 beats i1, ties i2, loses to i3 -> 7.5 / 9.
+    assert rep.aruc_roc == pytest.approx(7.5 / 9)
+    # R(t): 1 on (0, .4], 2/3 on (.4, .8], 1/3 on (.8, .9]. U(t): 0 on (0, .3], 1/3 on
+    # (.3, .4], 2/3 on (.4, .5], 1 on (.5, 1]. min: .1/3 + .1*2/3 + .3*2/3 + .1/3.
+    assert rep.aruc_min == pytest.approx(0.1 / 3 + 0.1 * 2 / 3 + 0.3 * 2 / 3 + 0.1 / 3)
+    # FPR <= 1% needs t > 0.5: R = 2/3.
+    assert rep.tpr_at_1pct_fpr == pytest.approx(2 / 3)
+    # R + U - 1 = 2/3 on (.5, .8] (and on (.4, .5]: 2/3 + 2/3 - 1 = 1/3): midpoint 0.65.
+    assert rep.best_threshold == pytest.approx(0.65)
+    assert rep.best_youden == pytest.approx(2 / 3)
+    assert rep.null_rate == pytest.approx(0.4) and rep.null_rate_source == "mean independent rate"
+    assert rep.p_values["p1"] < rep.p_values["i1"]
+    assert ev.roc_auc([1.0], [0.0]) == 1.0 and ev.min_integral([1.0], [0.0]) == 1.0
+    assert ev.roc_auc([0.5], [0.5]) == 0.5
+
+
+def test_report_given_null_rate_and_ties_midpoint():
+    rep = ev.summarize({"p": 0.6}, {"i": 0.2}, num_points=50, null_rate=0.1)
+    assert rep.null_rate_source == "given" and rep.null_rate == 0.1
+    assert rep.best_threshold == pytest.approx(0.4)  # J = 1 on (0.2, 0.6]
+    assert rep.tpr_at_1pct_fpr == 1.0
+
+
+def test_report_outputs(tmp_path):
+    rep = ev.summarize({"FTAL": 0.95, "prune50": 0.7}, {"seed1": 0.2, "vgg": 0.35},
+                       num_points=100, meta={"k": 3})
+    rep.to_json(tmp_path / "r.json")
+    back = ev.EvaluationReport.from_json(tmp_path / "r.json")
+    assert back == rep
+    assert "ROC-AUC" in json.loads((tmp_path / "r.json").read_text())["metric_notes"]["aruc_roc"]
+    md = rep.to_markdown(title="digits")
+    for name in ("FTAL", "prune50", "seed1", "vgg", "ROC-AUC", "min(R(t), U(t))"):
+        assert name in md
+    rep.plot(tmp_path / "r.png")
+    data = (tmp_path / "r.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+
+
+def test_report_threshold_grid():
+    rep = ev.summarize({"p": 0.555}, {"i": 0.1}, num_points=10)
+    assert 0.555 in rep.thresholds and 0.5 in rep.thresholds
+    assert len(rep.thresholds) == len(rep.robustness) == len(rep.uniqueness)
+
+
+# --- evaluate() on real fingerprints and input validation ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def linear_setup():
+    w = jnp.array([[1.0, -1.0, 0.5], [-0.5, 1.0, 0.2], [0.3, 0.1, -1.0]])
+    owner = ipg.Classifier(lambda p, x: x @ p, w, input_shape=(3,))
+    fp = ipg.generate(owner, ipg.FingerprintConfig(num=16, k=0.1, init="noise"), key=0,
+                      progress=False)
+    return owner, fp, w
+
+
+def test_evaluate_queries_every_model(linear_setup):
+    owner, fp, w = linear_setup
+    copy = ipg.Classifier(lambda p, x: x @ p, w * 1.01, input_shape=(3,))
+    other = ipg.Classifier(lambda p, x: x @ p, -w, input_shape=(3,))
+
+    def labels_only(x):  # a black-box API returning labels
+        return np.zeros(len(x), np.int64)
+
+    rep = ev.evaluate(fp, owner, {"copy": copy}, {"neg": other, "api": labels_only})
+    assert rep.owner_rate == 1.0 and rep.pirated["copy"] == 1.0
+    assert rep.independent["neg"] < 1.0 and rep.num_points == len(fp)
+
+
+def test_evaluate_validates_inputs(linear_setup):
+    owner, fp, w = linear_setup
+    with pytest.raises(ValueError, match="pirated must be a non-empty dict"):
+        ev.evaluate(fp, owner, {}, {"a": owner})
+    with pytest.raises(ValueError, match="independent must be a non-empty dict"):
+        ev.evaluate(fp, owner, {"a": owner}, {})
+    four = ipg.Classifier(lambda p, x: x @ p, jnp.ones((3, 4)), input_shape=(3,))
+    with pytest.raises(ValueError, match="independent model 'four' has 4 classes.*has 3"):
+        ev.evaluate(fp, owner, {"a": owner}, {"four": four})
+    with pytest.raises(ValueError, match="pirated model 'bad'.*returns 5 classes"):
+        ev.evaluate(fp, owner, {"bad": lambda x: np.zeros((len(x), 5))}, {"b": owner})
+    with pytest.raises(ValueError, match="both pirated and independent.*'a'"):
+        ev.evaluate(fp, owner, {"a": owner}, {"a": owner})
+    with pytest.raises(ValueError, match="rate 1.5, not in"):
+        ev.summarize({"a": 1.5}, {"b": 0.1}, num_points=3)
+    with pytest.raises(ValueError, match="num_points"):
+        ev.summarize({"a": 0.5}, {"b": 0.1}, num_points=0)
+
+
+@pytest.mark.slow
+def test_quick_benchmark_runs(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "aruc_cifar10.py"
+    spec = importlib.util.spec_from_file_location("aruc_cifar10", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "aruc_cifar10", module)  # dataclasses look it up
+    spec.loader.exec_module(module)
+    result = module.main(["--quick", "--ks", "3", "--inits", "data", "--targets", "random",
+                          "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "q")])
+    assert len(result["pirated"]) >= 12 and len(result["independent"]) >= 10
+    assert math.isfinite(result["configs"][0]["aruc_roc"])
+    for ext in ("json", "md", "png"):
+        assert (tmp_path / f"q.{ext}").stat().st_size > 0
