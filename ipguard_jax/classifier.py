@@ -43,8 +43,8 @@ def _check_shape(input_shape: Any) -> tuple[int, ...]:
 def params_hash(params: Any) -> str:
     """A stable sha256 of a parameter pytree: its structure, leaf paths, dtypes, shapes and bytes.
 
-    Independent of the device and of the process: the same parameters give the same hash in any
-    later session, which makes it usable as provenance for a fingerprint set.
+    Independent of the device and of the process: the same parameters give the same hash on any
+    machine and at any later time, which makes it usable as provenance for a fingerprint set.
 
     Args:
         params: any pytree of arrays (PRNG-key leaves are hashed through their key data).
