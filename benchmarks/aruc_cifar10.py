@@ -207,10 +207,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, kind, params in pirate_specs:
         recipe = {"role": "pirated", "owner_hash": owner_hash, "kind": kind, "params": params,
                   "data_hash": digests["pirate"], "config": pirate_config.to_dict()}
-        like = like_owner
         if kind == "distill" and "student" in params:
             def like(a=params["student"], kw=params["student_kwargs"]):
                 return pp.build_model(a, num_classes, 0, **kw)
+        else:
+            like = like_owner
         pirated_models[name] = cache.get_or_create(
             recipe, lambda k=kind, p=params: pp.make_pirate(k, owner, pirate_ds.x, pirate_ds.y,
                                                             pirate_config, **p), like)
