@@ -71,6 +71,53 @@ def ipguard_loss(
 batched_ipguard_loss = jax.vmap(ipguard_loss, in_axes=(0, 0, 0, None))
 
 
+class Objective(NamedTuple):
+    """What the batched optimiser minimises per point, and when a point has succeeded.
+
+    The optimiser below is one engine for several objectives: IPGuard's boundary loss (the
+    default, :data:`IPGUARD`) and the adversarial baselines in :mod:`ipguard_jax.baselines`
+    (FGSM, PGD, Carlini-Wagner). Every callable acts on **one point** (the engine ``vmap``-s it)
+    and must be a module-level function or otherwise hashable, since objectives are static
+    arguments of compiled functions.
+
+    ``point`` is a dict of that point's own values (``"i"``, ``"j"`` and whatever ``extra`` the
+    caller passes, e.g. ``"origin"``, the start point); ``hyper`` a dict of scalars shared by the
+    batch (``"k"``, ``"tol"`` and the caller's ``hyper``); both may be traced.
+
+    Attributes:
+        loss: ``loss(logits (C,), x (*input_shape), point, hyper) -> scalar`` to minimise.
+        succeeded: ``(loss, logits, x, point, hyper) -> bool``; ``None`` means
+            ``loss <= hyper["tol"]``. It is the ``converged`` flag of the result.
+        stop_on_success: a point that has succeeded stops moving (IPGuard); otherwise it runs
+            its whole step budget (PGD, CW).
+        constrain: ``(x, point, hyper) -> x``, a projection applied after each update and
+            before the projection onto the input box (e.g. onto an eps-ball around
+            ``point["origin"]``); ``None`` for none.
+        decode: ``(v, lo, hi) -> x``, a change of variables: the optimiser moves ``v`` and the
+            classifier sees ``decode(v)`` (CW's tanh box); ``None`` means ``v`` is the input.
+        encode: the inverse of ``decode``, used to start from given points.
+        score: ``(loss, logits, x, point, hyper) -> scalar``; when given, the engine keeps for
+            each point the successful iterate of lowest score seen (CW keeps its least
+            distorted success) and returns it instead of the last iterate.
+    """
+    loss: Callable[..., jax.Array]
+    succeeded: Callable[..., jax.Array] | None = None
+    stop_on_success: bool = True
+    constrain: Callable[..., jax.Array] | None = None
+    decode: Callable[..., jax.Array] | None = None
+    encode: Callable[..., jax.Array] | None = None
+    score: Callable[..., jax.Array] | None = None
+
+
+def _ipguard_objective_loss(logits, x, point, hyper):
+    del x
+    return ipguard_loss(logits, point["i"], point["j"], hyper["k"])
+
+
+#: The IPGuard objective: :func:`ipguard_loss`, success at ``loss <= tol``, stop on success.
+IPGUARD = Objective(loss=_ipguard_objective_loss)
+
+
 def choose_targets(
     logits: jax.Array, key: jax.Array, target: Target = "random"
 ) -> tuple[jax.Array, jax.Array]:
@@ -107,26 +154,33 @@ class PointState(NamedTuple):
     """State of a batch of points under optimisation (a pytree; every leaf has a leading B axis).
 
     Attributes:
-        x: ``(B, *input_shape)`` current points.
+        x: ``(B, *input_shape)`` the optimisation variable of each point: the point itself, or
+            its encoding when the objective has a ``decode`` (then the input is ``decode(x)``).
         opt_state: the optimiser state of each point (``vmap`` of ``optimizer.init``).
         loss: ``(B,)`` loss measured at the start of the last step (``inf`` before the first).
-        done: ``(B,)`` bool; a done point (loss <= tol) no longer moves and its state is frozen.
+        done: ``(B,)`` bool; a done point no longer moves and its state is frozen.
         steps: ``(B,)`` int32 number of updates applied to each point.
+        best_x: ``(B, *input_shape)`` the best successful input seen, for objectives with a
+            ``score``; ``None`` otherwise.
+        best_score: ``(B,)`` its score (``inf`` while none succeeded); ``None`` without a score.
     """
     x: jax.Array
     opt_state: Any
     loss: jax.Array
     done: jax.Array
     steps: jax.Array
+    best_x: jax.Array | None = None
+    best_score: jax.Array | None = None
 
 
 class OptimizeResult(NamedTuple):
     """Outcome of :func:`optimize_points`; every field has a leading ``B`` axis.
 
     Attributes:
-        x: ``(B, *input_shape)`` final points, inside the bounds.
+        x: ``(B, *input_shape)`` final points (inputs, decoded), inside the bounds.
         loss: ``(B,)`` loss at the final points.
-        converged: ``(B,)`` bool, ``loss <= tol``.
+        converged: ``(B,)`` bool: the objective's success test at the final points (for IPGuard
+            ``loss <= tol``).
         steps: ``(B,)`` int32 number of updates applied.
         logits: ``(B, C)`` the classifier's logits at the final points.
     """
@@ -143,26 +197,72 @@ def _select_points(mask: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array
     return jnp.where(mask, new, old)
 
 
+def _context(i, j, extra, k, tol, hyper):
+    point = {"i": i, "j": j, **(extra or {})}
+    return point, {"k": k, "tol": tol, **(hyper or {})}
+
+
+def _decode(objective: Objective, v: jax.Array, bounds) -> jax.Array:
+    return v if objective.decode is None else objective.decode(v, *bounds)
+
+
+def encode_points(objective: Objective, x: jax.Array,
+                  bounds: tuple[ArrayLike, ArrayLike] = (0.0, 1.0)) -> jax.Array:
+    """The optimisation variable that starts at inputs ``x`` (``x`` itself without a decode)."""
+    x = optax.projections.projection_box(x, *bounds)
+    return x if objective.encode is None else objective.encode(x, *bounds).astype(x.dtype)
+
+
 def init_points(optimizer: optax.GradientTransformation, x0: jax.Array,
-                active: jax.Array | None = None) -> PointState:
+                active: jax.Array | None = None, objective: Objective = IPGUARD) -> PointState:
     """Starts the optimisation of a batch of points at ``x0``: one optimiser state per point.
 
-    ``active`` (``(B,)`` bool, default all) marks the points to optimise; the others start done
-    and never move (e.g. padding that fills up the last batch).
+    Args:
+        optimizer: the optax transformation; each point gets its own state.
+        x0: ``(B, *input_shape)`` start variables (see :func:`encode_points` for objectives
+            with a change of variables).
+        active: ``(B,)`` bool, default all: the points to optimise; the others start done and
+            never move (e.g. padding that fills up the last batch).
+        objective: the objective; one with a ``score`` also gets best-iterate tracking.
+
+    Returns:
+        The initial :class:`PointState`.
     """
     num_points = x0.shape[0]
     done = jnp.zeros((num_points,), bool) if active is None else ~active.astype(bool)
+    tracked = objective.score is not None
     return PointState(
         x=x0,
         opt_state=jax.vmap(optimizer.init)(x0),
         loss=jnp.full((num_points,), jnp.inf, jnp.float32),
         done=done,
         steps=jnp.zeros((num_points,), jnp.int32),
+        best_x=jnp.zeros_like(x0) if tracked else None,
+        best_score=jnp.full((num_points,), jnp.inf, jnp.float32) if tracked else None,
     )
 
 
+def _measure(objective, apply_fn, params, v, point, hyper, bounds):
+    """Per-point losses, success flags, logits and inputs at variables ``v``, and the
+    gradient of the losses w.r.t. ``v``."""
+    succeeded = objective.succeeded or (lambda loss, logits, x, p, h: loss <= h["tol"])
+
+    def total(v):
+        x = _decode(objective, v, bounds)
+        logits = apply_fn(params, x)
+        losses = jax.vmap(objective.loss, in_axes=(0, 0, 0, None))(logits, x, point, hyper)
+        return losses.sum(), (losses, logits, x)
+
+    (_, (losses, logits, x)), grad = jax.value_and_grad(total, has_aux=True)(v)
+    ok = jax.vmap(succeeded, in_axes=(0, 0, 0, 0, None))(losses, logits, x, point, hyper)
+    return losses, grad, logits, x, ok
+
+
 def loss_and_grad(
-    apply_fn: ApplyFn, params: Any, x: jax.Array, i: jax.Array, j: jax.Array, k: ArrayLike
+    apply_fn: ApplyFn, params: Any, x: jax.Array, i: jax.Array, j: jax.Array, k: ArrayLike,
+    *, objective: Objective = IPGUARD, extra: dict[str, jax.Array] | None = None,
+    hyper: dict[str, ArrayLike] | None = None, tol: ArrayLike = 0.0,
+    bounds: tuple[ArrayLike, ArrayLike] = (0.0, 1.0),
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Per-point losses, their gradients w.r.t. the points, and the logits, in one pass.
 
@@ -172,12 +272,8 @@ def loss_and_grad(
     Returns:
         ``(loss (B,), grad (B, *input_shape), logits (B, C))``.
     """
-    def total(x):
-        logits = apply_fn(params, x)
-        losses = batched_ipguard_loss(logits, i, j, k)
-        return losses.sum(), (losses, logits)
-
-    (_, (losses, logits)), grad = jax.value_and_grad(total, has_aux=True)(x)
+    point, hyper = _context(i, j, extra, k, tol, hyper)
+    losses, grad, logits, _, _ = _measure(objective, apply_fn, params, x, point, hyper, bounds)
     return losses, grad, logits
 
 
@@ -193,42 +289,66 @@ def step_points(
     tol: ArrayLike = 0.0,
     bounds: tuple[ArrayLike, ArrayLike] = (0.0, 1.0),
     enabled: ArrayLike = True,
+    objective: Objective = IPGUARD,
+    extra: dict[str, jax.Array] | None = None,
+    hyper: dict[str, ArrayLike] | None = None,
 ) -> PointState:
     """One optimisation step of a batch of points.
 
-    Measures each point's loss; a point whose loss is ``<= tol`` becomes done and keeps its ``x``
-    and optimiser state from then on. Every other point takes one optimiser step (its own state,
-    ``vmap`` over points, so transformations that look at the whole update, such as gradient
-    clipping, act per point) and is projected back onto the input box ``bounds``.
+    Measures each point's loss; a point that has succeeded (for IPGuard: loss ``<= tol``)
+    becomes done and keeps its ``x`` and optimiser state from then on (unless the objective
+    runs points to the end of their budget). Every other point takes one optimiser step (its
+    own state, ``vmap`` over points, so transformations that look at the whole update, such as
+    gradient clipping or sign steps, act per point), is projected by the objective's
+    ``constrain`` and then back onto the input box ``bounds``.
 
     Args:
         apply_fn: ``apply_fn(params, x) -> logits``, batched over the leading axis.
         params: the classifier's parameters (a pytree).
         state: the points' state, from :func:`init_points` or a previous step.
-        i: ``(B,)`` runner-up labels.
+        i: ``(B,)`` runner-up labels (the owner's labels at the start points).
         j: ``(B,)`` target labels.
         k: margin.
         optimizer: any optax ``GradientTransformation``.
-        tol: a point with loss ``<= tol`` stops.
+        tol: with the IPGuard objective, a point with loss ``<= tol`` stops.
         bounds: ``(lo, hi)`` of the input box (scalars or arrays broadcastable to a point).
-        enabled: a (traced) bool; when False the step moves no point (it still measures the
-            loss), which lets a fixed block of unrolled steps end at any step budget.
+        enabled: a (traced) bool, scalar or ``(B,)``; where False the step moves no point (it
+            still measures the loss), which lets a fixed block of unrolled steps end at any
+            step budget.
+        objective: what to minimise (default :data:`IPGUARD`).
+        extra: more per-point values for the objective (leading ``B`` axis), e.g. ``origin``.
+        hyper: more batch-wide scalars for the objective, e.g. ``eps``.
 
     Returns:
         The next :class:`PointState`.
     """
-    losses, grads, _ = loss_and_grad(apply_fn, params, state.x, i, j, k)
-    done = state.done | (losses <= tol)
+    point, hyper = _context(i, j, extra, k, tol, hyper)
+    losses, grads, logits, x, ok = _measure(objective, apply_fn, params, state.x, point, hyper,
+                                            bounds)
+    done = (state.done | ok) if objective.stop_on_success else state.done
     active = ~done & enabled
     updates, new_opt_state = jax.vmap(optimizer.update)(grads, state.opt_state, state.x)
-    new_x = optax.projections.projection_box(optax.apply_updates(state.x, updates), *bounds)
+    new_v = optax.apply_updates(state.x, updates)
+    if objective.constrain is not None:
+        new_v = jax.vmap(objective.constrain, in_axes=(0, 0, None))(new_v, point, hyper)
+    if objective.decode is None:
+        new_v = optax.projections.projection_box(new_v, *bounds)
+    best_x, best_score = state.best_x, state.best_score
+    if objective.score is not None:
+        score = jax.vmap(objective.score, in_axes=(0, 0, 0, 0, None))(losses, logits, x, point,
+                                                                    hyper)
+        better = ~state.done & ok & (score < best_score)
+        best_x = _select_points(better, x, best_x)
+        best_score = jnp.where(better, score.astype(best_score.dtype), best_score)
     return PointState(
-        x=_select_points(active, new_x.astype(state.x.dtype), state.x),
+        x=_select_points(active, new_v.astype(state.x.dtype), state.x),
         opt_state=jax.tree.map(lambda new, old: _select_points(active, new, old),
                                new_opt_state, state.opt_state),
         loss=losses,
         done=done,
         steps=state.steps + active.astype(jnp.int32),
+        best_x=best_x,
+        best_score=best_score,
     )
 
 
@@ -245,6 +365,9 @@ def optimize_points(
     tol: ArrayLike = 0.0,
     bounds: tuple[ArrayLike, ArrayLike] = (0.0, 1.0),
     active: jax.Array | None = None,
+    objective: Objective = IPGUARD,
+    extra: dict[str, jax.Array] | None = None,
+    hyper: dict[str, ArrayLike] | None = None,
 ) -> OptimizeResult:
     """Optimises a batch of points towards the ``i``/``j`` boundaries, all inside one loop.
 
@@ -265,13 +388,16 @@ def optimize_points(
         bounds: ``(lo, hi)`` of the input box.
         active: ``(B,)`` bool, the points to optimise (default all); inactive points (padding)
             never move and do not keep the loop running.
+        objective: what to minimise (default :data:`IPGUARD`); see :class:`Objective`.
+        extra: more per-point values for the objective (leading ``B`` axis).
+        hyper: more batch-wide scalars for the objective.
 
     Returns:
         An :class:`OptimizeResult` with the final points, losses, convergence flags, steps taken
         and the logits at the final points.
     """
-    x0 = optax.projections.projection_box(x0, *bounds)
-    state = init_points(optimizer, x0, active)
+    state = init_points(optimizer, encode_points(objective, x0, bounds), active, objective)
+    common = dict(k=k, tol=tol, bounds=bounds, objective=objective, extra=extra, hyper=hyper)
 
     def cond(carry):
         t, state = carry
@@ -279,11 +405,10 @@ def optimize_points(
 
     def body(carry):
         t, state = carry
-        return t + 1, step_points(apply_fn, params, state, i, j, k=k, optimizer=optimizer, tol=tol,
-                                  bounds=bounds)
+        return t + 1, step_points(apply_fn, params, state, i, j, optimizer=optimizer, **common)
 
     _, state = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))
-    return finish_points(apply_fn, params, state, i, j, k=k, tol=tol)
+    return finish_points(apply_fn, params, state, i, j, **common)
 
 
 def run_steps(
@@ -299,6 +424,9 @@ def run_steps(
     max_steps: ArrayLike | None = None,
     tol: ArrayLike = 0.0,
     bounds: tuple[ArrayLike, ArrayLike] = (0.0, 1.0),
+    objective: Objective = IPGUARD,
+    extra: dict[str, jax.Array] | None = None,
+    hyper: dict[str, ArrayLike] | None = None,
 ) -> PointState:
     """``num_steps`` steps of :func:`step_points`, unrolled: no loop construct in the program.
 
@@ -320,14 +448,34 @@ def run_steps(
     for _ in range(num_steps):
         enabled = True if max_steps is None else state.steps < max_steps
         state = step_points(apply_fn, params, state, i, j, k=k, optimizer=optimizer, tol=tol,
-                            bounds=bounds, enabled=enabled)
+                            bounds=bounds, enabled=enabled, objective=objective, extra=extra,
+                            hyper=hyper)
     return state
 
 
 def finish_points(apply_fn: ApplyFn, params: Any, state: PointState, i: jax.Array,
-                  j: jax.Array, *, k: ArrayLike, tol: ArrayLike = 0.0) -> OptimizeResult:
-    """Measures the final points once more (the last step's moves are not yet measured)."""
-    logits = apply_fn(params, state.x)
-    losses = batched_ipguard_loss(logits, i, j, k)
-    return OptimizeResult(x=state.x, loss=losses, converged=losses <= tol, steps=state.steps,
-                          logits=logits)
+                  j: jax.Array, *, k: ArrayLike, tol: ArrayLike = 0.0,
+                  bounds: tuple[ArrayLike, ArrayLike] = (0.0, 1.0),
+                  objective: Objective = IPGUARD, extra: dict[str, jax.Array] | None = None,
+                  hyper: dict[str, ArrayLike] | None = None) -> OptimizeResult:
+    """Measures the final points once more (the last step's moves are not yet measured).
+
+    With a ``score`` in the objective, a point's result is its best successful iterate when
+    that beats the final one.
+    """
+    point, hyper = _context(i, j, extra, k, tol, hyper)
+    x = _decode(objective, state.x, bounds)
+    logits = apply_fn(params, x)
+    losses = jax.vmap(objective.loss, in_axes=(0, 0, 0, None))(logits, x, point, hyper)
+    succeeded = objective.succeeded or (lambda loss, logits, x, p, h: loss <= h["tol"])
+    ok = jax.vmap(succeeded, in_axes=(0, 0, 0, 0, None))(losses, logits, x, point, hyper)
+    if objective.score is not None:
+        score = jax.vmap(objective.score, in_axes=(0, 0, 0, 0, None))(losses, logits, x, point,
+                                                                    hyper)
+        score = jnp.where(ok, score, jnp.inf)
+        use_best = state.best_score < score
+        x = _select_points(use_best, state.best_x, x)
+        logits = apply_fn(params, x)
+        losses = jax.vmap(objective.loss, in_axes=(0, 0, 0, None))(logits, x, point, hyper)
+        ok = jax.vmap(succeeded, in_axes=(0, 0, 0, 0, None))(losses, logits, x, point, hyper)
+    return OptimizeResult(x=x, loss=losses, converged=ok, steps=state.steps, logits=logits)

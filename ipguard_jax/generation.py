@@ -14,7 +14,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from ipguard_jax import engine
+from ipguard_jax import baselines, engine
 from ipguard_jax._version import __version__
 from ipguard_jax.classifier import Classifier
 from ipguard_jax.config import FingerprintConfig
@@ -57,10 +57,6 @@ def _noise_points(key, ids, lo, hi, *, input_shape, dtype):
     return jax.vmap(draw)(keys)
 
 
-def _optimizer(optimizer, lr):
-    return optax.adam(lr) if optimizer is None else optimizer  # traced lr: no recompile
-
-
 def _targets(apply_fn, target, params, x0, key, ids):
     start_logits = apply_fn(params, x0)
     target_keys = jax.vmap(lambda kk: jax.random.fold_in(kk, 1))(_candidate_keys(key, ids))
@@ -74,54 +70,84 @@ def _outputs(result, i, j, start_finite):
                 loss=result.loss, converged=result.converged, steps=result.steps, finite=finite)
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "optimizer", "target"))
-def _run_chunk(apply_fn, optimizer, target, params, x0, key, ids, valid, k, lr, steps, tol, lo,
-               hi):
-    """One chunk, the whole optimisation loop on device (``lax.while_loop``)."""
+def _prepare(apply_fn, plan, target, params, x0, key, ids, lo, hi, hyper, extra_in):
+    """Targets, the objective's per-point values and the (randomly perturbed) start points."""
     i, j, start_finite = _targets(apply_fn, target, params, x0, key, ids)
-    result = engine.optimize_points(apply_fn, params, x0, i, j, k=k,
-                                    optimizer=_optimizer(optimizer, lr), steps=steps, tol=tol,
-                                    bounds=(lo, hi), active=valid)
+    x0 = optax.projections.projection_box(x0, lo, hi)
+    extra = dict(extra_in)
+    if plan.uses_origin:
+        extra["origin"] = x0
+    if plan.perturb is not None:
+        keys = jax.vmap(lambda kk: jax.random.fold_in(kk, 2))(_candidate_keys(key, ids))
+        x0 = jax.vmap(plan.perturb, in_axes=(0, 0, None))(keys, x0, hyper)
+        if plan.objective.constrain is not None:
+            x0 = jax.vmap(plan.objective.constrain, in_axes=(0, 0, None))(x0, extra, hyper)
+        x0 = optax.projections.projection_box(x0, lo, hi)
+    return i, j, start_finite, extra, x0
+
+
+def _engine_args(plan, extra, k, tol, lo, hi, hyper):
+    return dict(k=k, tol=tol, bounds=(lo, hi), objective=plan.objective, extra=extra,
+                hyper=hyper)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "plan", "target"))
+def _run_chunk(apply_fn, plan, target, params, x0, key, ids, valid, k, lr, steps, tol, lo, hi,
+               hyper, extra_in):
+    """One chunk, the whole optimisation loop on device (``lax.while_loop``)."""
+    i, j, start_finite, extra, x0 = _prepare(apply_fn, plan, target, params, x0, key, ids, lo,
+                                             hi, hyper, extra_in)
+    result = engine.optimize_points(apply_fn, params, x0, i, j,
+                                    optimizer=baselines.make_optimizer(plan, lr), steps=steps,
+                                    active=valid,
+                                    **_engine_args(plan, extra, k, tol, lo, hi, hyper))
     return _outputs(result, i, j, start_finite)
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "optimizer", "target"))
-def _start_chunk(apply_fn, optimizer, target, params, x0, key, ids, valid, lr, lo, hi):
-    i, j, start_finite = _targets(apply_fn, target, params, x0, key, ids)
-    x0 = optax.projections.projection_box(x0, lo, hi)
-    return i, j, start_finite, engine.init_points(_optimizer(optimizer, lr), x0, valid)
+@functools.partial(jax.jit, static_argnames=("apply_fn", "plan", "target"))
+def _start_chunk(apply_fn, plan, target, params, x0, key, ids, valid, lr, lo, hi, hyper,
+                 extra_in):
+    i, j, start_finite, extra, x0 = _prepare(apply_fn, plan, target, params, x0, key, ids, lo,
+                                             hi, hyper, extra_in)
+    v0 = engine.encode_points(plan.objective, x0, (lo, hi))
+    state = engine.init_points(baselines.make_optimizer(plan, lr), v0, valid, plan.objective)
+    return i, j, start_finite, extra, state
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "optimizer", "num_steps"))
-def _advance_chunk(apply_fn, optimizer, num_steps, params, state, i, j, k, lr, tol, lo, hi,
-                   max_steps):
-    state = engine.run_steps(apply_fn, params, state, i, j, k=k,
-                             optimizer=_optimizer(optimizer, lr), num_steps=num_steps,
-                             max_steps=max_steps, tol=tol, bounds=(lo, hi))
+@functools.partial(jax.jit, static_argnames=("apply_fn", "plan", "num_steps"))
+def _advance_chunk(apply_fn, plan, num_steps, params, state, i, j, extra, k, lr, tol, lo, hi,
+                   hyper, max_steps):
+    state = engine.run_steps(apply_fn, params, state, i, j,
+                             optimizer=baselines.make_optimizer(plan, lr), num_steps=num_steps,
+                             max_steps=max_steps,
+                             **_engine_args(plan, extra, k, tol, lo, hi, hyper))
     return state, jnp.all(state.done)
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn",))
-def _finish_chunk(apply_fn, params, state, i, j, start_finite, k, tol):
-    return _outputs(engine.finish_points(apply_fn, params, state, i, j, k=k, tol=tol), i, j,
-                    start_finite)
+@functools.partial(jax.jit, static_argnames=("apply_fn", "plan"))
+def _finish_chunk(apply_fn, plan, params, state, i, j, extra, start_finite, k, tol, lo, hi,
+                  hyper):
+    result = engine.finish_points(apply_fn, params, state, i, j,
+                                  **_engine_args(plan, extra, k, tol, lo, hi, hyper))
+    return _outputs(result, i, j, start_finite)
 
 
-def _run_chunk_host_loop(apply_fn, optimizer, target, block, params, x0, key, ids, valid, k, lr,
-                         steps, tol, lo, hi):
+def _run_chunk_host_loop(apply_fn, plan, target, block, params, x0, key, ids, valid, k, lr,
+                         steps, tol, lo, hi, hyper, extra_in):
     """One chunk, the step loop driven from the host in unrolled blocks of ``block`` steps.
 
     Same steps, same results as :func:`_run_chunk`; XLA's CPU backend runs convolutions inside
     a loop body several times slower (see :func:`ipguard_jax.engine.run_steps`).
     """
-    i, j, start_finite, state = _start_chunk(apply_fn, optimizer, target, params, x0, key, ids,
-                                             valid, lr, lo, hi)
+    i, j, start_finite, extra, state = _start_chunk(apply_fn, plan, target, params, x0, key,
+                                                    ids, valid, lr, lo, hi, hyper, extra_in)
     for _ in range(0, int(steps), block):
-        state, all_done = _advance_chunk(apply_fn, optimizer, block, params, state, i, j, k, lr,
-                                         tol, lo, hi, steps)
+        state, all_done = _advance_chunk(apply_fn, plan, block, params, state, i, j, extra, k,
+                                         lr, tol, lo, hi, hyper, steps)
         if bool(all_done):
             break
-    return _finish_chunk(apply_fn, params, state, i, j, start_finite, k, tol)
+    return _finish_chunk(apply_fn, plan, params, state, i, j, extra, start_finite, k, tol, lo,
+                         hi, hyper)
 
 
 def resolve_loop(loop: str) -> str:
@@ -190,38 +216,77 @@ class _Collector:
         return {name: a[order] for name, a in merged.items()}
 
 
-def _run_chunked(classifier, config, loop, key, starts, budget, batch, scalars, collector):
+def _run_candidates(classifier, config, plan, loop, key, scalars, x0, ids, valid, extra_in):
+    """Runs one chunk of candidates to the end of their step budget; numpy outputs."""
+    args = (classifier.params, x0, key, jnp.asarray(ids), jnp.asarray(valid))
+    if loop == "device":
+        out = _run_chunk(classifier.apply_fn, plan, config.target, *args, **scalars,
+                         extra_in=extra_in)
+    else:
+        out = _run_chunk_host_loop(classifier.apply_fn, plan, config.target, config.block_steps,
+                                   *args, **scalars, extra_in=extra_in)
+    return {name: np.asarray(v) for name, v in out.items()}
+
+
+def _run_search(method, classifier, config, plan, loop, key, scalars, x0, ids, valid):
+    """Carlini-Wagner's binary search over ``c``: ``search_steps`` runs of the chunk, each from
+    the same start, keeping every point's least-distorted success."""
+    num = len(ids)
+    c = np.full(num, method.initial_c, np.float32)
+    lower, upper = np.zeros(num, np.float32), np.full(num, np.inf, np.float32)
+    origin = np.asarray(optax.projections.projection_box(x0, scalars["lo"], scalars["hi"]))
+    best, best_dist, total_steps = None, np.full(num, np.inf), np.zeros(num, np.int64)
+    for _ in range(method.search_steps):
+        out = _run_candidates(classifier, config, plan, loop, key, scalars, x0, ids, valid,
+                              {"c": jnp.asarray(c)})
+        total_steps += out["steps"]
+        dist = ((out["x"] - origin).reshape(num, -1).astype(np.float64) ** 2).sum(axis=1)
+        dist = np.where(out["converged"], dist, np.inf)
+        if best is None:
+            best = out
+        better = dist < best_dist
+        best = {name: np.where(better.reshape((num,) + (1,) * (v.ndim - 1)), v, best[name])
+                for name, v in out.items()}
+        best_dist = np.minimum(best_dist, dist)
+        c, lower, upper = baselines.cw_search_update(c, lower, upper, out["converged"])
+        c = c.astype(np.float32)
+    best["steps"] = total_steps.astype(np.int32)
+    return best
+
+
+def _run_chunked(method, classifier, config, plan, loop, key, starts, budget, batch, scalars,
+                 collector):
     """Candidates in consecutive chunks of ``batch``; each chunk runs until all its points stop."""
     drawn = 0
     while drawn < budget and not collector.settled(lowest_open=np.inf):
         ids = np.arange(drawn, drawn + batch)
         valid = ids < budget
         x0, source = starts(ids)
-        args = (classifier.params, x0, key, jnp.asarray(ids), jnp.asarray(valid))
-        if loop == "device":
-            out = _run_chunk(classifier.apply_fn, config.optimizer, config.target, *args,
-                             **scalars)
+        if isinstance(method, baselines.CW):
+            out = _run_search(method, classifier, config, plan, loop, key, scalars, x0, ids,
+                              valid)
         else:
-            out = _run_chunk_host_loop(classifier.apply_fn, config.optimizer, config.target,
-                                       config.block_steps, *args, **scalars)
-        collector.add({name: np.asarray(v)[valid] for name, v in out.items()}, ids[valid],
-                      source[valid])
+            out = _run_candidates(classifier, config, plan, loop, key, scalars, x0, ids, valid,
+                                  {})
+        collector.add({name: v[valid] for name, v in out.items()}, ids[valid], source[valid])
         drawn += int(valid.sum())
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "optimizer", "target"))
-def _refill_chunk(apply_fn, optimizer, target, params, state, i, j, start_finite, x0, key, ids,
-                  refill, retire, lr, lo, hi):
+@functools.partial(jax.jit, static_argnames=("apply_fn", "plan", "target"))
+def _refill_chunk(apply_fn, plan, target, params, state, i, j, extra, start_finite, x0, key,
+                  ids, refill, retire, lr, lo, hi, hyper):
     """Puts fresh candidates into the ``refill`` slots; ``retire`` slots stop for good."""
-    new_i, new_j, new_finite, new_state = _start_chunk(apply_fn, optimizer, target, params, x0,
-                                                       key, ids, refill, lr, lo, hi)
+    new_i, new_j, new_finite, new_extra, new_state = _start_chunk(
+        apply_fn, plan, target, params, x0, key, ids, refill, lr, lo, hi, hyper, {})
     pick = lambda new, old: engine._select_points(refill, new, old)
     state = jax.tree.map(pick, new_state, state)
     state = state._replace(done=state.done | retire)
-    return pick(new_i, i), pick(new_j, j), pick(new_finite, start_finite), state
+    return (pick(new_i, i), pick(new_j, j), jax.tree.map(pick, new_extra, extra),
+            pick(new_finite, start_finite), state)
 
 
-def _run_compacted(classifier, config, loop, key, starts, budget, batch, scalars, collector):
+def _run_compacted(method, classifier, config, plan, loop, key, starts, budget, batch, scalars,
+                   collector):
     """One working batch whose finished points are swapped for fresh candidates as it runs.
 
     Every ``block_steps`` steps the host looks at which slots stopped (converged, or out of
@@ -230,27 +295,29 @@ def _run_compacted(classifier, config, loop, key, starts, budget, batch, scalars
     slowest one. Each candidate keeps its own step budget, targets and optimiser state, so it
     follows the same path as in the chunked run.
     """
-    apply_fn, params, opt, target = (classifier.apply_fn, classifier.params, config.optimizer,
-                                     config.target)
+    del method
+    apply_fn, params, target = classifier.apply_fn, classifier.params, config.target
+    sc = scalars
     ids = np.arange(batch)
     slot_id = np.where(ids < budget, ids, -1)  # -1: empty slot
     x0, slot_source = starts(ids)
-    i, j, start_finite, state = _start_chunk(apply_fn, opt, target, params, x0, key,
-                                             jnp.asarray(ids), jnp.asarray(slot_id >= 0),
-                                             scalars["lr"], scalars["lo"], scalars["hi"])
+    i, j, start_finite, extra, state = _start_chunk(
+        apply_fn, plan, target, params, x0, key, jnp.asarray(ids), jnp.asarray(slot_id >= 0),
+        sc["lr"], sc["lo"], sc["hi"], sc["hyper"], {})
     next_id = min(batch, budget)
     threshold = max(1, batch // 4)
+    budget_steps = int(sc["steps"])
     while True:
-        state, _ = _advance_chunk(apply_fn, opt, config.block_steps, params, state, i, j,
-                                  scalars["k"], scalars["lr"], scalars["tol"], scalars["lo"],
-                                  scalars["hi"], scalars["steps"])
-        stopped = np.asarray(state.done) | (np.asarray(state.steps) >= config.steps)
+        state, _ = _advance_chunk(apply_fn, plan, config.block_steps, params, state, i, j, extra,
+                                  sc["k"], sc["lr"], sc["tol"], sc["lo"], sc["hi"], sc["hyper"],
+                                  sc["steps"])
+        stopped = np.asarray(state.done) | (np.asarray(state.steps) >= budget_steps)
         finished = (slot_id >= 0) & stopped
         running = (slot_id >= 0) & ~stopped
         if finished.sum() < threshold and running.any():
             continue
-        out = _finish_chunk(apply_fn, params, state, i, j, start_finite, scalars["k"],
-                            scalars["tol"])
+        out = _finish_chunk(apply_fn, plan, params, state, i, j, extra, start_finite, sc["k"],
+                            sc["tol"], sc["lo"], sc["hi"], sc["hyper"])
         collector.add({name: np.asarray(v)[finished] for name, v in out.items()},
                       slot_id[finished], slot_source[finished])
         lowest_open = min(slot_id[running].min() if running.any() else np.inf, next_id)
@@ -267,10 +334,10 @@ def _run_compacted(classifier, config, loop, key, starts, budget, batch, scalars
         next_id += len(fresh)
         x0, source = starts(np.maximum(new_ids, 0))
         slot_source = np.where(refill, source, slot_source)
-        i, j, start_finite, state = _refill_chunk(
-            apply_fn, opt, target, params, state, i, j, start_finite, x0, key,
+        i, j, extra, start_finite, state = _refill_chunk(
+            apply_fn, plan, target, params, state, i, j, extra, start_finite, x0, key,
             jnp.asarray(np.maximum(new_ids, 0)), jnp.asarray(refill),
-            jnp.asarray(finished & ~refill), scalars["lr"], scalars["lo"], scalars["hi"])
+            jnp.asarray(finished & ~refill), sc["lr"], sc["lo"], sc["hi"], sc["hyper"])
         slot_id = new_ids
 
 
@@ -280,9 +347,10 @@ def generate(
     key: Any = 0,
     data: Any = None,
     *,
+    method: str | baselines.Method = "ipguard",
     progress: bool = True,
 ) -> Fingerprints:
-    """Generates IPGuard fingerprints for an owner classifier.
+    """Generates IPGuard fingerprints (or a baseline's) for an owner classifier.
 
     Candidates are optimised ``config.batch_size`` at a time, each chunk one compiled call
     (``vmap``-ed per-point optimiser states inside a ``lax.while_loop``), so device memory is
@@ -296,6 +364,11 @@ def generate(
         key: an int seed or a ``jax.random.key``; the same key gives the same fingerprints.
         data: start images ``(N, *input_shape)`` in the bounds, for ``init="data"``; a random
             permutation of them (by ``key``) is used as candidates.
+        method: ``"ipguard"`` (default), or a baseline on the same engine: ``"random"``,
+            ``"fgsm"``, ``"pgd"``, ``"cw"``, or an instance of a class in
+            :mod:`ipguard_jax.baselines` to set its parameters (baselines carry their own step
+            budget and step size; ``config`` still sets ``num``, ``init``, ``target``,
+            ``batch_size``, ``keep`` and the loop).
         progress: show a progress bar over the chunks.
 
     Returns:
@@ -321,6 +394,8 @@ def generate(
                         f"{type(classifier).__name__}")
     if not isinstance(config, FingerprintConfig):
         raise TypeError(f"config must be a FingerprintConfig, got {type(config).__name__}")
+    method = baselines.resolve_method(method)
+    plan = method.plan(config)
     key = as_key(key)
     start_time = time.perf_counter()
     lo, hi = classifier.bounds
@@ -338,9 +413,10 @@ def generate(
     loop = resolve_loop(config.loop)
     want = config.num
 
-    scalars = dict(k=jnp.float32(config.k), lr=jnp.float32(config.lr),
-                   steps=jnp.int32(config.steps), tol=jnp.float32(config.tol),
-                   lo=jnp.asarray(lo, classifier.dtype), hi=jnp.asarray(hi, classifier.dtype))
+    scalars = dict(k=jnp.float32(config.k), lr=jnp.float32(method.learning_rate(config)),
+                   steps=jnp.int32(method.budget(config)), tol=jnp.float32(config.tol),
+                   lo=jnp.asarray(lo, classifier.dtype), hi=jnp.asarray(hi, classifier.dtype),
+                   hyper={name: jnp.float32(v) for name, v in method.hyper(config).items()})
 
     def starts(ids: np.ndarray) -> tuple[jax.Array, np.ndarray]:
         """Start points and their sources for candidate indices (past the budget: padding)."""
@@ -350,11 +426,12 @@ def generate(
         return _noise_points(point_key, ids, scalars["lo"], scalars["hi"],
                              input_shape=classifier.input_shape, dtype=classifier.dtype), ids
 
-    compact = config.compact and loop == "host"
+    compact = config.compact and loop == "host" and not isinstance(method, baselines.CW)
     collector = _Collector(config, want, progress)
     try:
         run = _run_compacted if compact else _run_chunked
-        run(classifier, config, loop, point_key, starts, budget, batch, scalars, collector)
+        run(method, classifier, config, plan, loop, point_key, starts, budget, batch, scalars,
+            collector)
     finally:
         collector.bar.close()
     arrays, drawn, converged = collector.arrays(), collector.drawn, collector.converged
@@ -372,6 +449,7 @@ def generate(
         "library": {"name": "ipguard_jax", "version": __version__, "jax": jax.__version__},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "config": config.to_dict(),
+        "method": method.to_dict(),
         "loop": loop,
         "compact": compact,
         "key": _key_record(key),

@@ -1,0 +1,464 @@
+"""Baseline fingerprints on the same engine: random points, FGSM, PGD and Carlini-Wagner L2.
+
+The IPGuard paper compares its boundary points with simpler fingerprints; these are they, run
+by the same batched optimiser as IPGuard (:mod:`ipguard_jax.engine`: ``vmap``-ed per-point
+optimiser states, done masks, projection onto the input box, chunking, the host or device step
+loop, progress bars and provenance). Each method is an :class:`~ipguard_jax.engine.Objective`
+plus a step rule; pass one to :func:`ipguard_jax.generate` with ``method=``:
+
+=========================  ==============================================================
+``"ipguard"``              the boundary points (the default; :class:`IPGuard`)
+``"random"``               the start points themselves (real images or uniform noise),
+                           labelled by the owner (:class:`RandomPoints`)
+``"fgsm"``                 one signed-gradient step of size ``eps`` (:class:`FGSM`)
+``"pgd"``                  iterated FGSM projected onto an L-inf or L2 ball (:class:`PGD`)
+``"cw"``                   Carlini-Wagner L2, targeted, with confidence ``kappa`` and a
+                           binary search over ``c`` (:class:`CW`)
+=========================  ==============================================================
+
+A string picks the method with its default parameters; an instance sets them. The
+:class:`~ipguard_jax.FingerprintConfig` still decides ``num``, ``init``, ``target`` (the target
+class ``j`` of the targeted attacks), ``batch_size``, ``keep`` (``"converged"`` keeps
+successful attacks: a changed label for untargeted ones, the target for targeted ones) and the
+loop; its ``k``, ``steps``, ``lr``, ``optimizer`` and ``tol`` belong to IPGuard and the
+baselines carry their own.
+
+Example:
+    >>> import jax.numpy as jnp
+    >>> from ipguard_jax import Classifier, FingerprintConfig, generate
+    >>> from ipguard_jax.baselines import PGD
+    >>> w = jnp.array([[1.0, -1.0, 0.5], [-0.5, 1.0, 0.2], [0.3, 0.1, -1.0]])
+    >>> clf = Classifier(lambda p, x: x @ p, w, input_shape=(3,))
+    >>> fp = generate(clf, FingerprintConfig(num=8, init="noise", keep="all"), key=0,
+    ...               method=PGD(eps=0.5, steps=10), progress=False)
+    >>> fp.metadata["method"]["name"], len(fp)
+    ('pgd', 8)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, ClassVar, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ipguard_jax import engine
+
+__all__ = ["Method", "IPGuard", "RandomPoints", "FGSM", "PGD", "CW", "METHODS", "resolve_method",
+           "sign_step", "normalized_step", "cw_search_update"]
+
+
+# --- step rules --------------------------------------------------------------------------------
+
+def sign_step(step_size: Any) -> optax.GradientTransformation:
+    """Gradient descent on the sign of the gradient: ``update = -step_size * sign(g)``.
+
+    The L-inf steepest-descent step of FGSM and PGD. Stateless; ``step_size`` may be traced.
+    """
+    def update(grads, state, params=None):
+        del params
+        return jax.tree.map(lambda g: -step_size * jnp.sign(g), grads), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def normalized_step(step_size: Any) -> optax.GradientTransformation:
+    """Gradient descent along the unit L2 direction: ``update = -step_size * g / ||g||_2``.
+
+    The L2 steepest-descent step of PGD-L2; the norm is over the whole update (per point when
+    the engine ``vmap``-s it). A zero gradient gives a zero step.
+    """
+    def update(grads, state, params=None):
+        del params
+        norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+        scale = jnp.where(norm > 0, step_size / jnp.where(norm > 0, norm, 1.0), 0.0)
+        return jax.tree.map(lambda g: -scale * g, grads), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+# --- objectives (per point; module-level so they hash as static arguments) ---------------------
+
+def _zero_loss(logits, x, point, hyper):
+    del x, point, hyper
+    return jnp.zeros((), jnp.promote_types(logits.dtype, jnp.float32))
+
+
+def _always(loss, logits, x, point, hyper):
+    del loss, logits, x, point, hyper
+    return jnp.ones((), bool)
+
+
+def _log_probs(logits):
+    return jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)))
+
+
+def _untargeted_loss(logits, x, point, hyper):
+    del x, hyper
+    return _log_probs(logits)[point["i"]]  # minimising it maximises the cross-entropy at i
+
+
+def _untargeted_success(loss, logits, x, point, hyper):
+    del loss, x, hyper
+    return jnp.argmax(logits) != point["i"]
+
+
+def _targeted_loss(logits, x, point, hyper):
+    del x, hyper
+    return -_log_probs(logits)[point["j"]]  # the cross-entropy at the target j
+
+
+def _targeted_success(loss, logits, x, point, hyper):
+    del loss, x, hyper
+    return jnp.argmax(logits) == point["j"]
+
+
+def _linf_ball(x, point, hyper):
+    origin, eps = point["origin"], hyper["eps"]
+    return jnp.clip(x, origin - eps, origin + eps)
+
+
+def _l2_ball(x, point, hyper):
+    delta = x - point["origin"]
+    norm = jnp.sqrt(jnp.sum(jnp.square(delta)))
+    factor = jnp.minimum(1.0, hyper["eps"] / jnp.maximum(norm, 1e-12))
+    return point["origin"] + delta * factor.astype(x.dtype)
+
+
+def _cw_margin(logits, point):
+    """``Z_j - max_{t != j} Z_t``: how far the target leads."""
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    j = point["j"]
+    others = jnp.where(jnp.arange(logits.shape[-1]) == j, -jnp.inf, logits)
+    return logits[j] - jnp.max(others)
+
+
+def _cw_distance(x, point):
+    delta = (x - point["origin"]).astype(jnp.float32)
+    return jnp.sum(jnp.square(delta))
+
+
+def _cw_loss(logits, x, point, hyper):
+    hinge = jax.nn.relu(hyper["kappa"] - _cw_margin(logits, point))
+    return _cw_distance(x, point) + point["c"] * hinge
+
+
+def _cw_success(loss, logits, x, point, hyper):
+    del loss, x
+    return (_cw_margin(logits, point) >= hyper["kappa"]) & (jnp.argmax(logits) == point["j"])
+
+
+def _cw_score(loss, logits, x, point, hyper):
+    del loss, logits, hyper
+    return _cw_distance(x, point)
+
+
+def _tanh_decode(v, lo, hi):
+    return lo + (hi - lo) * (jnp.tanh(v) + 1) / 2
+
+
+def _tanh_encode(x, lo, hi):
+    unit = jnp.clip((x - lo) / jnp.where(hi > lo, hi - lo, 1.0) * 2 - 1, -1 + 1e-6, 1 - 1e-6)
+    return jnp.arctanh(unit)
+
+
+def _linf_start(key, x, hyper):
+    return x + jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0) * hyper["eps"]
+
+
+def _l2_start(key, x, hyper):
+    direction_key, radius_key = jax.random.split(key)
+    direction = jax.random.normal(direction_key, x.shape, x.dtype)
+    direction = direction / jnp.maximum(jnp.sqrt(jnp.sum(jnp.square(direction))), 1e-12)
+    radius = hyper["eps"] * jax.random.uniform(radius_key, (), x.dtype) ** (1.0 / x.size)
+    return x + radius * direction
+
+
+RANDOM_OBJECTIVE = engine.Objective(loss=_zero_loss, succeeded=_always)
+UNTARGETED_LINF = engine.Objective(_untargeted_loss, _untargeted_success, False, _linf_ball)
+UNTARGETED_L2 = engine.Objective(_untargeted_loss, _untargeted_success, False, _l2_ball)
+TARGETED_LINF = engine.Objective(_targeted_loss, _targeted_success, False, _linf_ball)
+TARGETED_L2 = engine.Objective(_targeted_loss, _targeted_success, False, _l2_ball)
+CW_OBJECTIVE = engine.Objective(loss=_cw_loss, succeeded=_cw_success, stop_on_success=False,
+                                decode=_tanh_decode, encode=_tanh_encode, score=_cw_score)
+
+
+class Plan(NamedTuple):
+    """How the engine runs a method: static parts (hashable; they key the compiled code).
+
+    Attributes:
+        objective: the per-point objective.
+        step_rule: ``"adam"``, ``"sign"`` or ``"l2"``: the optimiser built from the traced
+            step size ``lr``.
+        optimizer: a custom optax transformation that replaces the step rule (IPGuard's
+            ``FingerprintConfig.optimizer``), else ``None``.
+        perturb: ``(key, x, hyper) -> x``, a random start around each start point, or ``None``.
+        uses_origin: the objective reads ``point["origin"]``, the start point (in the box).
+    """
+    objective: engine.Objective
+    step_rule: str = "adam"
+    optimizer: optax.GradientTransformation | None = None
+    perturb: Callable[..., jax.Array] | None = None
+    uses_origin: bool = False
+
+
+def make_optimizer(plan: Plan, lr: Any) -> optax.GradientTransformation:
+    """The plan's optimiser with step size ``lr`` (may be traced: no recompile per value)."""
+    if plan.optimizer is not None:
+        return plan.optimizer
+    rules = {"adam": optax.adam, "sign": sign_step, "l2": normalized_step}
+    return rules[plan.step_rule](lr)
+
+
+# --- methods -----------------------------------------------------------------------------------
+
+def _positive(name: str, value: Any, *, integer: bool = False, zero_ok: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise TypeError(f"{name} must be {'an int' if integer else 'a number'}, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        raise ValueError(f"{name} must be {'>= 0' if zero_ok else '> 0'} and finite, "
+                         f"got {value}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A fingerprinting method: its name, parameters and how the engine runs it."""
+
+    name: ClassVar[str] = "method"
+
+    def plan(self, config: Any) -> Plan:
+        """The static :class:`Plan` for this method under ``config``."""
+        raise NotImplementedError
+
+    def hyper(self, config: Any) -> dict[str, float]:
+        """Batch-wide scalars for the objective (traced in the compiled code)."""
+        del config
+        return {}
+
+    def budget(self, config: Any) -> int:
+        """The step budget per point (per round for :class:`CW`)."""
+        raise NotImplementedError
+
+    def learning_rate(self, config: Any) -> float:
+        """The step size (learning rate) of the step rule."""
+        del config
+        return 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Name and parameters, JSON-able, for provenance."""
+        return {"name": self.name, "params": dataclasses.asdict(self)}
+
+
+@dataclasses.dataclass(frozen=True)
+class IPGuard(Method):
+    """IPGuard's boundary points; every parameter comes from the :class:`FingerprintConfig`."""
+
+    name: ClassVar[str] = "ipguard"
+
+    def plan(self, config):
+        return Plan(engine.IPGUARD, "adam", config.optimizer)
+
+    def budget(self, config):
+        return config.steps
+
+    def learning_rate(self, config):
+        return config.lr
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomPoints(Method):
+    """The start points themselves, labelled by the owner: real images (``init="data"``) or
+    uniform noise (``init="noise"``). No optimisation; every point "converges"."""
+
+    name: ClassVar[str] = "random"
+
+    def plan(self, config):
+        return Plan(RANDOM_OBJECTIVE)
+
+    def budget(self, config):
+        return 0
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FGSM(Method):
+    """Fast gradient sign method: ``x' = clip(x + eps * sign(grad_x CE(x, i)))`` (untargeted),
+    or ``x' = clip(x - eps * sign(grad_x CE(x, j)))`` towards the target ``j`` (targeted).
+
+    Attributes:
+        eps: the step, in input units (for inputs in [0, 1], 8/255 is about 0.03).
+        targeted: step towards the config's target class ``j`` instead of away from ``i``.
+    """
+
+    eps: float = 0.03
+    targeted: bool = False
+    name: ClassVar[str] = "fgsm"
+
+    def __post_init__(self):
+        _positive("eps", self.eps)
+        _check_bool("targeted", self.targeted)
+
+    def plan(self, config):
+        return Plan(TARGETED_LINF if self.targeted else UNTARGETED_LINF, "sign", uses_origin=True)
+
+    def hyper(self, config):
+        return {"eps": self.eps}
+
+    def budget(self, config):
+        return 1
+
+    def learning_rate(self, config):
+        return self.eps
+
+
+@dataclasses.dataclass(frozen=True)
+class PGD(Method):
+    """Projected gradient descent (iterated FGSM, Madry et al.) in an L-inf or L2 ball.
+
+    Each step moves ``step_size`` along the sign of the gradient (L-inf) or the unit gradient
+    (L2), then projects onto the ``eps``-ball around the start point and onto the input box.
+
+    Attributes:
+        eps: the ball's radius, in input units.
+        step_size: the step; ``None`` means ``2.5 * eps / steps``.
+        steps: the number of steps (every point takes all of them).
+        norm: ``"inf"`` or ``"2"``.
+        targeted: descend the cross-entropy of the target ``j`` instead of ascending that of
+            ``i``.
+        random_start: start at a uniform random point of the ball (keyed per candidate).
+    """
+
+    eps: float = 0.03
+    step_size: float | None = None
+    steps: int = 20
+    norm: Literal["inf", "2"] = "inf"
+    targeted: bool = False
+    random_start: bool = True
+    name: ClassVar[str] = "pgd"
+
+    def __post_init__(self):
+        _positive("eps", self.eps)
+        _positive("steps", self.steps, integer=True)
+        if self.step_size is not None:
+            _positive("step_size", self.step_size)
+        if self.norm not in ("inf", "2"):
+            raise ValueError(f"norm must be 'inf' or '2', got {self.norm!r}")
+        _check_bool("targeted", self.targeted)
+        _check_bool("random_start", self.random_start)
+
+    def plan(self, config):
+        objective = {("inf", False): UNTARGETED_LINF, ("inf", True): TARGETED_LINF,
+                     ("2", False): UNTARGETED_L2, ("2", True): TARGETED_L2}[self.norm,
+                                                                            self.targeted]
+        if not self.random_start:
+            perturb = None
+        else:
+            perturb = _linf_start if self.norm == "inf" else _l2_start
+        return Plan(objective, "sign" if self.norm == "inf" else "l2", None, perturb, True)
+
+    def hyper(self, config):
+        return {"eps": self.eps}
+
+    def budget(self, config):
+        return self.steps
+
+    def learning_rate(self, config):
+        return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+
+    def to_dict(self):
+        out = super().to_dict()
+        out["params"]["step_size"] = self.learning_rate(None)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class CW(Method):
+    """Carlini-Wagner L2, targeted at the config's ``j``.
+
+    Minimises ``||x - x0||^2 + c * max(kappa - (Z_j - max_{t != j} Z_t), 0)`` over
+    ``x = lo + (hi - lo) * (tanh(w) + 1) / 2`` (so ``x`` never leaves the box) with Adam, and
+    binary-searches ``c`` per point over ``search_steps`` rounds: start at ``initial_c``; after
+    a success, halve the gap towards the largest failing ``c``; after a failure, go ten times
+    up until a success bounds it. Each point returns its least-distorted success over all steps
+    and rounds (its last iterate if it never succeeds).
+
+    Attributes:
+        kappa: the confidence: the target's logit must lead every other by ``kappa``.
+        steps: Adam steps per round.
+        lr: Adam's learning rate (in tanh space).
+        initial_c: the first ``c``.
+        search_steps: rounds of the binary search.
+    """
+
+    kappa: float = 0.0
+    steps: int = 100
+    lr: float = 0.05
+    initial_c: float = 1.0
+    search_steps: int = 5
+    name: ClassVar[str] = "cw"
+
+    def __post_init__(self):
+        _positive("kappa", self.kappa, zero_ok=True)
+        _positive("steps", self.steps, integer=True)
+        _positive("lr", self.lr)
+        _positive("initial_c", self.initial_c)
+        _positive("search_steps", self.search_steps, integer=True)
+
+    def plan(self, config):
+        return Plan(CW_OBJECTIVE, "adam", uses_origin=True)
+
+    def hyper(self, config):
+        return {"kappa": self.kappa}
+
+    def budget(self, config):
+        return self.steps
+
+    def learning_rate(self, config):
+        return self.lr
+
+
+def cw_search_update(c: Any, lower: Any, upper: Any, success: Any) -> tuple[Any, Any, Any]:
+    """One round of CW's per-point binary search over ``c`` (numpy or jax arrays).
+
+    Args:
+        c: the ``c`` each point just used.
+        lower: the largest ``c`` that failed so far (0 at first).
+        upper: the smallest ``c`` that succeeded so far (``inf`` at first).
+        success: whether each point succeeded with ``c``.
+
+    Returns:
+        ``(next_c, lower, upper)``.
+    """
+    xp = jnp if isinstance(c, jax.Array) else np
+    upper = xp.where(success, xp.minimum(upper, c), upper)
+    lower = xp.where(success, lower, xp.maximum(lower, c))
+    bounded = xp.isfinite(upper)
+    next_c = xp.where(bounded, (lower + xp.where(bounded, upper, 0)) / 2, c * 10)
+    return next_c, lower, upper
+
+
+#: Method names accepted by ``generate(..., method=...)`` and their classes.
+METHODS: dict[str, type[Method]] = {"ipguard": IPGuard, "random": RandomPoints, "fgsm": FGSM,
+                                    "pgd": PGD, "cw": CW}
+
+
+def resolve_method(method: str | Method) -> Method:
+    """A :class:`Method` from a name (default parameters) or an instance."""
+    if isinstance(method, Method):
+        return method
+    if isinstance(method, str):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {tuple(METHODS)} or a Method instance, "
+                             f"got {method!r}")
+        return METHODS[method]()
+    raise TypeError(f"method must be a name or an ipguard_jax.baselines.Method, got "
+                    f"{type(method).__name__}")
