@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
+import hashlib
+import json
+import math
+import os
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from ipguard_jax import baselines, engine
@@ -210,35 +219,205 @@ class _Collector:
         ids = np.sort(np.concatenate(self.converged_ids))
         return bool(ids[self.want - 1] < lowest_open)
 
+    def merged(self) -> dict[str, np.ndarray]:
+        """Everything collected so far, in the order collected (with ``id`` and ``source``)."""
+        return {name: np.concatenate([p[name] for p in self.parts]) for name in self.parts[0]}
+
+    def restore(self, merged: dict[str, np.ndarray]) -> None:
+        """Takes back what a checkpoint saved from :meth:`merged`."""
+        self.parts = [dict(merged)]
+        self.drawn = len(merged["id"])
+        self.converged = int(merged["converged"].sum())
+        self.converged_ids = [merged["id"][merged["converged"]]]
+        self.bar.update(min(self.converged, self.want) if self.config.keep == "converged"
+                        else self.drawn)
+
     def arrays(self) -> dict[str, np.ndarray]:
-        merged = {name: np.concatenate([p[name] for p in self.parts]) for name in self.parts[0]}
+        merged = self.merged()
         order = np.argsort(merged.pop("id"), kind="stable")  # candidate order
         return {name: a[order] for name, a in merged.items()}
 
 
-def _run_candidates(classifier, config, plan, loop, key, scalars, x0, ids, valid, extra_in):
+class _Checkpoint:
+    """The progress of one ``generate`` run in an orbax directory, so a killed run resumes.
+
+    Every ``every`` chunks (or refills, with compaction) the finished candidates' results and
+    the position in the candidate sequence are written with orbax (to a temporary directory,
+    renamed when complete; the previous checkpoint stays until then). Each candidate's path
+    depends only on its index and the key, so a resumed run skips what is saved, restarts the
+    candidates that were in flight and yields the same fingerprints as an uninterrupted one.
+    """
+
+    def __init__(self, directory: str | os.PathLike, identity: dict[str, Any], every: int):
+        self.directory = os.path.abspath(os.fspath(directory))
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise ValueError(f"checkpoint must be a directory, but {self.directory} is a file")
+        self.identity, self.every = identity, every
+        self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=2, enable_async_checkpointing=False, cleanup_tmp_directories=True))
+        self.step = 0
+        self.resume: tuple[list[int], int] | None = None
+
+    def load(self, collector: _Collector) -> None:
+        """Restores the latest checkpoint of this run into ``collector``, if there is one."""
+        step = self.manager.latest_step()
+        if step is None:
+            return
+        meta = self.manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore())).meta
+        if meta.get("identity") != self.identity:
+            saved = meta.get("identity") or {}
+            differ = sorted(name for name in set(saved) | set(self.identity)
+                            if saved.get(name) != self.identity.get(name))
+            raise ValueError(
+                f"checkpoint directory {self.directory} holds another generation run "
+                f"(different {', '.join(differ) or 'format'}); pass another directory or "
+                f"delete it to start afresh")
+        arrays = self.manager.restore(step, args=ocp.args.Composite(
+            arrays=ocp.args.StandardRestore())).arrays
+        collector.restore({name: np.asarray(v) for name, v in arrays.items()})
+        self.step = step
+        self.resume = (list(meta["pending"]), int(meta["next_id"]))
+
+    def resume_point(self) -> tuple[list[int], int] | None:
+        """``(pending ids, next id)`` saved by the restored checkpoint, or ``None``."""
+        return self.resume
+
+    def maybe_save(self, collector: _Collector, *, next_id: int, pending: Any,
+                   chunks: int) -> None:
+        """Saves after every ``every``-th chunk (``chunks`` counts them in this process)."""
+        if chunks % self.every or not collector.parts:
+            return
+        self.step += 1
+        meta = {"identity": self.identity, "next_id": int(next_id),
+                "pending": [int(p) for p in pending], "drawn": collector.drawn,
+                "converged": collector.converged}
+        self.manager.save(self.step, args=ocp.args.Composite(
+            arrays=ocp.args.StandardSave(collector.merged()), meta=ocp.args.JsonSave(meta)),
+            force=True)
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def _data_digest(data: np.ndarray | None) -> str | None:
+    if data is None:
+        return None
+    digest = hashlib.sha256(f"{data.dtype.str}{data.shape}".encode())
+    digest.update(np.ascontiguousarray(data).data)
+    return digest.hexdigest()
+
+
+def resolve_mesh(mesh: Any) -> Mesh | None:
+    """``"auto"`` -> a 1-D ``("batch",)`` mesh over all devices when there are several (all
+    hosts' devices under ``jax.distributed``), else ``None``; a ``Mesh`` or ``None`` as is."""
+    if isinstance(mesh, str):
+        if mesh != "auto":
+            raise ValueError(f'mesh must be "auto", None or a jax.sharding.Mesh, got {mesh!r}')
+        if jax.device_count() == 1:
+            return None
+        return jax.make_mesh((jax.device_count(),), ("batch",),
+                             axis_types=(jax.sharding.AxisType.Auto,))
+    if mesh is None or isinstance(mesh, Mesh):
+        return mesh
+    raise TypeError(f'mesh must be "auto", None or a jax.sharding.Mesh, got '
+                    f'{type(mesh).__name__}')
+
+
+class _Placement:
+    """Where the arrays of a run live: the default device, or a mesh with the batch sharded.
+
+    With a mesh, every per-candidate array is sharded along its leading (batch) axis over all
+    of the mesh's axes and the classifier's parameters are replicated (parameters already laid
+    out on the mesh, e.g. sharded for a model too big for one device, are left as they are).
+    Global arrays are built from host data with ``jax.make_array_from_callback``, which works
+    the same in one process and across hosts, where each process supplies its own devices'
+    shards; results are gathered back to every process.
+    """
+
+    def __init__(self, mesh: Mesh | None):
+        self.mesh = mesh
+        self.size = 1 if mesh is None else mesh.size
+        if mesh is not None:
+            self.batch = NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names)))
+            self.replicated = NamedSharding(mesh, PartitionSpec())
+
+    def put(self, a: Any) -> jax.Array:
+        """A batch-leading array, sharded along the batch."""
+        if self.mesh is None:
+            return jnp.asarray(a)
+        if isinstance(a, jax.Array) and a.sharding.is_equivalent_to(self.batch, a.ndim):
+            return a
+        host = np.asarray(a)
+        return jax.make_array_from_callback(host.shape, self.batch, lambda index: host[index])
+
+    def replicate(self, tree: Any) -> Any:
+        """Every leaf on every device of the mesh (leaves already on the mesh stay put)."""
+        if self.mesh is None:
+            return tree
+
+        def one(leaf):
+            if isinstance(leaf, jax.Array) and isinstance(leaf.sharding, NamedSharding) \
+                    and leaf.sharding.mesh == self.mesh:
+                return leaf
+            host = np.asarray(leaf)
+            return jax.make_array_from_callback(host.shape, self.replicated,
+                                                lambda index: host[index])
+
+        return jax.tree.map(one, tree)
+
+    def fetch(self, tree: Any) -> Any:
+        """Numpy copies of (possibly sharded, possibly multi-host) arrays."""
+        if jax.process_count() > 1:
+            return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+        return jax.tree.map(np.asarray, tree)
+
+
+@dataclasses.dataclass
+class _Run:
+    """Everything one ``generate`` call's runners share."""
+    classifier: Classifier
+    params: Any
+    config: FingerprintConfig
+    method: baselines.Method
+    plan: baselines.Plan
+    loop: str
+    key: jax.Array
+    scalars: dict[str, Any]
+    place: _Placement
+    starts: Callable[[np.ndarray], tuple[jax.Array, np.ndarray]]
+    budget: int
+    batch: int
+    collector: _Collector
+    checkpoint: _Checkpoint | None
+
+
+def _run_candidates(run: _Run, x0, ids, valid, extra_in):
     """Runs one chunk of candidates to the end of their step budget; numpy outputs."""
-    args = (classifier.params, x0, key, jnp.asarray(ids), jnp.asarray(valid))
-    if loop == "device":
-        out = _run_chunk(classifier.apply_fn, plan, config.target, *args, **scalars,
+    place, apply_fn, config = run.place, run.classifier.apply_fn, run.config
+    args = (run.params, x0, run.key, place.put(ids), place.put(valid))
+    extra_in = {name: place.put(v) for name, v in extra_in.items()}
+    if run.loop == "device":
+        out = _run_chunk(apply_fn, run.plan, config.target, *args, **run.scalars,
                          extra_in=extra_in)
     else:
-        out = _run_chunk_host_loop(classifier.apply_fn, plan, config.target, config.block_steps,
-                                   *args, **scalars, extra_in=extra_in)
-    return {name: np.asarray(v) for name, v in out.items()}
+        out = _run_chunk_host_loop(apply_fn, run.plan, config.target, config.block_steps,
+                                   *args, **run.scalars, extra_in=extra_in)
+    return place.fetch(out)
 
 
-def _run_search(method, classifier, config, plan, loop, key, scalars, x0, ids, valid):
+def _run_search(run: _Run, x0, ids, valid):
     """Carlini-Wagner's binary search over ``c``: ``search_steps`` runs of the chunk, each from
     the same start, keeping every point's least-distorted success."""
-    num = len(ids)
+    method, num = run.method, len(ids)
     c = np.full(num, method.initial_c, np.float32)
     lower, upper = np.zeros(num, np.float32), np.full(num, np.inf, np.float32)
-    origin = np.asarray(optax.projections.projection_box(x0, scalars["lo"], scalars["hi"]))
+    lo, hi = run.scalars["lo"], run.scalars["hi"]
+    origin = np.clip(run.place.fetch(x0), np.asarray(lo), np.asarray(hi))
     best, best_dist, total_steps = None, np.full(num, np.inf), np.zeros(num, np.int64)
     for _ in range(method.search_steps):
-        out = _run_candidates(classifier, config, plan, loop, key, scalars, x0, ids, valid,
-                              {"c": jnp.asarray(c)})
+        out = _run_candidates(run, x0, ids, valid, {"c": c})
         total_steps += out["steps"]
         dist = ((out["x"] - origin).reshape(num, -1).astype(np.float64) ** 2).sum(axis=1)
         dist = np.where(out["converged"], dist, np.inf)
@@ -254,22 +433,24 @@ def _run_search(method, classifier, config, plan, loop, key, scalars, x0, ids, v
     return best
 
 
-def _run_chunked(method, classifier, config, plan, loop, key, starts, budget, batch, scalars,
-                 collector):
+def _run_chunked(run: _Run) -> None:
     """Candidates in consecutive chunks of ``batch``; each chunk runs until all its points stop."""
-    drawn = 0
+    collector, budget = run.collector, run.budget
+    drawn = collector.drawn  # > 0 when resumed from a checkpoint
+    chunks = 0
     while drawn < budget and not collector.settled(lowest_open=np.inf):
-        ids = np.arange(drawn, drawn + batch)
+        ids = np.arange(drawn, drawn + run.batch)
         valid = ids < budget
-        x0, source = starts(ids)
-        if isinstance(method, baselines.CW):
-            out = _run_search(method, classifier, config, plan, loop, key, scalars, x0, ids,
-                              valid)
+        x0, source = run.starts(ids)
+        if isinstance(run.method, baselines.CW):
+            out = _run_search(run, x0, ids, valid)
         else:
-            out = _run_candidates(classifier, config, plan, loop, key, scalars, x0, ids, valid,
-                                  {})
+            out = _run_candidates(run, x0, ids, valid, {})
         collector.add({name: v[valid] for name, v in out.items()}, ids[valid], source[valid])
         drawn += int(valid.sum())
+        chunks += 1
+        if run.checkpoint is not None:
+            run.checkpoint.maybe_save(collector, next_id=drawn, pending=(), chunks=chunks)
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "plan", "target"))
@@ -285,8 +466,27 @@ def _refill_chunk(apply_fn, plan, target, params, state, i, j, extra, start_fini
             pick(new_finite, start_finite), state)
 
 
-def _run_compacted(method, classifier, config, plan, loop, key, starts, budget, batch, scalars,
-                   collector):
+class _Queue:
+    """Candidate ids still to start: ``pending`` ones first (in flight when a checkpoint was
+    written), then ``next_id, next_id + 1, ...`` up to the budget."""
+
+    def __init__(self, pending, next_id: int, budget: int):
+        self.pending, self.next_id, self.budget = sorted(int(p) for p in pending), next_id, budget
+
+    def lowest(self) -> float:
+        return min(self.pending[0] if self.pending else np.inf,
+                   self.next_id if self.next_id < self.budget else np.inf)
+
+    def take(self, count: int) -> np.ndarray:
+        taken = self.pending[:count]
+        self.pending = self.pending[count:]
+        more = max(0, min(count - len(taken), self.budget - self.next_id))
+        taken += list(range(self.next_id, self.next_id + more))
+        self.next_id += more
+        return np.asarray(taken, np.int64)
+
+
+def _run_compacted(run: _Run) -> None:
     """One working batch whose finished points are swapped for fresh candidates as it runs.
 
     Every ``block_steps`` steps the host looks at which slots stopped (converged, or out of
@@ -295,49 +495,59 @@ def _run_compacted(method, classifier, config, plan, loop, key, starts, budget, 
     slowest one. Each candidate keeps its own step budget, targets and optimiser state, so it
     follows the same path as in the chunked run.
     """
-    del method
-    apply_fn, params, target = classifier.apply_fn, classifier.params, config.target
-    sc = scalars
-    ids = np.arange(batch)
-    slot_id = np.where(ids < budget, ids, -1)  # -1: empty slot
-    x0, slot_source = starts(ids)
+    apply_fn, params, target, plan = (run.classifier.apply_fn, run.params, run.config.target,
+                                      run.plan)
+    sc, place, batch, collector = run.scalars, run.place, run.batch, run.collector
+    resume = run.checkpoint.resume_point() if run.checkpoint is not None else None
+    queue = _Queue(*(resume or ((), 0)), run.budget)
+    first = queue.take(batch)
+    slot_id = np.full(batch, -1)  # -1: empty slot
+    slot_id[:len(first)] = first
+    x0, slot_source = run.starts(np.maximum(slot_id, 0))
     i, j, start_finite, extra, state = _start_chunk(
-        apply_fn, plan, target, params, x0, key, jnp.asarray(ids), jnp.asarray(slot_id >= 0),
-        sc["lr"], sc["lo"], sc["hi"], sc["hyper"], {})
-    next_id = min(batch, budget)
+        apply_fn, plan, target, params, x0, run.key, place.put(np.maximum(slot_id, 0)),
+        place.put(slot_id >= 0), sc["lr"], sc["lo"], sc["hi"], sc["hyper"], {})
     threshold = max(1, batch // 4)
     budget_steps = int(sc["steps"])
+    refills = 0
     while True:
-        state, _ = _advance_chunk(apply_fn, plan, config.block_steps, params, state, i, j, extra,
-                                  sc["k"], sc["lr"], sc["tol"], sc["lo"], sc["hi"], sc["hyper"],
-                                  sc["steps"])
-        stopped = np.asarray(state.done) | (np.asarray(state.steps) >= budget_steps)
+        state, _ = _advance_chunk(apply_fn, plan, run.config.block_steps, params, state, i, j,
+                                  extra, sc["k"], sc["lr"], sc["tol"], sc["lo"], sc["hi"],
+                                  sc["hyper"], sc["steps"])
+        done, steps = place.fetch((state.done, state.steps))
+        stopped = done | (steps >= budget_steps)
         finished = (slot_id >= 0) & stopped
         running = (slot_id >= 0) & ~stopped
         if finished.sum() < threshold and running.any():
             continue
-        out = _finish_chunk(apply_fn, plan, params, state, i, j, extra, start_finite, sc["k"],
-                            sc["tol"], sc["lo"], sc["hi"], sc["hyper"])
-        collector.add({name: np.asarray(v)[finished] for name, v in out.items()},
-                      slot_id[finished], slot_source[finished])
-        lowest_open = min(slot_id[running].min() if running.any() else np.inf, next_id)
-        if collector.settled(lowest_open) or (not running.any() and next_id >= budget):
+        out = place.fetch(_finish_chunk(apply_fn, plan, params, state, i, j, extra,
+                                        start_finite, sc["k"], sc["tol"], sc["lo"], sc["hi"],
+                                        sc["hyper"]))
+        collector.add({name: v[finished] for name, v in out.items()}, slot_id[finished],
+                      slot_source[finished])
+        lowest_open = min(slot_id[running].min() if running.any() else np.inf, queue.lowest())
+        if collector.settled(lowest_open) or (not running.any() and queue.lowest() == np.inf):
             return
+        refills += 1
+        if run.checkpoint is not None:
+            # Candidates in flight restart from scratch after a resume: same path, same result.
+            run.checkpoint.maybe_save(collector, next_id=queue.next_id,
+                                      pending=sorted(queue.pending + list(slot_id[running])),
+                                      chunks=refills)
         # Refill the finished slots, in slot order, with the next candidates.
         slots = np.flatnonzero(finished)
-        fresh = slots[:max(0, min(len(slots), budget - next_id))]
+        fresh_ids = queue.take(len(slots))
         refill = np.zeros(batch, bool)
-        refill[fresh] = True
+        refill[slots[:len(fresh_ids)]] = True
         new_ids = slot_id.copy()
-        new_ids[fresh] = np.arange(next_id, next_id + len(fresh))
+        new_ids[refill] = fresh_ids
         new_ids[finished & ~refill] = -1
-        next_id += len(fresh)
-        x0, source = starts(np.maximum(new_ids, 0))
+        x0, source = run.starts(np.maximum(new_ids, 0))
         slot_source = np.where(refill, source, slot_source)
         i, j, extra, start_finite, state = _refill_chunk(
-            apply_fn, plan, target, params, state, i, j, extra, start_finite, x0, key,
-            jnp.asarray(np.maximum(new_ids, 0)), jnp.asarray(refill),
-            jnp.asarray(finished & ~refill), sc["lr"], sc["lo"], sc["hi"], sc["hyper"])
+            apply_fn, plan, target, params, state, i, j, extra, start_finite, x0, run.key,
+            place.put(np.maximum(new_ids, 0)), place.put(refill),
+            place.put(finished & ~refill), sc["lr"], sc["lo"], sc["hi"], sc["hyper"])
         slot_id = new_ids
 
 
@@ -348,6 +558,9 @@ def generate(
     data: Any = None,
     *,
     method: str | baselines.Method = "ipguard",
+    mesh: Mesh | str | None = "auto",
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
     progress: bool = True,
 ) -> Fingerprints:
     """Generates IPGuard fingerprints (or a baseline's) for an owner classifier.
@@ -357,6 +570,12 @@ def generate(
     O(batch_size) and later calls with the same shapes reuse the compiled code. With
     ``keep="converged"`` further chunks are drawn until ``num`` points converged or the candidate
     budget is spent; the result says how many converged (and warns if fewer than ``num``).
+
+    On several devices the candidate batch is sharded over a device mesh (each device
+    optimises its share of the points; the parameters are replicated) and the results are
+    the same as on one device for the same key. Under ``jax.distributed`` (several hosts)
+    every process calls ``generate`` with the same arguments, each works on the points of its
+    own devices, and every process gets the whole result.
 
     Args:
         classifier: the owner model.
@@ -369,6 +588,16 @@ def generate(
             :mod:`ipguard_jax.baselines` to set its parameters (baselines carry their own step
             budget and step size; ``config`` still sets ``num``, ``init``, ``target``,
             ``batch_size``, ``keep`` and the loop).
+        mesh: ``"auto"`` (default) shards the batch over all devices when there are several
+            and does nothing on one; ``None`` keeps everything on the default device; or a
+            ``jax.sharding.Mesh`` (use ``AxisType.Auto`` axes), whose axes all split the batch.
+            The chunk size is rounded up to a multiple of the device count; the padding is
+            masked out.
+        checkpoint: a directory where progress is saved (orbax) every ``checkpoint_every``
+            chunks; a run killed part-way and started again with the same arguments resumes
+            from it and returns the same fingerprints. A directory holding another run's
+            checkpoint is refused.
+        checkpoint_every: chunks (or refills, with ``compact=True``) between checkpoints.
         progress: show a progress bar over the chunks.
 
     Returns:
@@ -397,6 +626,10 @@ def generate(
     method = baselines.resolve_method(method)
     plan = method.plan(config)
     key = as_key(key)
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) \
+            or checkpoint_every <= 0:
+        raise ValueError(f"checkpoint_every must be an int > 0, got {checkpoint_every!r}")
+    place = _Placement(resolve_mesh(mesh))
     start_time = time.perf_counter()
     lo, hi = classifier.bounds
 
@@ -409,31 +642,50 @@ def generate(
         order = np.asarray(jax.random.permutation(order_key, data.shape[0]))
     elif data is not None:
         raise ValueError('data is only used with init="data"; drop it or set init="data"')
-    batch = min(config.batch_size, budget)
+    batch = math.ceil(min(config.batch_size, budget) / place.size) * place.size
     loop = resolve_loop(config.loop)
     want = config.num
 
-    scalars = dict(k=jnp.float32(config.k), lr=jnp.float32(method.learning_rate(config)),
-                   steps=jnp.int32(method.budget(config)), tol=jnp.float32(config.tol),
-                   lo=jnp.asarray(lo, classifier.dtype), hi=jnp.asarray(hi, classifier.dtype),
-                   hyper={name: jnp.float32(v) for name, v in method.hyper(config).items()})
+    scalars = place.replicate(dict(
+        k=np.float32(config.k), lr=np.float32(method.learning_rate(config)),
+        steps=np.int32(method.budget(config)), tol=np.float32(config.tol),
+        lo=np.asarray(lo, classifier.dtype), hi=np.asarray(hi, classifier.dtype),
+        hyper={name: np.float32(v) for name, v in method.hyper(config).items()}))
+    if place.mesh is None:
+        scalars = jax.tree.map(jnp.asarray, scalars)
+    run_key = jax.random.wrap_key_data(place.replicate(jax.random.key_data(point_key)),
+                                       impl=jax.random.key_impl(point_key))
 
     def starts(ids: np.ndarray) -> tuple[jax.Array, np.ndarray]:
         """Start points and their sources for candidate indices (past the budget: padding)."""
         if config.init == "data":
             source = order[ids % data.shape[0]]
-            return jnp.asarray(data[source]), source
-        return _noise_points(point_key, ids, scalars["lo"], scalars["hi"],
+            return place.put(data[source]), source
+        return _noise_points(run_key, place.put(ids), scalars["lo"], scalars["hi"],
                              input_shape=classifier.input_shape, dtype=classifier.dtype), ids
 
     compact = config.compact and loop == "host" and not isinstance(method, baselines.CW)
     collector = _Collector(config, want, progress)
+    saver = None
+    if checkpoint is not None:
+        identity = {"config": config.to_dict(), "method": method.to_dict(),
+                    "key": _key_record(key), "owner": classifier.params_hash,
+                    "input": classifier.input_spec,
+                    "data": _data_digest(data) if config.init == "data" else None,
+                    "budget": budget, "batch": batch, "compact": compact}
+        saver = _Checkpoint(checkpoint, json.loads(json.dumps(identity)), checkpoint_every)
+    run = _Run(classifier=classifier, params=place.replicate(classifier.params), config=config,
+               method=method, plan=plan, loop=loop, key=run_key, scalars=scalars, place=place,
+               starts=starts, budget=budget, batch=batch, collector=collector,
+               checkpoint=saver)
     try:
-        run = _run_compacted if compact else _run_chunked
-        run(method, classifier, config, plan, loop, point_key, starts, budget, batch, scalars,
-            collector)
+        if saver is not None:
+            saver.load(collector)
+        (_run_compacted if compact else _run_chunked)(run)
     finally:
         collector.bar.close()
+        if saver is not None:
+            saver.close()
     arrays, drawn, converged = collector.arrays(), collector.drawn, collector.converged
 
     if config.keep == "converged":
@@ -452,6 +704,8 @@ def generate(
         "method": method.to_dict(),
         "loop": loop,
         "compact": compact,
+        "devices": place.size,
+        "processes": jax.process_count(),
         "key": _key_record(key),
         "classifier": {"params_sha256": classifier.params_hash, **classifier.input_spec},
         "num_candidates": drawn,

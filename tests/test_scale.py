@@ -1,0 +1,151 @@
+"""Scale-out: sharded generation on 8 CPU devices, two processes under jax.distributed, and
+checkpointed runs that resume after SIGKILL. Each case runs in its own process (the device
+count and the distributed runtime are fixed when JAX starts)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ipguard_jax as ipg
+from ipguard_jax.generation import resolve_mesh
+
+WORKER = Path(__file__).parent / "workers" / "generate_worker.py"
+FIELDS = ("x", "labels", "i", "j", "loss", "converged", "steps", "source")
+
+
+def _spawn(spec: dict) -> subprocess.Popen:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    return subprocess.Popen([sys.executable, str(WORKER), json.dumps(spec)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _run(spec: dict, timeout: float = 400) -> dict:
+    proc = _spawn(spec)
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:]
+    with np.load(spec["out"], allow_pickle=False) as f:
+        return dict(f)
+
+
+def _assert_same(results, a, b, exact=True):
+    for field in FIELDS:
+        x, y = results[f"{a}_{field}"], results[f"{b}_{field}"]
+        if exact or field not in ("x", "loss"):
+            np.testing.assert_array_equal(x, y, err_msg=field)
+        else:
+            np.testing.assert_allclose(x, y, atol=1e-5, err_msg=field)
+
+
+SHARDED_CONFIGS = [
+    dict(num=37, batch_size=12, keep="all"),  # 12 -> 16 per chunk over 8 devices, padded
+    dict(num=37, batch_size=12),  # keep="converged": refills across chunks
+    dict(num=37, batch_size=12, compact=True),
+    dict(num=37, batch_size=12, loop="device"),
+    dict(num=20, batch_size=12, init="noise", keep="all"),
+]
+
+
+def test_sharded_generation_on_8_devices_equals_one_device(tmp_path):
+    results = _run({"devices": 8, "compare": True, "configs": SHARDED_CONFIGS,
+                    "out": str(tmp_path / "mlp.npz")})
+    for index, config in enumerate(SHARDED_CONFIGS):
+        assert results[f"{index}_sharded_devices"] == 8
+        assert results[f"{index}_single_devices"] == 1
+        assert len(results[f"{index}_sharded_x"]) == config["num"]
+        _assert_same(results, f"{index}_sharded", f"{index}_single")
+
+
+def test_sharded_convolutional_owner_agrees_with_one_device(tmp_path):
+    # Convolutions may round differently with 2 rows per device than with 16 on one.
+    config = dict(num=21, batch_size=16, keep="all", steps=60, k=0.02)
+    results = _run({"devices": 8, "compare": True, "model": "cnn", "configs": [config],
+                    "out": str(tmp_path / "cnn.npz")})
+    _assert_same(results, "0_sharded", "0_single", exact=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_share_the_work_and_both_get_the_whole_result(tmp_path):
+    config = dict(num=37, batch_size=12)
+    coordinator = f"127.0.0.1:{_free_port()}"
+    procs = [_spawn({"devices": 2, "process_id": p, "num_processes": 2,
+                     "coordinator": coordinator, "configs": [config],
+                     "out": str(tmp_path / f"p{p}.npz")}) for p in range(2)]
+    for proc in procs:
+        out, _ = proc.communicate(timeout=400)
+        assert proc.returncode == 0, out[-3000:]
+    single = _run({"devices": 1, "configs": [config], "out": str(tmp_path / "single.npz")})
+    for p in range(2):
+        with np.load(tmp_path / f"p{p}.npz") as f:
+            multi = dict(f)
+        assert multi["0_run_processes"] == 2 and multi["0_run_devices"] == 4
+        for field in FIELDS:
+            np.testing.assert_array_equal(multi[f"0_run_{field}"], single[f"0_run_{field}"])
+
+
+def _wait_for_checkpoint(directory: Path, proc: subprocess.Popen, step: int) -> bool:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (directory / str(step)).is_dir():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_a_run_killed_part_way_resumes_to_the_same_fingerprints(tmp_path, compact):
+    # k=30 on the digits MLP: most points run their whole budget, so chunks take a while.
+    config = dict(num=48, batch_size=8, keep="all", k=30.0, steps=600, compact=compact)
+    spec = {"configs": [config], "checkpoint": str(tmp_path / "ckpt")}
+    proc = _spawn({**spec, "out": str(tmp_path / "killed.npz")})
+    assert _wait_for_checkpoint(tmp_path / "ckpt", proc, step=2), proc.communicate()[0][-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed.npz").exists()  # it did not finish
+    resumed = _run({**spec, "out": str(tmp_path / "resumed.npz")})
+    fresh = _run({"configs": [config], "out": str(tmp_path / "fresh.npz")})
+    for field in FIELDS:
+        np.testing.assert_array_equal(resumed[f"0_run_{field}"], fresh[f"0_run_{field}"],
+                                      err_msg=field)
+
+
+def test_a_checkpoint_of_another_run_is_refused(owner, digits, tmp_path):
+    config = ipg.FingerprintConfig(num=8, batch_size=4, keep="all", steps=20)
+    data = digits["test"][0]
+    first = ipg.generate(owner, config, key=0, data=data, progress=False,
+                         checkpoint=tmp_path / "ckpt")
+    again = ipg.generate(owner, config, key=0, data=data, progress=False,
+                         checkpoint=tmp_path / "ckpt")  # complete: nothing left to run
+    np.testing.assert_array_equal(first.x, again.x)
+    with pytest.raises(ValueError, match="holds another generation run .*key"):
+        ipg.generate(owner, config, key=1, data=data, progress=False,
+                     checkpoint=tmp_path / "ckpt")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="checkpoint must be a directory"):
+        ipg.generate(owner, config, key=0, data=data, progress=False,
+                     checkpoint=tmp_path / "file")
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        ipg.generate(owner, config, key=0, data=data, progress=False,
+                     checkpoint=tmp_path / "c2", checkpoint_every=0)
+
+
+def test_mesh_argument_is_checked():
+    assert resolve_mesh(None) is None
+    assert resolve_mesh("auto") is None  # one CPU device in this process
+    with pytest.raises(ValueError, match="mesh must be"):
+        resolve_mesh("all")
+    with pytest.raises(TypeError, match="mesh must be"):
+        resolve_mesh(8)
