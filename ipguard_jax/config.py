@@ -12,6 +12,7 @@ INITS = ("data", "noise")
 TARGETS = ("random", "least_likely")
 KEEPS = ("converged", "all")
 LOOPS = ("auto", "device", "host")
+PRECISIONS = ("float32", "bfloat16")
 
 
 def _is_int(value: Any) -> bool:
@@ -57,6 +58,11 @@ class FingerprintConfig:
             follows the same path as without compaction, and the same candidates are returned
             (tested); only the count of candidates drawn may differ. Ignored with
             ``loop="device"`` (chosen by ``"auto"`` on GPU/TPU).
+        precision: ``"float32"`` (default) or ``"bfloat16"``: the classifier's forward and
+            backward passes run in bfloat16 (parameters and inputs cast, logits cast back),
+            while the loss, the points and the optimiser updates stay float32. Faster on
+            hardware with bfloat16 units (TPU, recent GPUs); the fingerprints' labels are
+            still the float32 owner's (see :func:`ipguard_jax.generate`).
 
     Example:
         >>> from ipguard_jax import FingerprintConfig
@@ -78,6 +84,7 @@ class FingerprintConfig:
     loop: Literal["auto", "device", "host"] = "auto"
     block_steps: int = 4
     compact: bool = False
+    precision: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self):
         for name in ("num", "steps", "batch_size", "block_steps"):
@@ -99,7 +106,7 @@ class FingerprintConfig:
         if self.tol < 0:
             raise ValueError(f"tol must be >= 0, got {self.tol}")
         for name, allowed in (("init", INITS), ("target", TARGETS), ("keep", KEEPS),
-                              ("loop", LOOPS)):
+                              ("loop", LOOPS), ("precision", PRECISIONS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.optimizer is not None and not (

@@ -374,10 +374,26 @@ class _Placement:
         return jax.tree.map(np.asarray, tree)
 
 
+@functools.lru_cache(maxsize=None)
+def _low_precision(apply_fn: Callable, dtype: str) -> Callable:
+    """``apply_fn`` computing in ``dtype`` on inputs cast to it, returning float32 logits
+    (one wrapper per function and dtype, so compiled code is reused)."""
+    def apply(params, x):
+        return apply_fn(params, x.astype(dtype)).astype(jnp.float32)
+
+    return apply
+
+
+def _cast_floats(tree: Any, dtype: str) -> Any:
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(jnp.result_type(a),
+                                                                     jnp.floating) else a, tree)
+
+
 @dataclasses.dataclass
 class _Run:
     """Everything one ``generate`` call's runners share."""
     classifier: Classifier
+    apply_fn: Callable
     params: Any
     config: FingerprintConfig
     method: baselines.Method
@@ -395,7 +411,7 @@ class _Run:
 
 def _run_candidates(run: _Run, x0, ids, valid, extra_in):
     """Runs one chunk of candidates to the end of their step budget; numpy outputs."""
-    place, apply_fn, config = run.place, run.classifier.apply_fn, run.config
+    place, apply_fn, config = run.place, run.apply_fn, run.config
     args = (run.params, x0, run.key, place.put(ids), place.put(valid))
     extra_in = {name: place.put(v) for name, v in extra_in.items()}
     if run.loop == "device":
@@ -495,7 +511,7 @@ def _run_compacted(run: _Run) -> None:
     slowest one. Each candidate keeps its own step budget, targets and optimiser state, so it
     follows the same path as in the chunked run.
     """
-    apply_fn, params, target, plan = (run.classifier.apply_fn, run.params, run.config.target,
+    apply_fn, params, target, plan = (run.apply_fn, run.params, run.config.target,
                                       run.plan)
     sc, place, batch, collector = run.scalars, run.place, run.batch, run.collector
     resume = run.checkpoint.resume_point() if run.checkpoint is not None else None
@@ -630,6 +646,9 @@ def generate(
             or checkpoint_every <= 0:
         raise ValueError(f"checkpoint_every must be an int > 0, got {checkpoint_every!r}")
     place = _Placement(resolve_mesh(mesh))
+    if config.precision != "float32" and not isinstance(method, baselines.IPGuard):
+        raise ValueError(f"precision={config.precision!r} is for the ipguard method; the "
+                         f"baselines run in float32")
     start_time = time.perf_counter()
     lo, hi = classifier.bounds
 
@@ -674,7 +693,12 @@ def generate(
                     "data": _data_digest(data) if config.init == "data" else None,
                     "budget": budget, "batch": batch, "compact": compact}
         saver = _Checkpoint(checkpoint, json.loads(json.dumps(identity)), checkpoint_every)
-    run = _Run(classifier=classifier, params=place.replicate(classifier.params), config=config,
+    apply_fn, params = classifier.apply_fn, classifier.params
+    if config.precision != "float32":
+        apply_fn = _low_precision(apply_fn, config.precision)
+        params = _cast_floats(params, config.precision)
+    run = _Run(classifier=classifier, apply_fn=apply_fn, params=place.replicate(params),
+               config=config,
                method=method, plan=plan, loop=loop, key=run_key, scalars=scalars, place=place,
                starts=starts, budget=budget, batch=batch, collector=collector,
                checkpoint=saver)
@@ -687,6 +711,8 @@ def generate(
         if saver is not None:
             saver.close()
     arrays, drawn, converged = collector.arrays(), collector.drawn, collector.converged
+    if config.precision != "float32":
+        converged -= _recheck_in_float32(classifier, arrays, config)
 
     if config.keep == "converged":
         keep = np.flatnonzero(arrays["converged"])[:want]
@@ -714,6 +740,26 @@ def generate(
         "wall_time_s": round(time.perf_counter() - start_time, 3),
     }
     return Fingerprints(**arrays, metadata=metadata)
+
+
+def _recheck_in_float32(classifier: Classifier, arrays: dict[str, np.ndarray],
+                        config: FingerprintConfig, batch_size: int = 1024) -> int:
+    """Labels, losses and convergence of low-precision results under the float32 owner (the
+    fingerprint is the owner's label, whatever precision found the point); returns how many
+    points lost their convergence."""
+    losses, labels = [], []
+    for s in range(0, len(arrays["x"]), batch_size):
+        logits = classifier(arrays["x"][s:s + batch_size])
+        losses.append(np.asarray(engine.batched_ipguard_loss(
+            logits, jnp.asarray(arrays["i"][s:s + batch_size]),
+            jnp.asarray(arrays["j"][s:s + batch_size]), jnp.float32(config.k))))
+        labels.append(np.asarray(jnp.argmax(logits, -1), np.int32))
+    before = int(arrays["converged"].sum())
+    if labels:
+        arrays["loss"] = np.concatenate(losses)
+        arrays["labels"] = np.concatenate(labels)
+        arrays["converged"] = arrays["loss"] <= config.tol
+    return before - int(arrays["converged"].sum())
 
 
 def suggest_k(classifier: Classifier, x: Any, fraction: float = 0.25,

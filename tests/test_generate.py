@@ -224,3 +224,19 @@ def test_compaction_returns_the_same_fingerprints(owner, digits, keep):
                                       err_msg=name)
     np.testing.assert_allclose(compacted.x, plain.x, atol=1e-6)
     np.testing.assert_allclose(compacted.loss, plain.loss, atol=1e-5)
+
+
+def test_bfloat16_generation_labels_points_with_the_float32_owner(owner, digits):
+    config = ipg.FingerprintConfig(num=40, k=1.0, keep="all", precision="bfloat16")
+    fp = ipg.generate(owner, config, key=0, data=digits["test"][0], progress=False)
+    logits = np.asarray(owner(fp.x))  # the float32 owner
+    np.testing.assert_array_equal(fp.labels, logits.argmax(axis=1))
+    margin_j, margin_i = _margins(owner, fp[fp.converged])
+    assert fp.converged.mean() >= 0.8
+    assert margin_j.min() >= config.k - 1e-4 and margin_i.min() >= -1e-4
+    assert fp.metadata["config"]["precision"] == "bfloat16"
+    with pytest.raises(ValueError, match="precision='bfloat16' is for the ipguard method"):
+        ipg.generate(owner, config, key=0, data=digits["test"][0], method="fgsm",
+                     progress=False)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        ipg.FingerprintConfig(precision="float16")
