@@ -32,12 +32,17 @@ from ipguard_jax.config import FingerprintConfig as FingerprintConfig
 from ipguard_jax.engine import ipguard_loss as ipguard_loss
 from ipguard_jax.engine import optimize_points as optimize_points
 from ipguard_jax.fingerprints import Fingerprints as Fingerprints
+from ipguard_jax.fingerprints import commit as commit
+from ipguard_jax.fingerprints import new_nonce as new_nonce
+from ipguard_jax.fingerprints import verify_commitment as verify_commitment
 from ipguard_jax.generation import ConvergenceWarning as ConvergenceWarning
 from ipguard_jax.generation import generate as generate
 from ipguard_jax.generation import suggest_k as suggest_k
 from ipguard_jax.io import FingerprintFileError as FingerprintFileError
 from ipguard_jax.io import load as load
 from ipguard_jax.io import save as save
+from ipguard_jax.io import seal as seal
+from ipguard_jax.io import unseal as unseal
 from ipguard_jax.suspects import HTTPSuspect as HTTPSuspect
 from ipguard_jax.suspects import QueryBudgetExceeded as QueryBudgetExceeded
 from ipguard_jax.suspects import SuspectQueryError as SuspectQueryError

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import operator
 from typing import Any, Callable
 
 import jax
@@ -18,8 +19,13 @@ ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
 def _check_bounds(bounds: Any) -> tuple[float, float]:
     try:
-        lo, hi = (float(b) for b in bounds)
-    except (TypeError, ValueError):
+        if isinstance(bounds, (str, bytes)):
+            raise TypeError
+        items = tuple(bounds)
+        if any(isinstance(b, (str, bytes, bool, np.bool_)) for b in items):
+            raise TypeError
+        lo, hi = (float(b) for b in items)
+    except (TypeError, ValueError, OverflowError):
         raise TypeError(f"bounds must be a pair of numbers (lo, hi), got {bounds!r}") from None
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError(f"bounds must be finite, got {(lo, hi)}")
@@ -30,7 +36,12 @@ def _check_bounds(bounds: Any) -> tuple[float, float]:
 
 def _check_shape(input_shape: Any) -> tuple[int, ...]:
     try:
-        shape = tuple(int(d) for d in input_shape)
+        if isinstance(input_shape, (str, bytes)):
+            raise TypeError
+        items = tuple(input_shape)
+        if any(isinstance(d, (bool, np.bool_)) for d in items):
+            raise TypeError
+        shape = tuple(operator.index(d) for d in items)  # ints only: 3.5 is no size
     except (TypeError, ValueError):
         raise TypeError(
             f"input_shape must be a tuple of ints (one example's shape), got {input_shape!r}"
@@ -110,7 +121,10 @@ class Classifier:
             raise TypeError(f"apply_fn must be callable, got {type(self.apply_fn).__name__}")
         object.__setattr__(self, "input_shape", _check_shape(self.input_shape))
         object.__setattr__(self, "bounds", _check_bounds(self.bounds))
-        dtype = jnp.dtype(self.dtype)
+        try:
+            dtype = jnp.dtype(self.dtype)
+        except (TypeError, ValueError):
+            raise TypeError(f"dtype must be a floating dtype, got {self.dtype!r}") from None
         if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(f"dtype must be a floating dtype, got {dtype}")
         object.__setattr__(self, "dtype", dtype)
@@ -239,6 +253,10 @@ class Classifier:
 
     def predict(self, x: jax.typing.ArrayLike, batch_size: int = 1024) -> np.ndarray:
         """Predicted labels ``(N,)`` (int32) for a batch, computed in batches of ``batch_size``."""
+        if not (isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
+                and batch_size > 0):
+            raise ValueError(f"batch_size must be an int > 0, got {batch_size!r}")
+        batch_size = int(batch_size)
         x = self.check_input(x)
         labels = [
             np.asarray(jnp.argmax(self._jit_apply(self.params, x[s:s + batch_size]), axis=-1))

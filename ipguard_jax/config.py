@@ -6,6 +6,7 @@ import dataclasses
 import math
 from typing import Any, Literal
 
+import numpy as np
 import optax
 
 INITS = ("data", "noise")
@@ -16,11 +17,12 @@ PRECISIONS = ("float32", "bfloat16")
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return (isinstance(value, (int, float, np.integer, np.floating))
+            and not isinstance(value, (bool, np.bool_)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +89,18 @@ class FingerprintConfig:
     precision: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self):
+        # numpy scalars (e.g. from a sweep) become plain Python values: hashable, JSON-able
+        for name in ("num", "steps", "batch_size", "block_steps", "max_candidates"):
+            value = getattr(self, name)
+            if _is_int(value):
+                object.__setattr__(self, name, int(value))
+        for name in ("k", "lr", "tol"):
+            value = getattr(self, name)
+            if _is_number(value):
+                object.__setattr__(self, name, float(value))
+        if not isinstance(self.compact, (bool, np.bool_)):
+            raise TypeError(f"compact must be a bool, got {self.compact!r}")
+        object.__setattr__(self, "compact", bool(self.compact))
         for name in ("num", "steps", "batch_size", "block_steps"):
             value = getattr(self, name)
             if not _is_int(value):

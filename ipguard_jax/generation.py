@@ -7,7 +7,6 @@ import datetime
 import functools
 import hashlib
 import json
-import math
 import os
 import time
 import warnings
@@ -19,8 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from ipguard_jax import baselines, engine
@@ -28,6 +26,7 @@ from ipguard_jax._version import __version__
 from ipguard_jax.classifier import Classifier
 from ipguard_jax.config import FingerprintConfig
 from ipguard_jax.fingerprints import Fingerprints
+from ipguard_jax.sharding import Placement, resolve_mesh
 
 
 class ConvergenceWarning(RuntimeWarning):
@@ -170,7 +169,8 @@ def _check_data(classifier: Classifier, data: Any, config: FingerprintConfig) ->
     if data is None:
         raise ValueError('init="data" needs start images: pass data=... (or use init="noise")')
     x = np.asarray(classifier.check_input(np.asarray(data), name="data"))
-    lo, hi = classifier.bounds
+    # Compare in the data's own precision: a bound that rounds in float32 is still the bound.
+    lo, hi = (np.asarray(b, x.dtype) for b in classifier.bounds)
     if x.min() < lo or x.max() > hi:
         raise ValueError(
             f"data has values outside the classifier's bounds {classifier.bounds}: "
@@ -309,71 +309,6 @@ def _data_digest(data: np.ndarray | None) -> str | None:
     return digest.hexdigest()
 
 
-def resolve_mesh(mesh: Any) -> Mesh | None:
-    """``"auto"`` -> a 1-D ``("batch",)`` mesh over all devices when there are several (all
-    hosts' devices under ``jax.distributed``), else ``None``; a ``Mesh`` or ``None`` as is."""
-    if isinstance(mesh, str):
-        if mesh != "auto":
-            raise ValueError(f'mesh must be "auto", None or a jax.sharding.Mesh, got {mesh!r}')
-        if jax.device_count() == 1:
-            return None
-        return jax.make_mesh((jax.device_count(),), ("batch",),
-                             axis_types=(jax.sharding.AxisType.Auto,))
-    if mesh is None or isinstance(mesh, Mesh):
-        return mesh
-    raise TypeError(f'mesh must be "auto", None or a jax.sharding.Mesh, got '
-                    f'{type(mesh).__name__}')
-
-
-class _Placement:
-    """Where the arrays of a run live: the default device, or a mesh with the batch sharded.
-
-    With a mesh, every per-candidate array is sharded along its leading (batch) axis over all
-    of the mesh's axes and the classifier's parameters are replicated (parameters already laid
-    out on the mesh, e.g. sharded for a model too big for one device, are left as they are).
-    Global arrays are built from host data with ``jax.make_array_from_callback``, which works
-    the same in one process and across hosts, where each process supplies its own devices'
-    shards; results are gathered back to every process.
-    """
-
-    def __init__(self, mesh: Mesh | None):
-        self.mesh = mesh
-        self.size = 1 if mesh is None else mesh.size
-        if mesh is not None:
-            self.batch = NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names)))
-            self.replicated = NamedSharding(mesh, PartitionSpec())
-
-    def put(self, a: Any) -> jax.Array:
-        """A batch-leading array, sharded along the batch."""
-        if self.mesh is None:
-            return jnp.asarray(a)
-        if isinstance(a, jax.Array) and a.sharding.is_equivalent_to(self.batch, a.ndim):
-            return a
-        host = np.asarray(a)
-        return jax.make_array_from_callback(host.shape, self.batch, lambda index: host[index])
-
-    def replicate(self, tree: Any) -> Any:
-        """Every leaf on every device of the mesh (leaves already on the mesh stay put)."""
-        if self.mesh is None:
-            return tree
-
-        def one(leaf):
-            if isinstance(leaf, jax.Array) and isinstance(leaf.sharding, NamedSharding) \
-                    and leaf.sharding.mesh == self.mesh:
-                return leaf
-            host = np.asarray(leaf)
-            return jax.make_array_from_callback(host.shape, self.replicated,
-                                                lambda index: host[index])
-
-        return jax.tree.map(one, tree)
-
-    def fetch(self, tree: Any) -> Any:
-        """Numpy copies of (possibly sharded, possibly multi-host) arrays."""
-        if jax.process_count() > 1:
-            return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
-        return jax.tree.map(np.asarray, tree)
-
-
 @functools.lru_cache(maxsize=None)
 def _low_precision(apply_fn: Callable, dtype: str) -> Callable:
     """``apply_fn`` computing in ``dtype`` on inputs cast to it, returning float32 logits
@@ -401,7 +336,7 @@ class _Run:
     loop: str
     key: jax.Array
     scalars: dict[str, Any]
-    place: _Placement
+    place: Placement
     starts: Callable[[np.ndarray], tuple[jax.Array, np.ndarray]]
     budget: int
     batch: int
@@ -645,7 +580,7 @@ def generate(
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) \
             or checkpoint_every <= 0:
         raise ValueError(f"checkpoint_every must be an int > 0, got {checkpoint_every!r}")
-    place = _Placement(resolve_mesh(mesh))
+    place = Placement(resolve_mesh(mesh))
     if config.precision != "float32" and not isinstance(method, baselines.IPGuard):
         raise ValueError(f"precision={config.precision!r} is for the ipguard method; the "
                          f"baselines run in float32")
@@ -661,7 +596,7 @@ def generate(
         order = np.asarray(jax.random.permutation(order_key, data.shape[0]))
     elif data is not None:
         raise ValueError('data is only used with init="data"; drop it or set init="data"')
-    batch = math.ceil(min(config.batch_size, budget) / place.size) * place.size
+    batch = place.padded(min(config.batch_size, budget))
     loop = resolve_loop(config.loop)
     want = config.num
 

@@ -6,19 +6,44 @@ Layout of a fingerprint directory ``path``::
     path/<version>/fingerprints.json format, metadata, array specs and the sha256 of the content
     path/<version>/arrays/           the arrays, an orbax PyTree checkpoint
 
-A save builds a complete new version beside the old one and then switches ``CURRENT`` with an
-atomic rename, so a reader (or a crash) sees either the old set or the new one, never a mixture.
-No pickle is written or read.
+A save builds a complete new version beside the old one, flushes it to disk and then switches
+``CURRENT`` with an atomic rename, so a reader (or a crash, even a ``SIGKILL``) sees either the
+old set or the new one, never a mixture. No pickle is written or read.
+
+Sealed files (``save(..., passphrase=...)``) are single files, encrypted and authenticated, for
+fingerprints kept on shared storage or sent to a court or an escrow agent. Layout::
+
+    b"IPGJSEAL"                      magic, 8 bytes
+    u32be(len(header)) || header     canonical JSON: format, format_version, kdf ("scrypt" with
+                                     n, r, p and a random 16-byte salt), cipher ("AES-256-GCM"),
+                                     a random 12-byte nonce, and a passphrase check value
+    ciphertext || tag                AES-256-GCM of the payload; the magic, length and header
+                                     are its associated data, so they cannot be changed either
+
+scrypt derives 64 bytes from the passphrase (UTF-8, NFC) and the salt: the first 32 are the
+AES key, the last 32 key an HMAC-SHA256 of a fixed label, the check value, which tells a wrong
+passphrase from a modified file. The payload is ``u32be(len(manifest)) || manifest || arrays``:
+the manifest is JSON as in a directory (format, sha256, metadata) with each array's dtype,
+shape and byte offset; the arrays follow as little-endian C-order bytes. A sealed file is
+written to a temporary file and renamed into place. The cryptography comes from the
+``cryptography`` package (``pip install ipguard-jax[seal]``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
+import hmac
 import json
 import os
+import secrets
 import shutil
+import struct
+import unicodedata
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -29,21 +54,41 @@ FORMAT_VERSION = 1
 _CURRENT = "CURRENT"
 _MANIFEST = "fingerprints.json"
 
+#: First bytes of a sealed fingerprint file.
+SEALED_MAGIC = b"IPGJSEAL"
+SEALED_FORMAT = "ipguard_jax.sealed-fingerprints"
+SEALED_FORMAT_VERSION = 1
+#: scrypt cost of new sealed files: n = 2**17, r = 8, p = 1 (128 MiB; ~0.7 s on one core).
+SCRYPT_N = 2 ** 17
+SCRYPT_R = 8
+SCRYPT_P = 1
+# What a sealed file may ask of the KDF before it is authenticated (bounds the memory and time
+# a crafted header can make load spend): 128 * n * r bytes <= 1 GiB.
+_SCRYPT_MAX_MEMORY = 2 ** 30
+_CHECK_LABEL = b"ipguard_jax/sealed/v1 passphrase check"
+_SEAL_HINT = "sealed fingerprint files need the cryptography package: pip install ipguard-jax[seal]"
+
 
 class FingerprintFileError(ValueError):
     """A fingerprint file is missing a part, corrupt, modified, or of an unknown format."""
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+# -- small file helpers -------------------------------------------------------------------------
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    _write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -54,66 +99,145 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_tree(root: Path) -> None:
+    """Flushes every file and directory under ``root`` (so a rename after it is durable)."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(folder))
+
+
+def _is_sealed_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(SEALED_MAGIC)) == SEALED_MAGIC
+    except OSError:
+        return False
+
+
+def _permission_error(path: Path, error: OSError) -> PermissionError:
+    why = "read-only file system" if error.errno == errno.EROFS else "permission denied"
+    return PermissionError(
+        error.errno, f"cannot write the fingerprint file {path}: {why} (is {path.parent} "
+        f"writable?)"
+    )
+
+
+def _check_save_args(fingerprints: Any) -> None:
+    if not isinstance(fingerprints, Fingerprints):
+        raise TypeError(f"fingerprints must be Fingerprints, got {type(fingerprints).__name__}")
+    try:
+        _check_json_keys(fingerprints.metadata)
+        json.dumps(fingerprints.metadata, sort_keys=True)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"fingerprint metadata must be JSON-serialisable: {e}") from None
+
+
+def _check_json_keys(value: Any) -> None:
+    """Dict keys must be strings: JSON would turn others into strings and loading would not
+    give back the metadata saved."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"key {key!r} is not a string")
+            _check_json_keys(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_json_keys(item)
+
+
+# -- fingerprint directories --------------------------------------------------------------------
+
 def _write_version(fingerprints: Fingerprints, version_dir: Path) -> None:
     import orbax.checkpoint as ocp
 
     version_dir.mkdir()
     arrays = fingerprints.arrays()
-    ocp.PyTreeCheckpointer().save(version_dir / "arrays", arrays)
+    if len(fingerprints):
+        ocp.PyTreeCheckpointer().save(version_dir / "arrays", arrays)
+    else:  # orbax stores no zero-size arrays; the manifest's specs say all there is
+        (version_dir / "arrays").mkdir()
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "sha256": fingerprints.digest(),
-        "arrays": {name: {"dtype": a.dtype.str, "shape": list(a.shape)}
+        "arrays": {name: {"dtype": a.dtype.str, "name": a.dtype.name, "shape": list(a.shape)}
                    for name, a in arrays.items()},
+        # Every file of the array store, checked before the store reads any of them.
+        "files": {p.relative_to(version_dir).as_posix(): _file_sha256(p)
+                  for p in sorted((version_dir / "arrays").rglob("*")) if p.is_file()},
         "metadata": fingerprints.metadata,
     }
     _write_text_atomic(version_dir / _MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+    _fsync_tree(version_dir)
 
 
-def save(fingerprints: Fingerprints, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Saves a fingerprint set to the directory ``path``.
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
-    Args:
-        fingerprints: the set to save.
-        path: a directory (created; its parent must exist).
-        overwrite: replace an existing fingerprint directory (atomically: readers see the old
-            set until the new one is complete).
 
-    Returns:
-        The absolute path written.
+def _check_files(path: Path, version_dir: Path, files: Any) -> None:
+    """Checks the array store's files against the manifest's sha256s (if it lists them)."""
+    if files is None:  # written before the manifest listed its files
+        return
+    if not isinstance(files, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise FingerprintFileError(f"{path}: the manifest's file list is malformed")
+    for name, expected in files.items():
+        parts = Path(name).parts
+        if not parts or parts[0] != "arrays" or ".." in parts or Path(name).is_absolute():
+            raise FingerprintFileError(f"{path}: the manifest lists an odd file {name!r}")
+        try:
+            actual = _file_sha256(version_dir / name)
+        except FileNotFoundError:
+            raise FingerprintFileError(f"{path}: part {name} is missing") from None
+        except OSError as e:
+            raise FingerprintFileError(f"{path}: part {name} cannot be read ({e.strerror})"
+                                       ) from None
+        if actual != expected:
+            raise FingerprintFileError(
+                f"{path}: part {name} does not match its sha256: the file was modified or is "
+                f"corrupt"
+            )
 
-    Raises:
-        FileExistsError: ``path`` exists and ``overwrite`` is False.
-        FingerprintFileError: ``path`` exists but is not a fingerprint directory.
-    """
-    if not isinstance(fingerprints, Fingerprints):
-        raise TypeError(f"fingerprints must be Fingerprints, got {type(fingerprints).__name__}")
-    try:
-        json.dumps(fingerprints.metadata)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"fingerprint metadata must be JSON-serialisable: {e}") from None
-    path = Path(path).absolute()
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"the parent directory of {path} does not exist")
+
+def _save_directory(fingerprints: Fingerprints, path: Path, overwrite: bool) -> None:
     version = f"v-{uuid.uuid4().hex}"
     if path.exists() or path.is_symlink():
         if not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        if path.is_file() and _is_sealed_file(path):
+            raise FingerprintFileError(
+                f"{path} is a sealed fingerprint file; a fingerprint directory cannot replace "
+                f"it atomically: pass passphrase=... to save a sealed file, or remove it first"
+            )
         if not (path.is_dir() and (path / _CURRENT).is_file()):
             raise FingerprintFileError(
                 f"{path} exists and is not a fingerprint directory; refusing to overwrite it"
             )
-        old = (path / _CURRENT).read_text(encoding="utf-8").strip()
         try:
             _write_version(fingerprints, path / version)
-            _write_text_atomic(path / _CURRENT, version)
+            # Readers hold a shared lock while they read a version: the old one is deleted
+            # only once none is reading it. Concurrent writers switch one at a time.
+            with _locked(path, exclusive=True):
+                old = _current_version(path)
+                _write_text_atomic(path / _CURRENT, version)  # the switch: atomic
+                _fsync_dir(path)
+                if old != version and _is_version_name(old):
+                    shutil.rmtree(path / old, ignore_errors=True)
         except BaseException:
-            shutil.rmtree(path / version, ignore_errors=True)
+            if _current_version_or_none(path) != version:
+                shutil.rmtree(path / version, ignore_errors=True)
             raise
-        if old and old != version and "/" not in old and old not in (".", ".."):
-            shutil.rmtree(path / old, ignore_errors=True)
-        return path
+        return
     # A new set is built in a hidden sibling and renamed into place once complete.
     staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
     try:
@@ -125,38 +249,153 @@ def save(fingerprints: Fingerprints, path: str | os.PathLike, overwrite: bool = 
         _fsync_dir(path.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _locked(path: Path, exclusive: bool) -> Iterator[None]:
+    """An advisory lock on the directory ``path`` (``flock``; a no-op where there is none)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: readers fall back on retrying
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. a directory we may enter but not list: go on unlocked
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        except OSError:  # a file system without flock (some network mounts)
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _current_version_or_none(path: Path) -> str | None:
+    try:
+        return _current_version(path)
+    except FingerprintFileError:
+        return None
+
+
+def _is_version_name(name: str) -> bool:
+    return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..")
+
+
+def save(fingerprints: Fingerprints, path: str | os.PathLike, overwrite: bool = False, *,
+         passphrase: str | bytes | None = None) -> Path:
+    """Saves a fingerprint set to the directory ``path``, or to a sealed file.
+
+    Without a passphrase ``path`` becomes a fingerprint directory (orbax arrays and a JSON
+    manifest with a sha256, see the module docs). With one it becomes a single sealed file:
+    encrypted and authenticated with AES-256-GCM under a key derived from the passphrase by
+    scrypt, with a random salt and nonce, so it reveals nothing about the points and any change
+    to it is detected on :func:`load`. Either way the write is atomic: after a crash at any
+    point, ``path`` holds the complete old set or the complete new one.
+
+    Args:
+        fingerprints: the set to save.
+        path: a directory (or, with ``passphrase``, a file) to create; its parent must exist.
+        overwrite: replace an existing fingerprint directory or sealed file of the same kind
+            (atomically: readers see the old set until the new one is complete).
+        passphrase: seal the file with this passphrase (str or bytes, not empty). Needs the
+            ``cryptography`` package (``pip install ipguard-jax[seal]``).
+
+    Returns:
+        The absolute path written.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        FingerprintFileError: ``path`` exists but is not a fingerprint file of the kind saved.
+        PermissionError: the location is not writable.
+        ImportError: a passphrase without the ``cryptography`` package.
+
+    Example:
+        >>> import ipguard_jax as ipg
+        >>> ipg.save(fp, "owner_fingerprints")                                  # doctest: +SKIP
+        >>> ipg.save(fp, "owner.sealed", passphrase="correct horse battery")   # doctest: +SKIP
+    """
+    _check_save_args(fingerprints)
+    path = Path(path).absolute()
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"the parent directory of {path} does not exist")
+    try:
+        if passphrase is None:
+            _save_directory(fingerprints, path, overwrite)
+        else:
+            _save_sealed(fingerprints, path, overwrite, passphrase)
+    except OSError as e:
+        if isinstance(e, PermissionError) or e.errno == errno.EROFS:
+            raise _permission_error(path, e) from None
+        raise
     return path
 
 
-def load(path: str | os.PathLike) -> Fingerprints:
-    """Loads a fingerprint set and checks its sha256.
-
-    Args:
-        path: a directory written by :func:`save`.
-
-    Returns:
-        The :class:`Fingerprints`, bit-identical to the ones saved.
-
-    Raises:
-        FileNotFoundError: nothing at ``path``.
-        FingerprintFileError: not a fingerprint directory, a part missing or unreadable, a
-            newer format version, or content that does not match its sha256 (modified or corrupt).
-    """
-    import orbax.checkpoint as ocp
-
-    path = Path(path).absolute()
-    if not path.exists():
-        raise FileNotFoundError(f"no fingerprint file at {path}")
-    if not path.is_dir():
-        raise FingerprintFileError(f"{path} is a file, not a fingerprint directory")
+def _current_version(path: Path) -> str:
     try:
-        version = (path / _CURRENT).read_text(encoding="utf-8").strip()
-    except (FileNotFoundError, UnicodeDecodeError):
+        return (path / _CURRENT).read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
         raise FingerprintFileError(
             f"{path} is not a fingerprint directory (its {_CURRENT} file is missing or unreadable)"
         ) from None
+
+
+def _check_manifest(path: Path, manifest: Any) -> dict[str, Any]:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise FingerprintFileError(f"{path}: {_MANIFEST} is not an {FORMAT} manifest")
+    file_version = manifest.get("format_version")
+    if not isinstance(file_version, int) or isinstance(file_version, bool) or file_version < 1:
+        raise FingerprintFileError(f"{path}: {_MANIFEST} has no valid format_version")
+    if file_version > FORMAT_VERSION:
+        raise FingerprintFileError(
+            f"{path} has format version {file_version!r}; this library reads up to version "
+            f"{FORMAT_VERSION}: upgrade ipguard_jax to read it"
+        )
+    expected = manifest.get("arrays", {})
+    if not isinstance(expected, dict) or set(expected) != set(ARRAY_FIELDS):
+        listed = sorted(expected) if isinstance(expected, dict) else expected
+        raise FingerprintFileError(f"{path}: the manifest lists arrays {listed}, "
+                                   f"expected {sorted(ARRAY_FIELDS)}")
+    if not all(isinstance(spec, dict) for spec in expected.values()):
+        raise FingerprintFileError(f"{path}: the manifest's array specs are not objects")
+    if not isinstance(manifest.get("metadata", {}), dict):
+        raise FingerprintFileError(f"{path}: the manifest's metadata is not an object")
+    return expected
+
+
+def _build(path: Path, arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> Fingerprints:
+    """Checks the content digest, then the arrays' values, and builds the set."""
+    metadata = manifest.get("metadata", {})
+    if content_digest(arrays, metadata) != manifest.get("sha256"):
+        raise FingerprintFileError(
+            f"{path}: the content does not match its sha256: the file was modified or is corrupt"
+        )
+    try:
+        return Fingerprints(**arrays, metadata=metadata)
+    except (TypeError, ValueError) as e:  # consistent digest, inconsistent content
+        raise FingerprintFileError(f"{path}: the content is not a valid fingerprint set ({e})"
+                                   ) from None
+
+
+def _empty_set(specs: dict[str, Any]) -> bool:
+    shape = specs["labels"].get("shape")
+    return isinstance(shape, list) and shape == [0]
+
+
+def _spec_dtype(spec: dict[str, Any]) -> np.dtype:
+    import jax.numpy as jnp  # dtype names such as bfloat16
+
+    return jnp.dtype(spec.get("name") or spec["dtype"])
+
+
+def _load_version(path: Path, version: str) -> Fingerprints:
+    import orbax.checkpoint as ocp
+
     version_dir = path / version
-    if "/" in version or not version_dir.is_dir():
+    if not _is_version_name(version) or not version_dir.is_dir():
         raise FingerprintFileError(f"{path}: version {version!r} named by {_CURRENT} is missing")
     try:
         manifest = json.loads((version_dir / _MANIFEST).read_text(encoding="utf-8"))
@@ -164,23 +403,17 @@ def load(path: str | os.PathLike) -> Fingerprints:
         raise FingerprintFileError(f"{path}: {_MANIFEST} is missing") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FingerprintFileError(f"{path}: {_MANIFEST} is corrupt ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise FingerprintFileError(f"{path}: {_MANIFEST} is not an {FORMAT} manifest")
-    file_version = manifest.get("format_version")
-    if not isinstance(file_version, int) or file_version > FORMAT_VERSION:
-        raise FingerprintFileError(
-            f"{path} has format version {file_version!r}; this library reads up to version "
-            f"{FORMAT_VERSION}: upgrade ipguard_jax to read it"
-        )
-    expected = manifest.get("arrays", {})
-    if not isinstance(expected, dict) or set(expected) != set(ARRAY_FIELDS):
-        raise FingerprintFileError(f"{path}: the manifest lists arrays {sorted(expected)}, "
-                                   f"expected {sorted(ARRAY_FIELDS)}")
+    expected = _check_manifest(path, manifest)
     if not (version_dir / "arrays").is_dir():
         raise FingerprintFileError(f"{path}: the arrays directory is missing")
+    _check_files(path, version_dir, manifest.get("files"))
     try:
-        arrays: dict[str, Any] = ocp.PyTreeCheckpointer().restore(version_dir / "arrays")
-        arrays = {name: np.asarray(arrays[name]) for name in ARRAY_FIELDS}
+        if _empty_set(expected):
+            arrays = {name: np.zeros(spec["shape"], _spec_dtype(spec))
+                      for name, spec in expected.items()}
+        else:
+            arrays = ocp.PyTreeCheckpointer().restore(version_dir / "arrays")
+            arrays = {name: np.asarray(arrays[name]) for name in ARRAY_FIELDS}
     except Exception as e:  # any failure of the array store means the same to the user
         raise FingerprintFileError(
             f"{path}: the arrays cannot be read, the file is corrupt or incomplete "
@@ -193,9 +426,276 @@ def load(path: str | os.PathLike) -> Fingerprints:
                 f"{path}: array {name!r} has dtype {a.dtype.str} and shape {list(a.shape)}, the "
                 f"manifest says {spec.get('dtype')} and {spec.get('shape')}"
             )
-    metadata = manifest.get("metadata", {})
-    if content_digest(arrays, metadata) != manifest.get("sha256"):
+    return _build(path, arrays, manifest)
+
+
+def load(path: str | os.PathLike, *, passphrase: str | bytes | None = None) -> Fingerprints:
+    """Loads a fingerprint set and checks its sha256 (and, if sealed, its authentication tag).
+
+    Args:
+        path: a directory written by :func:`save`, or a sealed file.
+        passphrase: the passphrase of a sealed file; must be ``None`` for a directory.
+
+    Returns:
+        The :class:`Fingerprints`, bit-identical to the ones saved.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        FingerprintFileError: not a fingerprint file, a part missing or unreadable, a newer
+            format version, content that does not match its sha256 or authentication tag
+            (modified or corrupt), a wrong passphrase, a sealed file without a passphrase or a
+            passphrase for an unsealed directory.
+        ImportError: a sealed file without the ``cryptography`` package.
+
+    Example:
+        >>> import ipguard_jax as ipg
+        >>> fp = ipg.load("owner_fingerprints")                            # doctest: +SKIP
+        >>> fp = ipg.load("owner.sealed", passphrase="correct horse battery")  # doctest: +SKIP
+    """
+    path = Path(path).absolute()
+    if not path.exists():
+        raise FileNotFoundError(f"no fingerprint file at {path}")
+    if not path.is_dir():
+        if not _is_sealed_file(path):
+            raise FingerprintFileError(f"{path} is a file, not a fingerprint directory")
+        if passphrase is None:
+            raise FingerprintFileError(
+                f"{path} is a sealed fingerprint file: pass passphrase=... to load it"
+            )
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise FingerprintFileError(f"{path}: cannot read the sealed file ({e.strerror})"
+                                       ) from None
+        return _unseal(data, passphrase, str(path))
+    if passphrase is not None:
         raise FingerprintFileError(
-            f"{path}: the content does not match its sha256: the file was modified or is corrupt"
+            f"{path} is an unsealed fingerprint directory: load it without a passphrase"
         )
-    return Fingerprints(**arrays, metadata=metadata)
+    # The shared lock keeps a concurrent save from deleting the version being read; where
+    # there is no lock, a version deleted under us is read again from the new CURRENT.
+    for attempt in range(3):
+        with _locked(path, exclusive=False):
+            version = _current_version(path)
+            try:
+                return _load_version(path, version)
+            except FingerprintFileError:
+                if attempt == 2 or _current_version(path) == version:
+                    raise
+    raise AssertionError("unreachable")
+
+
+# -- sealed files -------------------------------------------------------------------------------
+
+def _aead_backend() -> tuple[Any, Any, Any]:
+    try:
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+    except ImportError as e:
+        raise ImportError(_SEAL_HINT) from e
+    return AESGCM, Scrypt, InvalidTag
+
+
+def _passphrase_bytes(passphrase: Any) -> bytes:
+    if isinstance(passphrase, str):
+        raw = unicodedata.normalize("NFC", passphrase).encode("utf-8")
+    elif isinstance(passphrase, (bytes, bytearray, memoryview)):
+        raw = bytes(passphrase)
+    else:
+        raise TypeError(f"passphrase must be a str or bytes, got {type(passphrase).__name__}")
+    if not raw:
+        raise ValueError("passphrase must not be empty")
+    return raw
+
+
+def _derive(scrypt: Any, passphrase: bytes, salt: bytes, n: int, r: int, p: int
+            ) -> tuple[bytes, str]:
+    """The AES key and the passphrase check value (hex)."""
+    keys = scrypt(salt=salt, length=64, n=n, r=r, p=p).derive(passphrase)
+    check = hmac.new(keys[32:], _CHECK_LABEL, hashlib.sha256).hexdigest()
+    return keys[:32], check
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True
+                      ).encode("ascii")
+
+
+def _payload(fingerprints: Fingerprints) -> bytes:
+    specs, chunks, offset = {}, [], 0
+    for name, array in fingerprints.arrays().items():
+        array = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<"), copy=False))
+        data = array.tobytes()
+        specs[name] = {"dtype": array.dtype.name, "shape": list(array.shape), "offset": offset,
+                       "nbytes": len(data)}
+        chunks.append(data)
+        offset += len(data)
+    manifest = _canonical({"format": FORMAT, "format_version": FORMAT_VERSION,
+                           "sha256": fingerprints.digest(), "arrays": specs,
+                           "metadata": fingerprints.metadata})
+    return struct.pack(">I", len(manifest)) + manifest + b"".join(chunks)
+
+
+def _parse_payload(payload: bytes, where: str) -> Fingerprints:
+    import jax.numpy as jnp  # dtype names such as bfloat16
+
+    try:
+        (size,) = struct.unpack_from(">I", payload, 0)
+        manifest = json.loads(payload[4:4 + size].decode("utf-8"))
+        expected = _check_manifest(Path(where), manifest)
+        body = memoryview(payload)[4 + size:]
+        arrays = {}
+        for name in ARRAY_FIELDS:
+            spec = expected[name]
+            dtype = jnp.dtype(spec["dtype"]).newbyteorder("<")
+            shape = tuple(int(d) for d in spec["shape"])
+            start, nbytes = int(spec["offset"]), int(spec["nbytes"])
+            if start < 0 or start + nbytes > len(body) or nbytes != dtype.itemsize * int(
+                    np.prod(shape, dtype=np.int64)):
+                raise ValueError(f"array {name!r} does not fit the payload")
+            arrays[name] = np.frombuffer(body[start:start + nbytes], dtype).reshape(shape).copy()
+    except FingerprintFileError:
+        raise
+    except (struct.error, UnicodeDecodeError, ValueError, TypeError, KeyError) as e:
+        raise FingerprintFileError(f"{where}: the sealed content is malformed ({e})") from None
+    return _build(Path(where), arrays, manifest)
+
+
+def seal(fingerprints: Fingerprints, passphrase: str | bytes) -> bytes:
+    """A fingerprint set as the bytes of a sealed file (see the module docs for the layout).
+
+    Args:
+        fingerprints: the set to seal.
+        passphrase: str (UTF-8, NFC-normalised) or bytes, not empty.
+
+    Returns:
+        The sealed bytes: a fresh random salt and nonce every call.
+
+    Raises:
+        ImportError: without the ``cryptography`` package (``pip install ipguard-jax[seal]``).
+
+    Example:
+        >>> blob = seal(fp, "correct horse battery")    # doctest: +SKIP
+        >>> unseal(blob, "correct horse battery").digest() == fp.digest()  # doctest: +SKIP
+        True
+    """
+    _check_save_args(fingerprints)
+    secret = _passphrase_bytes(passphrase)
+    aesgcm, scrypt, _ = _aead_backend()
+    salt, nonce = secrets.token_bytes(16), secrets.token_bytes(12)
+    key, check = _derive(scrypt, secret, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
+    header = _canonical({
+        "format": SEALED_FORMAT, "format_version": SEALED_FORMAT_VERSION,
+        "kdf": {"name": "scrypt", "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P, "salt": salt.hex()},
+        "cipher": "AES-256-GCM", "nonce": nonce.hex(), "check": check,
+    })
+    prefix = SEALED_MAGIC + struct.pack(">I", len(header)) + header
+    return prefix + aesgcm(key).encrypt(nonce, _payload(fingerprints), prefix)
+
+
+def _sealed_header(data: bytes, where: str) -> tuple[bytes, dict[str, Any]]:
+    if data[:len(SEALED_MAGIC)] != SEALED_MAGIC:
+        raise FingerprintFileError(f"{where} is not a sealed fingerprint file")
+    try:
+        (size,) = struct.unpack_from(">I", data, len(SEALED_MAGIC))
+        end = len(SEALED_MAGIC) + 4 + size
+        if end > len(data):
+            raise ValueError("the header runs past the end of the file")
+        header = json.loads(data[len(SEALED_MAGIC) + 4:end].decode("ascii"))
+        if not isinstance(header, dict) or header.get("format") != SEALED_FORMAT:
+            raise ValueError("not a sealed-fingerprints header")
+    except (struct.error, UnicodeDecodeError, ValueError) as e:
+        raise FingerprintFileError(f"{where}: the sealed file's header is corrupt ({e})"
+                                   ) from None
+    version = header.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise FingerprintFileError(f"{where}: the sealed file's header has no valid version")
+    if version > SEALED_FORMAT_VERSION:
+        raise FingerprintFileError(
+            f"{where} is a sealed file of format version {version}; this library reads up to "
+            f"version {SEALED_FORMAT_VERSION}: upgrade ipguard_jax to read it"
+        )
+    return data[:end], header
+
+
+def _kdf_params(header: dict[str, Any], where: str) -> tuple[bytes, int, int, int, bytes, str]:
+    try:
+        kdf = header["kdf"]
+        n, r, p = kdf["n"], kdf["r"], kdf["p"]
+        if kdf["name"] != "scrypt" or header["cipher"] != "AES-256-GCM":
+            raise ValueError(f"unknown kdf {kdf['name']!r} or cipher {header['cipher']!r}")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (n, r, p)):
+            raise ValueError("scrypt parameters must be positive ints")
+        if n < 2 or n & (n - 1) or 128 * n * r > _SCRYPT_MAX_MEMORY or p > 16:
+            raise ValueError(f"scrypt parameters n={n}, r={r}, p={p} are out of range")
+        salt, nonce = bytes.fromhex(kdf["salt"]), bytes.fromhex(header["nonce"])
+        check = header["check"]
+        if len(nonce) != 12 or len(salt) < 16 or not isinstance(check, str):
+            raise ValueError("bad salt, nonce or check value")
+    except (KeyError, TypeError, ValueError) as e:
+        raise FingerprintFileError(f"{where}: the sealed file's header is corrupt ({e})"
+                                   ) from None
+    return salt, n, r, p, nonce, check
+
+
+def _unseal(data: bytes, passphrase: Any, where: str) -> Fingerprints:
+    secret = _passphrase_bytes(passphrase)
+    aesgcm, scrypt, invalid_tag = _aead_backend()
+    prefix, header = _sealed_header(data, where)
+    salt, n, r, p, nonce, check = _kdf_params(header, where)
+    key, expected_check = _derive(scrypt, secret, salt, n, r, p)
+    if not hmac.compare_digest(expected_check.encode("ascii"), check.encode("ascii", "replace")):
+        raise FingerprintFileError(
+            f"{where}: wrong passphrase (or the sealed file's header was modified)"
+        )
+    try:
+        payload = aesgcm(key).decrypt(nonce, data[len(prefix):], prefix)
+    except invalid_tag:
+        raise FingerprintFileError(
+            f"{where}: the sealed file was modified or is corrupt (authentication failed)"
+        ) from None
+    return _parse_payload(payload, where)
+
+
+def unseal(data: bytes, passphrase: str | bytes) -> Fingerprints:
+    """The fingerprint set in the bytes of a sealed file, authenticated and checked.
+
+    Args:
+        data: bytes from :func:`seal` (or a sealed file's content).
+        passphrase: the passphrase it was sealed with.
+
+    Returns:
+        The :class:`Fingerprints`, bit-identical to the ones sealed.
+
+    Raises:
+        FingerprintFileError: not sealed fingerprints, a wrong passphrase, modified or corrupt
+            bytes, or a newer format version.
+        ImportError: without the ``cryptography`` package (``pip install ipguard-jax[seal]``).
+
+    Example:
+        >>> blob = open("owner.sealed", "rb").read()           # doctest: +SKIP
+        >>> fp = unseal(blob, "correct horse battery")        # doctest: +SKIP
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data must be bytes, got {type(data).__name__}")
+    return _unseal(bytes(data), passphrase, "sealed data")
+
+
+def _save_sealed(fingerprints: Fingerprints, path: Path, overwrite: bool,
+                 passphrase: Any) -> None:
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        if path.is_dir():
+            raise FingerprintFileError(
+                f"{path} is a directory; a sealed file cannot replace it atomically: choose "
+                f"another path or remove it first"
+            )
+        if not _is_sealed_file(path):
+            raise FingerprintFileError(
+                f"{path} exists and is not a sealed fingerprint file; refusing to overwrite it"
+            )
+    data = seal(fingerprints, passphrase)
+    _write_bytes_atomic(path, data)
+    _fsync_dir(path.parent)

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import random
+import re
 import tempfile
 import time
 import urllib.error
@@ -45,7 +46,8 @@ class SuspectQueryError(RuntimeError):
     Attributes:
         status: the last HTTP status, or ``None`` when no response came (connection error,
             timeout) or the answer could not be decoded.
-        body: the first 200 characters of the last response body (``""`` if none).
+        body: the first 200 characters of the last response body (``""`` if none), with
+            decimal numbers replaced by ``<num>`` (an API may echo the secret points).
     """
 
     def __init__(self, message: str, status: int | None = None, body: str = ""):
@@ -379,8 +381,14 @@ def _is_timeout(error: BaseException) -> bool:
                                                           TimeoutError)
 
 
+# Decimal numbers in an answer body: an API's error message may echo the query, and the points
+# must not reach exception messages or logs.
+_DECIMAL = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+(?=[eE]))(?:[eE][-+]?\d+)?")
+
+
 def _snippet(body: bytes) -> str:
-    return body[:400].decode("utf-8", errors="replace")[:200]
+    """The start of an answer body for messages, decimal numbers replaced by ``<num>``."""
+    return _DECIMAL.sub("<num>", body[:4000].decode("utf-8", errors="replace"))[:200]
 
 
 def _answer_array(answer: Mapping[str, Any]) -> np.ndarray:

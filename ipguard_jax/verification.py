@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Any, Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ipguard_jax.classifier import Classifier
 from ipguard_jax.fingerprints import Fingerprints
+from ipguard_jax.sharding import Placement, resolve_mesh
+from ipguard_jax.suspects import HTTPSuspect
 
 Suspect = Classifier | Callable[[np.ndarray], Any]
 
 
 def _labels_from_output(out: Any, batch_len: int, num_classes: int | None) -> np.ndarray:
-    out = np.asarray(out)
+    try:
+        out = np.asarray(out)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"the suspect must return an array of labels or logits, got {type(out).__name__}"
+        ) from None
     if out.ndim == 2:  # logits or probabilities
         if out.shape[0] != batch_len:
             raise ValueError(f"the suspect returned {out.shape[0]} rows for {batch_len} queries")
@@ -24,6 +34,13 @@ def _labels_from_output(out: Any, batch_len: int, num_classes: int | None) -> np
                 f"the suspect returns {out.shape[1]} classes, the fingerprints' owner has "
                 f"{num_classes}"
             )
+        if out.shape[1] == 0:
+            raise ValueError("the suspect returned logits with no classes (shape (N, 0))")
+        if not (np.issubdtype(out.dtype, np.number) and not np.issubdtype(out.dtype,
+                                                                           np.complexfloating)):
+            raise TypeError(f"the suspect must return real logits, got dtype {out.dtype}")
+        if np.issubdtype(out.dtype, np.floating) and np.isnan(out).any():
+            raise ValueError("the suspect returned NaN logits")
         return out.argmax(axis=-1).astype(np.int64)
     if out.ndim == 1:  # labels
         if out.shape[0] != batch_len:
@@ -32,10 +49,12 @@ def _labels_from_output(out: Any, batch_len: int, num_classes: int | None) -> np
             raise TypeError(
                 f"a suspect returning 1-D output must return integer labels, got dtype {out.dtype}"
             )
-        if num_classes is not None and ((out < 0).any() or (out >= num_classes).any()):
+        upper = np.inf if num_classes is None else num_classes
+        if (out < 0).any() or (out >= upper).any():
+            bad = (out < 0) | (out >= upper)
             raise ValueError(
-                f"the suspect returned labels outside [0, {num_classes}): "
-                f"{sorted(set(out[(out < 0) | (out >= num_classes)].tolist()))[:5]}"
+                f"the suspect returned labels outside [0, {num_classes or 'num_classes'}): "
+                f"{sorted(set(out[bad].tolist()))[:5]}"
             )
         return out.astype(np.int64)
     raise ValueError(
@@ -44,55 +63,240 @@ def _labels_from_output(out: Any, batch_len: int, num_classes: int | None) -> np
     )
 
 
-def query_labels(fingerprints: Fingerprints, suspect: Suspect, batch_size: int = 256) -> np.ndarray:
-    """The suspect's labels on the fingerprint points, queried in batches.
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
-    Args:
-        fingerprints: the fingerprint set.
-        suspect: a :class:`Classifier`, or any callable mapping a numpy batch
-            ``(n, *input_shape)`` to logits/probabilities ``(n, C)`` or to integer labels ``(n,)``
-            (a label-only black box, such as a model behind an API).
-        batch_size: queries per call.
 
-    Returns:
-        ``(N,)`` int64 labels.
-    """
+def _check_fingerprints(fingerprints: Any) -> None:
     if not isinstance(fingerprints, Fingerprints):
         raise TypeError(f"fingerprints must be Fingerprints, got {type(fingerprints).__name__}")
-    if not (isinstance(batch_size, int) and batch_size > 0):
-        raise ValueError(f"batch_size must be an int > 0, got {batch_size!r}")
-    num_classes = fingerprints.num_classes
+    if len(fingerprints) == 0:
+        raise ValueError("fingerprints is empty: there is nothing to query")
+
+
+def _check_suspect(fingerprints: Fingerprints, suspect: Any) -> None:
     if isinstance(suspect, Classifier):
         if suspect.input_shape != fingerprints.input_shape:
             raise ValueError(
                 f"the suspect takes inputs of shape {suspect.input_shape}, the fingerprints "
                 f"have shape {fingerprints.input_shape}"
             )
+        num_classes = fingerprints.num_classes
         if num_classes is not None and suspect.num_classes != num_classes:
             raise ValueError(
                 f"the suspect has {suspect.num_classes} classes, the fingerprints' owner has "
                 f"{num_classes}"
             )
-        return suspect.predict(fingerprints.x, batch_size=batch_size).astype(np.int64)
-    if not callable(suspect):
+    elif not callable(suspect):
         raise TypeError(f"suspect must be a Classifier or a callable, got {type(suspect).__name__}")
-    labels = []
-    for start in range(0, len(fingerprints), batch_size):
-        batch = fingerprints.x[start:start + batch_size]
-        labels.append(_labels_from_output(suspect(batch), len(batch), num_classes))
-    return np.concatenate(labels)
 
 
-def matching_rate(fingerprints: Fingerprints, suspect: Suspect, batch_size: int = 256) -> float:
+def _rng(key: Any) -> np.random.Generator:
+    """A NumPy generator from ``key``: ``None`` (fresh OS entropy), an int seed, a
+    ``jax.random.key`` or a ``numpy.random.Generator``."""
+    if key is None:
+        return np.random.default_rng()
+    if isinstance(key, np.random.Generator):
+        return key
+    if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+        if key < 0:
+            raise ValueError(f"key must be an int >= 0, got {key}")
+        return np.random.default_rng(int(key))
+    if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"key must be a single PRNG key, got a key array of shape {key.shape}")
+        return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+    raise TypeError(
+        f"key must be None, an int seed, a jax.random.key or a numpy Generator, got "
+        f"{type(key).__name__}"
+    )
+
+
+def _check_decoys(fingerprints: Fingerprints, decoys: Any) -> np.ndarray:
+    try:
+        decoys = np.asarray(decoys)
+    except (TypeError, ValueError):
+        raise TypeError(f"decoys must be an array, got {type(decoys).__name__}") from None
+    if not jnp.issubdtype(decoys.dtype, jnp.floating):
+        raise TypeError(f"decoys must be a floating array like the fingerprints' points, got "
+                        f"dtype {decoys.dtype}")
+    if decoys.ndim < 1 or tuple(decoys.shape[1:]) != fingerprints.input_shape:
+        raise ValueError(
+            f"decoys must have shape (M, {', '.join(map(str, fingerprints.input_shape))}) to "
+            f"match the fingerprints, got {decoys.shape}"
+        )
+    if decoys.shape[0] == 0:
+        raise ValueError("decoys is empty")
+    if not np.isfinite(decoys).all():
+        raise ValueError("decoys contains NaN or inf")
+    decoys = decoys.astype(fingerprints.x.dtype)  # queries must not differ by dtype
+    bounds = (fingerprints.metadata.get("classifier") or {}).get("bounds")
+    if bounds is not None:
+        lo, hi = (np.asarray(b, decoys.dtype) for b in bounds)
+        if decoys.min() < lo or decoys.max() > hi:
+            raise ValueError(f"decoys has values outside the owner's bounds {tuple(bounds)}")
+    return decoys
+
+
+def _interleave(n: int, num_decoy_pool: int, decoy_ratio: Any, batch_size: int,
+                rng: np.random.Generator) -> tuple[list[np.ndarray], np.ndarray]:
+    """Query batches mixing ``n`` fingerprints with decoys, in a random order.
+
+    Returns the batches as arrays of item indices (``< n``: a fingerprint; ``>= n``: decoy
+    number ``index - n`` of ``picks``) and ``picks``, the decoys drawn from the pool. Every
+    batch holds at least one decoy; the rest of the items are spread at random.
+    """
+    if not (_is_real(decoy_ratio) and math.isfinite(decoy_ratio) and decoy_ratio > 0):
+        raise ValueError(f"decoy_ratio must be a finite number > 0, got {decoy_ratio!r}")
+    m = max(1, int(round(float(decoy_ratio) * n)))
+    if m > num_decoy_pool:
+        raise ValueError(
+            f"decoy_ratio={decoy_ratio} needs {m} decoys for {n} fingerprints, decoys has "
+            f"{num_decoy_pool}: pass more decoys or lower decoy_ratio"
+        )
+    total = n + m
+    num_batches = -(-total // batch_size)
+    if m < num_batches:
+        raise ValueError(
+            f"decoy_ratio={decoy_ratio} gives {m} decoys for {num_batches} batches of at most "
+            f"batch_size={batch_size} queries; every batch needs at least one decoy: raise "
+            f"decoy_ratio or batch_size"
+        )
+    picks = rng.choice(num_decoy_pool, size=m, replace=False)
+    sizes = [total // num_batches + (b < total % num_batches) for b in range(num_batches)]
+    sizes = rng.permutation(sizes)
+    rest = rng.permutation(np.concatenate([np.arange(n), n + np.arange(num_batches, m)]))
+    batches, offset = [], 0
+    for b, size in enumerate(sizes):
+        items = np.concatenate([[n + b], rest[offset:offset + size - 1]])
+        offset += size - 1
+        batches.append(rng.permutation(items))
+    return batches, picks
+
+
+def _asker(suspect: Suspect, num_classes: int | None,
+           mesh: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """A function from a numpy batch to the suspect's labels; a :class:`Classifier` suspect
+    runs sharded over ``mesh`` (see :func:`query_labels`)."""
+    place = Placement(resolve_mesh(mesh))
+    if isinstance(suspect, Classifier) and place.mesh is not None:
+        params = place.replicate(suspect.params)
+
+        def ask_sharded(batch: np.ndarray) -> np.ndarray:
+            rows = len(batch)
+            batch = np.asarray(suspect.check_input(batch))
+            fill = np.repeat(batch[-1:], place.padded(rows) - rows, axis=0)
+            padded = np.concatenate([batch, fill])
+            logits = place.fetch(suspect._jit_apply(params, place.put(padded)))[:rows]
+            return _labels_from_output(logits, rows, num_classes)
+
+        return ask_sharded
+
+    def ask(batch: np.ndarray) -> np.ndarray:
+        return _labels_from_output(suspect(batch), len(batch), num_classes)
+
+    return ask
+
+
+def query_labels(fingerprints: Fingerprints, suspect: Suspect, batch_size: int = 256, *,
+                 decoys: Any = None, decoy_ratio: float | None = None,
+                 key: Any = None, mesh: Any = "auto") -> np.ndarray:
+    """The suspect's labels on the fingerprint points, queried in batches.
+
+    A suspect that can recognise fingerprints (for instance because a whole request consists
+    of odd-looking points) may answer them falsely and everything else honestly. With
+    ``decoys`` (natural inputs the owner supplies, e.g. held-out images), every request mixes
+    fingerprints with decoys in a random order: ``round(decoy_ratio * N)`` decoys are drawn
+    without replacement, every batch holds at least one of them, and the order changes with
+    ``key``. The suspect's answers on the decoys are discarded; the labels returned are the
+    fingerprints' only. This hides fingerprints only as well as the decoys look like them: a
+    suspect that can tell a single fingerprint from natural data is not fooled.
+
+    Args:
+        fingerprints: the fingerprint set.
+        suspect: a :class:`Classifier`, or any callable mapping a numpy batch
+            ``(n, *input_shape)`` to logits/probabilities ``(n, C)`` or to integer labels ``(n,)``
+            (a label-only black box, such as a model behind an API).
+        batch_size: queries per call (fingerprints and decoys together; with decoys, at most
+            an :class:`~ipguard_jax.HTTPSuspect`'s own ``batch_size``, so that every request
+            mixes).
+        decoys: ``(M, *input_shape)`` natural inputs in the owner's bounds to interleave, or
+            ``None`` to query the fingerprints alone, in order.
+        decoy_ratio: decoys per fingerprint (default ``1.0`` with ``decoys``); it must give at
+            least one decoy per batch.
+        key: seeds the draw and the order of the decoys: ``None`` (fresh OS randomness, the
+            safe choice against an adaptive suspect), an int seed, a ``jax.random.key`` or a
+            ``numpy.random.Generator``. Use a fixed key to repeat the same queries (e.g. to
+            resume an interrupted :class:`~ipguard_jax.HTTPSuspect` run).
+        mesh: for a :class:`Classifier` suspect, where it runs: ``"auto"`` (default) shards
+            each batch over all devices when there are several (parameters replicated;
+            multi-host under ``jax.distributed``), ``None`` uses the default device, or a
+            ``jax.sharding.Mesh``. Other suspects ignore it.
+
+    Returns:
+        ``(N,)`` int64 labels, in fingerprint order.
+
+    Raises:
+        TypeError: a wrong type for an argument.
+        ValueError: no fingerprints, mismatched shapes or classes, too few decoys, or a
+            suspect answer of the wrong shape.
+
+    Example:
+        >>> import numpy as np
+        >>> from ipguard_jax import query_labels
+        >>> natural = np.random.default_rng(0).uniform(0, 1, (200, 3)).astype(np.float32)
+        >>> labels = query_labels(fp, suspect, decoys=natural, key=1)  # doctest: +SKIP
+    """
+    _check_fingerprints(fingerprints)
+    if not (isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
+            and batch_size > 0):
+        raise ValueError(f"batch_size must be an int > 0, got {batch_size!r}")
+    batch_size = int(batch_size)
+    _check_suspect(fingerprints, suspect)
+    num_classes = fingerprints.num_classes
+    if isinstance(suspect, Classifier):
+        num_classes = suspect.num_classes
+    ask = _asker(suspect, num_classes, mesh)
+
+    n = len(fingerprints)
+    if decoys is None:
+        if decoy_ratio is not None:
+            raise ValueError("decoy_ratio needs decoys: pass decoys=... (natural inputs)")
+        return np.concatenate([ask(fingerprints.x[s:s + batch_size])
+                               for s in range(0, n, batch_size)])
+    decoys = _check_decoys(fingerprints, decoys)
+    if isinstance(suspect, HTTPSuspect):  # it cuts batches into requests: each must mix too
+        batch_size = min(batch_size, suspect.batch_size)
+    rng = _rng(key)
+    batches, picks = _interleave(n, decoys.shape[0], 1.0 if decoy_ratio is None else decoy_ratio,
+                                 batch_size, rng)
+    pool = decoys[picks]
+    labels = np.full(n, -1, np.int64)
+    for items in batches:
+        is_fp = items < n
+        batch = np.empty((len(items), *fingerprints.input_shape), fingerprints.x.dtype)
+        batch[is_fp] = fingerprints.x[items[is_fp]]
+        batch[~is_fp] = pool[items[~is_fp] - n]
+        labels[items[is_fp]] = ask(batch)[is_fp]
+    return labels
+
+
+def matching_rate(fingerprints: Fingerprints, suspect: Suspect, batch_size: int = 256, *,
+                  decoys: Any = None, decoy_ratio: float | None = None,
+                  key: Any = None, mesh: Any = "auto") -> float:
     """Share of fingerprints on which the suspect predicts the owner's label.
 
     Args:
         fingerprints: the fingerprint set.
         suspect: a :class:`Classifier` or a callable (see :func:`query_labels`).
         batch_size: queries per call.
+        decoys: natural inputs to interleave with the fingerprints (see :func:`query_labels`).
+        decoy_ratio: decoys per fingerprint (default ``1.0`` with ``decoys``).
+        key: seed of the decoys' draw and order.
+        mesh: devices for a :class:`Classifier` suspect (see :func:`query_labels`).
 
     Returns:
-        The matching rate in ``[0, 1]``.
+        The matching rate in ``[0, 1]``, over the fingerprints only.
 
     Example:
         >>> import jax.numpy as jnp
@@ -103,7 +307,9 @@ def matching_rate(fingerprints: Fingerprints, suspect: Suspect, batch_size: int 
         >>> matching_rate(fp, owner)
         1.0
     """
-    return float(np.mean(query_labels(fingerprints, suspect, batch_size) == fingerprints.labels))
+    labels = query_labels(fingerprints, suspect, batch_size, decoys=decoys,
+                          decoy_ratio=decoy_ratio, key=key, mesh=mesh)
+    return float(np.mean(labels == fingerprints.labels))
 
 
 def binomial_sf(successes: int, trials: int, p: float) -> float:
@@ -157,7 +363,8 @@ class Verdict:
 
 
 def verify(fingerprints: Fingerprints, suspect: Suspect, threshold: float = 0.5,
-           null_rate: float | None = None, batch_size: int = 256) -> Verdict:
+           null_rate: float | None = None, batch_size: int = 256, *, decoys: Any = None,
+           decoy_ratio: float | None = None, key: Any = None, mesh: Any = "auto") -> Verdict:
     """Judges whether a suspect is a copy of the fingerprints' owner.
 
     Args:
@@ -167,17 +374,33 @@ def verify(fingerprints: Fingerprints, suspect: Suspect, threshold: float = 0.5,
         null_rate: the rate at which independently trained models agree with the owner on these
             fingerprints (measure it on models you trained yourself); with it, the verdict
             carries the exact binomial p-value of the observed matches.
-        batch_size: queries per call.
+        batch_size: queries per call (fingerprints and decoys together).
+        decoys: natural inputs interleaved with the fingerprints in a random order, so that a
+            suspect cannot single out the fingerprint queries (see :func:`query_labels`); the
+            matching rate counts the fingerprints only.
+        decoy_ratio: decoys per fingerprint (default ``1.0`` with ``decoys``).
+        key: seed of the decoys' draw and order (``None``: fresh OS randomness).
 
     Returns:
         A :class:`Verdict`.
+
+    Raises:
+        TypeError: a wrong type for an argument.
+        ValueError: a threshold or null rate outside ``[0, 1]``, no fingerprints, or a bad
+            suspect answer (see :func:`query_labels`).
+
+    Example:
+        >>> import ipguard_jax as ipg
+        >>> verdict = ipg.verify(fp, suspect, null_rate=0.3, decoys=held_out_x,
+        ...                      key=7)  # doctest: +SKIP
     """
-    if not (isinstance(threshold, (int, float)) and 0.0 <= threshold <= 1.0):
+    if not (_is_real(threshold) and 0.0 <= threshold <= 1.0):
         raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
-    if null_rate is not None and not (isinstance(null_rate, (int, float))
-                                      and 0.0 <= null_rate <= 1.0):
+    if null_rate is not None and not (_is_real(null_rate) and 0.0 <= null_rate <= 1.0):
         raise ValueError(f"null_rate must be a number in [0, 1] or None, got {null_rate!r}")
-    matches = int(np.sum(query_labels(fingerprints, suspect, batch_size) == fingerprints.labels))
+    labels = query_labels(fingerprints, suspect, batch_size, decoys=decoys,
+                          decoy_ratio=decoy_ratio, key=key, mesh=mesh)
+    matches = int(np.sum(labels == fingerprints.labels))
     n = len(fingerprints)
     rate = matches / n
     p_value = None if null_rate is None else binomial_sf(matches, n, float(null_rate))

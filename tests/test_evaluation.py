@@ -294,8 +294,7 @@ def test_evaluate_validates_inputs(linear_setup):
         ev.summarize({"a": 0.5}, {"b": 0.1}, num_points=0)
 
 
-@pytest.mark.slow
-def test_quick_benchmark_runs(tmp_path, monkeypatch):
+def _load_benchmark_script(monkeypatch):
     import importlib.util
     import sys
     from pathlib import Path
@@ -303,11 +302,71 @@ def test_quick_benchmark_runs(tmp_path, monkeypatch):
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "aruc_cifar10.py"
     spec = importlib.util.spec_from_file_location("aruc_cifar10", path)
     module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "aruc_cifar10", module)  # dataclasses look it up
+    monkeypatch.setitem(sys.modules, "aruc_cifar10", module)
     spec.loader.exec_module(module)
-    result = module.main(["--quick", "--ks", "3", "--inits", "data", "--targets", "random",
-                          "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "q")])
+    return module
+
+
+def test_benchmark_settings_match_the_recorded_run(monkeypatch):
+    from pathlib import Path
+
+    from ipguard_jax.evaluation import benchmark
+
+    script = _load_benchmark_script(monkeypatch)
+    recorded = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    recorded = json.loads((recorded / "aruc_digits_quick.json").read_text())
+    assert recorded["command"] == "python benchmarks/aruc_cifar10.py --quick"
+    setting = script.make_setting(script.parse_args(["--quick"]))
+    as_json = json.loads(json.dumps(dataclasses.asdict(setting)))
+    assert as_json == recorded["setting"]
+    assert setting == benchmark.make_setting(benchmark.parse_args(["--quick"]))
+    # without --quick the script defaults to the CIFAR-10 archive next to the repository
+    full = script.make_setting(script.parse_args(["--ks", "3", "--subset", "600"]))
+    assert full.data == str(script.DEFAULT_CIFAR) and full.owner == "resnet20"
+    assert full.ks == [3.0] and full.subset == 600
+    # the package has no such default: it asks for the data
+    with pytest.raises(ValueError, match="--data"):
+        benchmark.make_setting(benchmark.parse_args([]))
+
+
+def test_cli_evaluate_needs_data_or_quick(capsys):
+    from ipguard_jax.cli import main
+
+    assert main(["evaluate", "--ks", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ipguard: error: ") and "--quick" in err and "Traceback" not in err
+    assert main(["evaluate", "--quick", "--ks", "three"]) == 2
+    assert "--ks" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quick_benchmark_runs(tmp_path, monkeypatch, capsys):
+    from ipguard_jax.cli import main
+
+    module = _load_benchmark_script(monkeypatch)
+    args = ["--quick", "--ks", "3", "--inits", "data", "--targets", "random",
+            "--cache-dir", str(tmp_path / "cache")]
+    result = module.main([*args, "--out", str(tmp_path / "q")])
     assert len(result["pirated"]) >= 12 and len(result["independent"]) >= 10
     assert math.isfinite(result["configs"][0]["aruc_roc"])
+    assert result["command"] == "python benchmarks/aruc_cifar10.py " + " ".join(
+        [*args, "--out", str(tmp_path / "q")])
     for ext in ("json", "md", "png"):
         assert (tmp_path / f"q.{ext}").stat().st_size > 0
+
+    # The command line runs the same pipeline (here from the cache: no training) into a folder.
+    assert main(["evaluate", *args, "--out", str(tmp_path / "cli")]) == 0
+    again = json.loads((tmp_path / "cli" / "aruc_digits_quick.json").read_text())
+    models = len(result["pirated"]) + len(result["independent"]) + 1
+    assert again["cache"] == {"root": result["cache"]["root"], "hits": models, "misses": 0}
+    assert again["command"].startswith("ipguard evaluate --quick")
+    def timeless(value):
+        if isinstance(value, dict):
+            return {k: timeless(v) for k, v in value.items() if k != "generation_s"}
+        return value
+
+    first = json.loads((tmp_path / "q.json").read_text())
+    assert timeless(again["reports"]) == timeless(first["reports"])
+    assert timeless(again["configs"][0]) == timeless(first["configs"][0])
+    for ext in ("md", "png"):
+        assert (tmp_path / "cli" / f"aruc_digits_quick.{ext}").stat().st_size > 0

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import ipguard_jax as ipg
-from ipguard_jax.generation import resolve_mesh
+from ipguard_jax.sharding import resolve_mesh
 
 WORKER = Path(__file__).parent / "workers" / "generate_worker.py"
 FIELDS = ("x", "labels", "i", "j", "loss", "converged", "steps", "source")
@@ -53,7 +53,7 @@ SHARDED_CONFIGS = [
 ]
 
 
-def test_sharded_generation_on_8_devices_equals_one_device(tmp_path):
+def test_sharded_generation_and_verification_on_8_devices_equal_one_device(tmp_path):
     results = _run({"devices": 8, "compare": True, "configs": SHARDED_CONFIGS,
                     "out": str(tmp_path / "mlp.npz")})
     for index, config in enumerate(SHARDED_CONFIGS):
@@ -61,6 +61,10 @@ def test_sharded_generation_on_8_devices_equals_one_device(tmp_path):
         assert results[f"{index}_single_devices"] == 1
         assert len(results[f"{index}_sharded_x"]) == config["num"]
         _assert_same(results, f"{index}_sharded", f"{index}_single")
+        # The owner as a suspect, queried sharded (13-row batches: padded to 16) and not.
+        for run in ("sharded", "single"):
+            np.testing.assert_array_equal(results[f"{index}_{run}_suspect_labels"],
+                                          results[f"{index}_{run}_labels"])
 
 
 def test_sharded_convolutional_owner_agrees_with_one_device(tmp_path):

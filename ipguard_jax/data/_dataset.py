@@ -177,6 +177,10 @@ class Dataset:
         raise TypeError(f"sizes must hold only ints or only floats; got {sizes!r}")
 
 
+#: The most classes ``from_arrays`` names by itself ("0", "1", ...) when no class_names are given.
+_MAX_DEFAULT_CLASSES = 1 << 20
+
+
 def from_arrays(x: ArrayLike, y: ArrayLike, class_names: Sequence[str] | None = None, *,
                 name: str = "arrays") -> Dataset:
     """Builds a checked :class:`Dataset` from image and label arrays.
@@ -232,13 +236,14 @@ def from_arrays(x: ArrayLike, y: ArrayLike, class_names: Sequence[str] | None = 
     if x_float is None:
         x_out = x_arr.astype(np.float32) / np.float32(255.0)
     else:
-        x_out = np.asarray(x_arr, dtype=np.float32)
-        finite = np.isfinite(x_out)
+        finite = np.isfinite(x_arr)
         if not finite.all():
             bad = int(np.size(finite) - np.count_nonzero(finite))
             raise ValueError(f"x must be finite; it holds {bad} NaN or infinite values")
-        lo, hi = float(x_out.min()), float(x_out.max())
-        if lo < 0.0 or hi > 1.0:
+        with np.errstate(over="ignore"):  # beyond float32's range means outside [0, 1] anyway
+            x_out = np.asarray(x_arr, dtype=np.float32)
+        lo, hi = float(x_arr.min()), float(x_arr.max())
+        if x_out.min() < 0.0 or x_out.max() > 1.0:
             hint = " (pixel values in 0..255? divide by 255 or pass uint8)" if hi > 1.0 else ""
             raise ValueError(f"x values must lie in [0, 1]; got values in [{lo:g}, {hi:g}]"
                              f"{hint}")
@@ -254,7 +259,14 @@ def from_arrays(x: ArrayLike, y: ArrayLike, class_names: Sequence[str] | None = 
     if y_arr.min() < 0:
         raise ValueError(f"y must be non-negative labels; got minimum {y_arr.min()}")
 
+    if y_arr.max() >= np.iinfo(np.int32).max:
+        raise ValueError(f"y holds label {y_arr.max()}, too large for int32")
     if class_names is None:
+        if y_arr.max() >= _MAX_DEFAULT_CLASSES:
+            raise ValueError(
+                f"y holds label {y_arr.max()}: pass class_names to use more than "
+                f"{_MAX_DEFAULT_CLASSES} classes (without them every label up to the largest "
+                f"gets a name)")
         names = tuple(str(c) for c in range(int(y_arr.max()) + 1))
     else:
         if isinstance(class_names, (str, bytes)) or not isinstance(class_names, Sequence):
@@ -267,8 +279,6 @@ def from_arrays(x: ArrayLike, y: ArrayLike, class_names: Sequence[str] | None = 
         if y_arr.max() >= len(names):
             raise ValueError(f"y holds label {y_arr.max()}, but class_names has only "
                              f"{len(names)} names, so labels must lie in [0, {len(names)})")
-    if y_arr.max() >= np.iinfo(np.int32).max:
-        raise ValueError(f"y holds label {y_arr.max()}, too large for int32")
     return Dataset(x_out, y_arr.astype(np.int32), names, name)
 
 

@@ -13,6 +13,7 @@ Example::
     >>> print(rep.to_markdown())
 """
 
+from ipguard_jax.evaluation import benchmark as benchmark
 from ipguard_jax.evaluation import postprocess as postprocess
 from ipguard_jax.evaluation.postprocess import PirateConfig as PirateConfig
 from ipguard_jax.evaluation.postprocess import build_model as build_model

@@ -21,6 +21,10 @@ from collections.abc import Callable
 
 from flax import nnx
 
+from ipguard_jax.models.bundle import ModelFileError as ModelFileError
+from ipguard_jax.models.bundle import ModelSpec as ModelSpec
+from ipguard_jax.models.bundle import load_model as load_model
+from ipguard_jax.models.bundle import save_model as save_model
 from ipguard_jax.models.cifar_resnet import CifarResNet as CifarResNet
 from ipguard_jax.models.cnn import CNN as CNN
 from ipguard_jax.models.mlp import MLP as MLP
@@ -82,10 +86,14 @@ __all__ = [
     "CNN",
     "MLP",
     "CifarResNet",
+    "ModelFileError",
+    "ModelSpec",
     "MobileNetV2",
     "ResNet",
     "VGG",
     "WideResNet",
     "available",
     "create",
+    "load_model",
+    "save_model",
 ]

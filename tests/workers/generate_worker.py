@@ -46,7 +46,8 @@ def main() -> None:
     for index, fields in enumerate(spec["configs"]):
         config = ipg.FingerprintConfig(**fields)
         data = digits.x[1400:] if config.init == "data" else None
-        runs = (("sharded", "auto"), ("single", None)) if spec.get("compare") else (("run", "auto"),)
+        runs = ((("sharded", "auto"), ("single", None)) if spec.get("compare")
+                else (("run", "auto"),))
         for name, mesh in runs:
             fp = ipg.generate(owner, config, key=spec.get("key", 0), data=data, progress=False,
                               mesh=mesh, method=spec.get("method", "ipguard"),
@@ -54,6 +55,8 @@ def main() -> None:
                               checkpoint_every=spec.get("checkpoint_every", 1))
             prefix = f"{index}_{name}_"
             results.update({prefix + f: np.asarray(getattr(fp, f)) for f in FIELDS})
+            results[prefix + "suspect_labels"] = ipg.query_labels(fp, owner, batch_size=13,
+                                                                  mesh=mesh)
             results[prefix + "devices"] = np.asarray(fp.metadata["devices"])
             results[prefix + "processes"] = np.asarray(fp.metadata["processes"])
     out = spec["out"]

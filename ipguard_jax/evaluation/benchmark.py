@@ -1,0 +1,538 @@
+"""Robustness and uniqueness of IPGuard fingerprints (ARUC): the evaluation pipeline.
+
+An owner is trained on one part of the training set; pirated copies are post-processings of
+it on a disjoint part (FTLL, FTAL, RTLL, RTAL, pruning at several rates with and without
+fine-tuning, distillation into the same and another architecture, int8 quantisation);
+independent models are trained from scratch with other seeds, other architectures and other
+data subsets. For every fingerprint configuration (k x init x target) the owner is
+fingerprinted, every model is queried, and the report gives ARUC both as ROC-AUC and as the
+integral of min(R, U), TPR at 1% FPR, the convergence rate and the generation time.
+
+Models are cached by recipe (:class:`ipguard_jax.evaluation.ModelCache`, under
+``$IPGUARD_JAX_CACHE/models`` or ``~/.cache/ipguard_jax/models``): a re-run with other
+fingerprint settings only fingerprints and queries.
+
+Entry points: ``ipguard evaluate`` (the command line, writing into a directory) and
+``benchmarks/aruc_cifar10.py`` in the repository (writing into ``benchmarks/results``); both
+parse the options of :func:`add_arguments` and call :func:`run`.
+
+Example:
+    >>> from ipguard_jax.evaluation import benchmark
+    >>> args = benchmark.parse_args(["--quick", "--ks", "3", "--inits", "data"])
+    >>> result = benchmark.run(benchmark.make_setting(args), seed=args.seed,
+    ...                        out=Path("results/aruc_digits_quick"),
+    ...                        command="ipguard evaluate --quick")   # a few minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Output file names (without extension) of the quick (digits) and the full run.
+QUICK_NAME = "aruc_digits_quick"
+FULL_NAME = "aruc_cifar10"
+
+
+@dataclasses.dataclass
+class Setting:
+    """Everything the run depends on; recorded in the results."""
+
+    data: str
+    owner: str
+    owner_kwargs: dict[str, Any]
+    epochs: int
+    train_optimizer: str
+    train_lr: float
+    batch_size: int
+    augment: bool
+    pirate_epochs: int
+    pirate_lr: float
+    num: int
+    steps: int
+    ks: list[float]
+    inits: list[str]
+    targets: list[str]
+    subset: int | None
+    baselines: list[str]
+    eps: float
+    independent_archs: list[tuple[str, str, dict[str, Any]]]
+    distill_student: tuple[str, dict[str, Any]]
+
+
+def add_arguments(parser: argparse.ArgumentParser, *,
+                  data_default: str = "the CIFAR-10 archive next to the repository",
+                  ) -> argparse.ArgumentParser:
+    """Adds the evaluation options (all but ``--out``, whose meaning differs by entry point).
+
+    Args:
+        parser: the parser to extend.
+        data_default: what ``--data`` defaults to, for its help text.
+
+    Returns:
+        The same parser.
+
+    Example:
+        >>> parser = add_arguments(argparse.ArgumentParser())
+        >>> parser.parse_args(["--quick"]).ks
+        '1,3,10,30'
+    """
+    p = parser
+    p.add_argument("--quick", action="store_true",
+                   help="digits data, MLP owner, few epochs: a few minutes on 2 cores")
+    p.add_argument("--data", default=None,
+                   help="image-folder directory or tar archive (train/ and test/ splits), or "
+                        f"tfds:NAME; default {data_default}")
+    p.add_argument("--owner", default=None, help="owner architecture (registry name)")
+    p.add_argument("--epochs", type=int, default=None, help="owner/independent epochs")
+    p.add_argument("--pirate-epochs", type=int, default=None)
+    p.add_argument("--num", type=int, default=100, help="fingerprints per configuration")
+    p.add_argument("--steps", type=int, default=1000, help="optimisation steps per point")
+    p.add_argument("--ks", default="1,3,10,30")
+    p.add_argument("--inits", default="data,noise")
+    p.add_argument("--targets", default="random,least_likely")
+    p.add_argument("--baselines", default="random,fgsm,pgd,cw",
+                   help="baseline fingerprints to compare on the same models (comma-separated "
+                        "from random, fgsm, pgd, cw; 'none' for none)")
+    p.add_argument("--eps", type=float, default=None,
+                   help="L-inf radius of the FGSM/PGD baselines (default 0.1 on digits, 8/255 "
+                        "on images)")
+    p.add_argument("--subset", type=int, default=None,
+                   help="use only this many training (and test) images, for smoke runs")
+    p.add_argument("--cache-dir", default=None, help="model cache (default: ModelCache())")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parses the options of ``benchmarks/aruc_cifar10.py`` (``--out``: a path prefix).
+
+    Args:
+        argv: the arguments; ``None`` reads ``sys.argv[1:]``.
+
+    Returns:
+        The parsed arguments.
+
+    Example:
+        >>> parse_args(["--quick", "--out", "/tmp/q"]).out
+        '/tmp/q'
+    """
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    p.add_argument("--out", default=None, help="output path prefix (no extension)")
+    return p.parse_args(argv)
+
+
+def make_setting(args: argparse.Namespace, default_data: str | os.PathLike | None = None
+                 ) -> Setting:
+    """The run's :class:`Setting` from parsed arguments.
+
+    Args:
+        args: arguments parsed by a parser built with :func:`add_arguments`.
+        default_data: the data used without ``--quick`` when ``--data`` is not given.
+
+    Returns:
+        The setting: digits with an MLP owner for ``--quick``, else image data (CIFAR-10 by
+        default) with a ResNet-20 owner.
+
+    Raises:
+        ValueError: neither ``--quick``, ``--data`` nor ``default_data`` is given, or a list
+            option is malformed.
+
+    Example:
+        >>> make_setting(parse_args(["--quick"])).owner
+        'mlp'
+    """
+    try:
+        floats = [float(k) for k in args.ks.split(",")]
+    except ValueError:
+        raise ValueError(f"--ks must be comma-separated numbers, got {args.ks!r}") from None
+    inits, targets = args.inits.split(","), args.targets.split(",")
+    names = [] if args.baselines in ("", "none") else args.baselines.split(",")
+    unknown = sorted(set(names) - {"random", "fgsm", "pgd", "cw"})
+    if unknown:
+        raise ValueError(f"--baselines: unknown {unknown}; choose from random, fgsm, pgd, cw")
+    if args.eps is not None and not args.eps > 0:
+        raise ValueError(f"--eps must be > 0, got {args.eps}")
+    if args.quick:
+        return Setting(
+            data="digits", owner=args.owner or "mlp",
+            owner_kwargs={"in_features": 64, "in_channels": 1} if (args.owner or "mlp") == "mlp"
+            else {"in_channels": 1},
+            epochs=args.epochs or 30, train_optimizer="adam", train_lr=3e-3, batch_size=64,
+            augment=False, pirate_epochs=args.pirate_epochs or 15, pirate_lr=1e-3,
+            num=args.num, steps=args.steps, ks=floats, inits=inits, targets=targets,
+            subset=args.subset, baselines=names, eps=args.eps or 0.1,
+            independent_archs=[("mlp128", "mlp", {"in_features": 64, "in_channels": 1,
+                                                  "hidden": [128]}),
+                               ("cnn", "cnn", {"in_channels": 1})],
+            distill_student=("cnn", {"in_channels": 1}) if (args.owner or "mlp") == "mlp"
+            else ("mlp", {"in_features": 64, "in_channels": 1}),
+        )
+    data = args.data or (None if default_data is None else str(default_data))
+    if data is None:
+        raise ValueError("give the data to evaluate on with --data (an image folder or archive "
+                         "with train/ and test/ splits, or tfds:NAME), or run --quick on digits")
+    return Setting(
+        data=data, owner=args.owner or "resnet20", owner_kwargs={},
+        epochs=args.epochs or 30, train_optimizer="sgd", train_lr=0.1, batch_size=128,
+        augment=True, pirate_epochs=args.pirate_epochs or 10, pirate_lr=1e-3, num=args.num,
+        steps=args.steps, ks=floats, inits=inits, targets=targets, subset=args.subset,
+        baselines=names, eps=args.eps or 8 / 255,
+        independent_archs=[(a, a, {}) for a in ("resnet32", "vgg11", "cnn", "mobilenet_v2",
+                                                 "wrn16_4", "mlp")],
+        distill_student=("vgg11", {}),
+    )
+
+
+def load_data(setting: Setting, seed: int):
+    """The owner, pirate, independent and test splits of the setting's data.
+
+    Args:
+        setting: the run's setting (``setting.data``: ``"digits"``, ``"tfds:NAME"`` or an image
+            folder or archive with ``train`` and ``test`` splits).
+        seed: seed of the shuffles and splits.
+
+    Returns:
+        ``(owner, pirate, independent, test)`` :class:`~ipguard_jax.data.Dataset` objects.
+
+    Example:
+        >>> owner, pirate, independent, test = load_data(make_setting(parse_args(["--quick"])), 0)
+    """
+    from ipguard_jax import data
+
+    if setting.data == "digits":
+        ds = data.load_digits()
+        owner, pirate, indep, test = ds.split([0.4, 0.2, 0.25, 0.15], seed=seed)
+        return owner, pirate, indep, test
+    if setting.data.startswith("tfds:"):
+        name = setting.data[len("tfds:"):]
+        train, test = data.load_tfds(name, "train"), data.load_tfds(name, "test")
+    else:
+        train = data.load_image_folder(setting.data, "train")
+        test = data.load_image_folder(setting.data, "test")
+    # Folder order groups classes: shuffle before any cut.
+    train, test = train.shuffle(seed), test.shuffle(seed)
+    if setting.subset:
+        train = train.subset(np.arange(min(setting.subset, len(train))))
+        test = test.subset(np.arange(min(setting.subset, len(test))))
+    owner, pirate, indep = train.split([0.4, 0.2, 0.4], seed=seed)
+    return owner, pirate, indep, test
+
+
+def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0,
+        cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Trains (or loads) the models, fingerprints, verifies and writes the reports.
+
+    Args:
+        setting: what to run (see :func:`make_setting`).
+        out: output path prefix: ``<out>.json``, ``<out>.md`` and ``<out>.png`` are written
+            (its parent directory is created).
+        command: the command line to record in the results.
+        seed: seed of the data splits, the owner, the pirates and the fingerprints.
+        cache_dir: model cache directory (default :func:`~ipguard_jax.evaluation.default_model_dir`).
+
+    Returns:
+        The results, as written to ``<out>.json`` (NaN as null there).
+
+    Example:
+        >>> result = run(make_setting(parse_args(["--quick"])), out="/tmp/aruc",
+        ...              command="ipguard evaluate --quick")
+        >>> result["configs"][0]["aruc_roc"]  # doctest: +SKIP
+        0.912
+    """
+    out = Path(out)
+    t_start = time.perf_counter()
+
+    import jax
+
+    import ipguard_jax as ipg
+    from ipguard_jax import baselines
+    from ipguard_jax import evaluation as ev
+    from ipguard_jax import train
+    from ipguard_jax.evaluation import postprocess as pp
+
+    owner_ds, pirate_ds, indep_ds, test_ds = load_data(setting, seed)
+    num_classes = owner_ds.num_classes
+    input_shape = tuple(owner_ds.x.shape[1:])
+    cache = ev.ModelCache(cache_dir)
+    digests = {name: ev.array_digest(d.x, d.y) for name, d in
+               (("owner", owner_ds), ("pirate", pirate_ds), ("independent", indep_ds))}
+
+    def train_config(seed: int, n: int) -> train.TrainConfig:
+        return train.TrainConfig(
+            epochs=setting.epochs, batch_size=min(setting.batch_size, n),
+            optimizer=setting.train_optimizer, lr=setting.train_lr,
+            weight_decay=5e-4 if setting.train_optimizer == "sgd" else 0.0,
+            random_crop=setting.augment, horizontal_flip=setting.augment, seed=seed)
+
+    def trained(arch: str, kwargs: dict[str, Any], ds, data_name: str, seed: int):
+        config = train_config(seed, len(ds))
+        recipe = {"role": "trained", "arch": arch, "kwargs": kwargs, "num_classes": num_classes,
+                  "data": data_name, "data_hash": ev.array_digest(ds.x, ds.y),
+                  "train": config.trajectory_dict(), "init_seed": seed}
+
+        def make():
+            model = pp.build_model(arch, num_classes, seed, **kwargs)
+            train.fit(model, ds.x, ds.y, config, progress=False)
+            return model
+
+        return cache.get_or_create(recipe, make, lambda: pp.build_model(arch, num_classes, seed,
+                                                                        **kwargs))
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    owner = trained(setting.owner, setting.owner_kwargs, owner_ds, "owner split", seed)
+    timings["owner_s"] = time.perf_counter() - t0
+    owner_hash = ev.model_hash(owner)
+
+    pirate_config = pp.PirateConfig(epochs=setting.pirate_epochs, lr=setting.pirate_lr,
+                                    seed=seed, random_crop=setting.augment,
+                                    horizontal_flip=setting.augment)
+    student_arch, student_kwargs = setting.distill_student
+    pirate_specs: list[tuple[str, str, dict[str, Any]]] = [
+        ("FTLL", "ftll", {}), ("FTAL", "ftal", {}), ("RTLL", "rtll", {}), ("RTAL", "rtal", {}),
+        *[(f"prune{int(r * 100)}", "prune", {"rate": r}) for r in (0.3, 0.5, 0.7)],
+        *[(f"prune{int(r * 100)}+FT", "prune_ft", {"rate": r}) for r in (0.5, 0.7, 0.9)],
+        ("distill-same", "distill", {"temperature": 4.0}),
+        (f"distill-{student_arch}", "distill",
+         {"temperature": 4.0, "student": student_arch, "student_kwargs": student_kwargs}),
+        ("int8", "int8", {}),
+    ]
+
+    def like_owner():
+        return pp.build_model(setting.owner, num_classes, 0, **setting.owner_kwargs)
+
+    pirated_models = {}
+    t0 = time.perf_counter()
+    for name, kind, params in pirate_specs:
+        recipe = {"role": "pirated", "owner_hash": owner_hash, "kind": kind, "params": params,
+                  "data_hash": digests["pirate"], "config": pirate_config.to_dict()}
+        if kind == "distill" and "student" in params:
+            def like(a=params["student"], kw=params["student_kwargs"]):
+                return pp.build_model(a, num_classes, 0, **kw)
+        else:
+            like = like_owner
+        pirated_models[name] = cache.get_or_create(
+            recipe, lambda k=kind, p=params: pp.make_pirate(k, owner, pirate_ds.x, pirate_ds.y,
+                                                            pirate_config, **p), like)
+    timings["pirated_s"] = time.perf_counter() - t0
+
+    # Independent: same architecture other seeds (other data, and the owner's own data),
+    # other architectures, disjoint halves of the independent split.
+    half_a, half_b = indep_ds.split([0.5, 0.5], seed=seed + 1)
+    indep_specs = [
+        (f"{setting.owner}-seed1", setting.owner, setting.owner_kwargs, indep_ds, "independent",
+         1),
+        (f"{setting.owner}-seed2", setting.owner, setting.owner_kwargs, indep_ds, "independent",
+         2),
+        (f"{setting.owner}-seed3-ownerdata", setting.owner, setting.owner_kwargs, owner_ds,
+         "owner split", 3),
+        (f"{setting.owner}-halfA", setting.owner, setting.owner_kwargs, half_a, "indep half A", 4),
+        (f"{setting.owner}-halfB", setting.owner, setting.owner_kwargs, half_b, "indep half B", 5),
+    ]
+    for label, arch, kwargs in setting.independent_archs:
+        indep_specs.append((f"{label}-seed1", arch, kwargs, indep_ds, "independent", 1))
+    # One other architecture also with other seeds and data: the one most unlike the owner.
+    label0, arch0, kwargs0 = setting.independent_archs[-1 if setting.data == "digits" else 0]
+    indep_specs.append((f"{label0}-seed2", arch0, kwargs0, indep_ds, "independent", 2))
+    indep_specs.append((f"{label0}-seed3-ownerdata", arch0, kwargs0, owner_ds, "owner split",
+                        3))
+    indep_specs.append((f"{label0}-halfA", arch0, kwargs0, half_a, "indep half A", 6))
+    names = [spec[0] for spec in indep_specs] + [spec[0] for spec in pirate_specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"model names repeat: {sorted(n for n in names if names.count(n) > 1)}")
+    independent_models = {}
+    t0 = time.perf_counter()
+    for name, arch, kwargs, ds, data_name, model_seed in indep_specs:
+        independent_models[name] = trained(arch, kwargs, ds, data_name, model_seed)
+    timings["independent_s"] = time.perf_counter() - t0
+
+    def clf(model):
+        return ipg.Classifier.from_nnx(model, input_shape=input_shape)
+
+    owner_clf = clf(owner)
+    pirated = {n: clf(m) for n, m in pirated_models.items()}
+    independent = {n: clf(m) for n, m in independent_models.items()}
+    accuracy = {"owner": train.evaluate(owner, test_ds.x, test_ds.y)}
+    for n, m in {**pirated_models, **independent_models}.items():
+        accuracy[n] = train.evaluate(m, test_ds.x, test_ds.y)
+
+    rows, reports = [], {}
+    t0 = time.perf_counter()
+
+    def fingerprint_and_evaluate(label, config, method, row):
+        tg = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ipg.ConvergenceWarning)
+            fp = ipg.generate(owner_clf, config, key=seed,
+                              data=test_ds.x if config.init == "data" else None,
+                              method=method, progress=False)
+        gen_s = time.perf_counter() - tg
+        row = {"config": label, **row, "num_fingerprints": len(fp),
+               "convergence_rate": fp.convergence_rate, "generation_s": gen_s}
+        if len(fp) == 0:  # no point reached the margin: nothing to verify
+            rows.append({**row, "aruc_roc": math.nan, "aruc_min": math.nan,
+                         "tpr_at_1pct_fpr": math.nan, "best_threshold": math.nan,
+                         "owner_rate": math.nan})
+            print(f"{label}: no fingerprint converged", flush=True)
+            return
+        rep = ev.evaluate(fp, owner_clf, pirated, independent, meta={
+            "config": config.to_dict(), "method": fp.metadata["method"],
+            "convergence_rate": fp.convergence_rate, "num_fingerprints": len(fp),
+            "generation_s": gen_s})
+        reports[label] = rep
+        rows.append({**row, "aruc_roc": rep.aruc_roc, "aruc_min": rep.aruc_min,
+                     "tpr_at_1pct_fpr": rep.tpr_at_1pct_fpr,
+                     "best_threshold": rep.best_threshold, "owner_rate": rep.owner_rate})
+        print(f"{label}: ARUC(roc)={rep.aruc_roc:.3f} ARUC(min)={rep.aruc_min:.3f} "
+              f"TPR@1%FPR={rep.tpr_at_1pct_fpr:.2f} conv={fp.convergence_rate:.2f} "
+              f"gen={gen_s:.1f}s", flush=True)
+
+    for k in setting.ks:
+        for init in setting.inits:
+            for target in setting.targets:
+                config = ipg.FingerprintConfig(num=setting.num, k=k, steps=setting.steps,
+                                               init=init, target=target)
+                fingerprint_and_evaluate(f"k={k:g} init={init} target={target}", config,
+                                         "ipguard", {"method": "ipguard", "k": k, "init": init,
+                                                     "target": target})
+    # Baselines on the same owner, models and queries: start images from the test split,
+    # adversarial ones keep only successful attacks (like IPGuard keeps converged points).
+    eps = setting.eps
+    baseline_methods = {
+        "random": [("random init=data", baselines.RandomPoints(), "data"),
+                   ("random init=noise", baselines.RandomPoints(), "noise")],
+        "fgsm": [(f"fgsm eps={eps:.3g}", baselines.FGSM(eps=eps), "data")],
+        "pgd": [(f"pgd-linf eps={eps:.3g}", baselines.PGD(eps=eps, steps=20), "data")],
+        "cw": [("cw-l2 kappa=0 target=random", baselines.CW(kappa=0.0), "data"),
+               ("cw-l2 kappa=5 target=random", baselines.CW(kappa=5.0), "data")],
+    }
+    for name in setting.baselines:
+        for label, method, init in baseline_methods[name]:
+            config = ipg.FingerprintConfig(num=setting.num, init=init, target="random")
+            fingerprint_and_evaluate(label, config, method,
+                                     {"method": name, "k": None, "init": init,
+                                      "target": "random" if name == "cw" else None})
+    timings["fingerprint_and_verify_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_start
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "command": command,
+        "setting": dataclasses.asdict(setting),
+        "platform": {"python": platform.python_version(), "jax": jax.__version__,
+                     "devices": [str(d) for d in jax.devices()], "cpus": os.cpu_count()},
+        "version": ipg.__version__,
+        "data_sizes": {"owner": len(owner_ds), "pirate": len(pirate_ds),
+                       "independent": len(indep_ds), "test": len(test_ds)},
+        "cache": {"root": str(cache.root), "hits": cache.hits, "misses": cache.misses},
+        "timings_s": timings,
+        "accuracy": accuracy,
+        "pirated": {n: {"kind": k, "params": {a: b for a, b in p.items()
+                                              if a != "student_kwargs"}}
+                    for n, k, p in pirate_specs},
+        "independent": {n: {"arch": a, "data": d, "seed": s}
+                        for n, a, _, _, d, s in indep_specs},
+        "configs": rows,
+        "reports": {label: rep.to_dict() for label, rep in reports.items()},
+    }
+    with open(out.with_suffix(".json"), "w") as f:
+        json.dump(_strict_json(result), f, indent=2, default=str)
+    out.with_suffix(".md").write_text(_markdown(result, reports))
+    if reports:
+        best = max(reports, key=lambda lb: (reports[lb].aruc_roc, reports[lb].aruc_min))
+        reports[best].plot(out.with_suffix(".png"), title=f"{setting.data}: best config, {best}")
+    print(f"wrote {out}.{{json,md,png}} in {timings['total_s']:.0f} s")
+    return result
+
+
+def main(argv: list[str] | None = None, *, results_dir: str | os.PathLike | None = None,
+         default_data: str | os.PathLike | None = None,
+         script: str = "benchmarks/aruc_cifar10.py") -> dict[str, Any]:
+    """The ``benchmarks/aruc_cifar10.py`` command line: parse, run, write.
+
+    Args:
+        argv: the arguments; ``None`` reads ``sys.argv`` (and records it as the command).
+        results_dir: where ``<name>.{json,md,png}`` go without ``--out`` (default: the current
+            directory).
+        default_data: the data used without ``--quick`` and ``--data``.
+        script: the script name recorded in the command when ``argv`` is given.
+
+    Returns:
+        The results (see :func:`run`).
+
+    Example:
+        >>> main(["--quick", "--ks", "3", "--out", "/tmp/aruc"])["configs"][0]["k"]  # doctest: +SKIP
+        3.0
+    """
+    args = parse_args(argv)
+    setting = make_setting(args, default_data)
+    out = Path(args.out) if args.out else Path(results_dir or ".") / (
+        QUICK_NAME if args.quick else FULL_NAME)
+    command = " ".join(["python", *([sys.argv[0]] if argv is None else [script]),
+                        *(sys.argv[1:] if argv is None else argv)])
+    return run(setting, out=out, command=command, seed=args.seed, cache_dir=args.cache_dir)
+
+
+def _strict_json(value: Any) -> Any:
+    """NaN/inf (metrics of configs without fingerprints) as null, so any JSON reader copes."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
+
+
+def _markdown(result: dict[str, Any], reports: dict[str, Any]) -> str:
+    lines = [
+        f"# ARUC of IPGuard fingerprints ({result['setting']['data']}, owner "
+        f"{result['setting']['owner']})", "",
+        f"Command: `{result['command']}`", "",
+        f"Models: {len(result['pirated'])} pirated, {len(result['independent'])} independent; "
+        f"cache hits {result['cache']['hits']}, misses {result['cache']['misses']}; total "
+        f"{result['timings_s']['total_s']:.0f} s.", "",
+        "ARUC (roc) = ROC-AUC of pirated vs independent matching rates, ties half. "
+        "ARUC (min) = integral over t of min(robustness(t), uniqueness(t)). "
+        "TPR@1%FPR = share of pirated models above every independent model's rate "
+        "when fewer than 100 independent models exist.", "",
+        "| config | ARUC (roc) | ARUC (min) | TPR@1%FPR | best t | converged | "
+        "fingerprints | gen. s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["configs"]:
+        if r["num_fingerprints"] == 0:
+            lines.append(f"| {r['config']} | - | - | - | - | {r['convergence_rate']:.2f} | 0 | "
+                         f"{r['generation_s']:.1f} |")
+            continue
+        lines.append(f"| {r['config']} | {r['aruc_roc']:.3f} | {r['aruc_min']:.3f} | "
+                     f"{r['tpr_at_1pct_fpr']:.2f} | {r['best_threshold']:.3f} | "
+                     f"{r['convergence_rate']:.2f} | {r['num_fingerprints']} | "
+                     f"{r['generation_s']:.1f} |")
+    labels = list(reports)
+    if not labels:
+        return "\n".join(lines) + "\n"
+    lines += ["", "## Matching rate per model and configuration", "",
+              "| model | kind | test acc. | " + " | ".join(labels) + " |",
+              "|---|---|---|" + "---|" * len(labels)]
+    first = reports[labels[0]]
+    for kind, names in (("pirated", first.pirated), ("independent", first.independent)):
+        for n in names:
+            rates = " | ".join(f"{getattr(reports[lb], kind)[n]:.2f}" for lb in labels)
+            lines.append(f"| {n} | {kind} | {result['accuracy'][n]:.3f} | {rates} |")
+    lines += ["", f"Owner test accuracy: {result['accuracy']['owner']:.3f}.", ""]
+    return "\n".join(lines)
+

@@ -1,0 +1,381 @@
+"""Self-describing model files: a zoo model's weights (orbax) plus a JSON spec, checksummed.
+
+A model file is a directory::
+
+    path/model.json   format, architecture name and constructor arguments, number of classes,
+                      input shape and bounds, free-form metadata, the sha256 of the model state
+                      and of every weight file
+    path/weights/     the model state (parameters and statistics), an orbax checkpoint
+
+It holds everything needed to rebuild the classifier (``ipguard fingerprint owner_model ...``
+needs no other argument): :func:`load_model` builds the zoo model named in the spec, restores
+the weights into it and checks both the weight files and the restored state against their
+recorded sha256, so a modified or corrupt file fails loudly instead of yielding another model.
+:func:`save_model` writes the directory under a hidden temporary name and renames it into
+place once complete, so a crash never leaves a half-written model file. Nothing is pickled.
+
+Example:
+    >>> from flax import nnx
+    >>> from ipguard_jax import models
+    >>> net = models.create("cnn", num_classes=10, in_channels=1, rngs=nnx.Rngs(0))
+    >>> models.save_model("owner_model", net, arch="cnn", num_classes=10,
+    ...                   input_shape=(8, 8, 1), model_kwargs={"in_channels": 1})
+    >>> net2, spec = models.load_model("owner_model")
+    >>> spec.arch, spec.input_shape
+    ('cnn', (8, 8, 1))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ipguard_jax.classifier import Classifier, params_hash
+
+FORMAT = "ipguard_jax.model"
+FORMAT_VERSION = 1
+SPEC_FILE = "model.json"
+_WEIGHTS = "weights"
+
+
+class ModelFileError(ValueError):
+    """A model file is missing a part, corrupt, modified, or of an unknown format."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What a model file says about its model.
+
+    Attributes:
+        arch: the zoo architecture name (see :func:`ipguard_jax.models.available`).
+        num_classes: number of output logits.
+        input_shape: one example's shape, e.g. ``(32, 32, 3)``.
+        bounds: ``(lo, hi)`` of valid inputs.
+        model_kwargs: further constructor arguments of the zoo model (``in_channels``...).
+        metadata: free-form JSON metadata given when saving.
+        state_sha256: :func:`ipguard_jax.params_hash` of the model state; equal to the
+            ``params_sha256`` that fingerprints of this model record for their owner.
+        library: library, JAX and Flax versions that wrote the file.
+        created: UTC creation time, ISO 8601.
+    """
+
+    arch: str
+    num_classes: int
+    input_shape: tuple[int, ...]
+    bounds: tuple[float, float]
+    model_kwargs: dict[str, Any]
+    metadata: dict[str, Any]
+    state_sha256: str
+    library: dict[str, Any]
+    created: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as JSON-able values."""
+        out = dataclasses.asdict(self)
+        out["input_shape"] = list(self.input_shape)
+        out["bounds"] = list(self.bounds)
+        return out
+
+    def classifier(self, module: nnx.Module) -> Classifier:
+        """Wraps the loaded module as a :class:`~ipguard_jax.Classifier` with this input spec.
+
+        Args:
+            module: the module returned by :func:`load_model` with this spec.
+
+        Returns:
+            The classifier, in evaluation mode.
+
+        Example:
+            >>> net, spec = load_model("owner_model")
+            >>> owner = spec.classifier(net)
+        """
+        return Classifier.from_nnx(module, input_shape=self.input_shape, bounds=self.bounds)
+
+
+def is_model_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` looks like a model file (a directory holding ``model.json``).
+
+    Args:
+        path: any path.
+
+    Returns:
+        True for a directory with a ``model.json``; no content is checked.
+
+    Example:
+        >>> is_model_file("owner_model")
+        True
+    """
+    return (Path(path) / SPEC_FILE).is_file()
+
+
+def _flatten(state: Any) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Leaf paths and arrays (keyed by position) of a state; PRNG keys as their key data."""
+    paths, arrays = [], {}
+    for index, (path, leaf) in enumerate(jax.tree_util.tree_flatten_with_path(state)[0]):
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        paths.append(jax.tree_util.keystr(path))
+        arrays[f"{index:06d}"] = np.asarray(leaf)
+    return paths, arrays
+
+
+def _unflatten(template: Any, flat: Mapping[str, Any]) -> Any:
+    leaves, treedef = jax.tree.flatten(template)
+    restored = []
+    for index, ref in enumerate(leaves):
+        value = jnp.asarray(flat[f"{index:06d}"])
+        if jnp.issubdtype(ref.dtype, jax.dtypes.prng_key):
+            value = jax.random.wrap_key_data(value, impl=jax.random.key_impl(ref))
+        restored.append(value)
+    return jax.tree.unflatten(treedef, restored)
+
+
+def _leaf_specs(state: Any) -> list[tuple[str, str, tuple[int, ...]]]:
+    paths, arrays = _flatten(state)
+    return [(p, a.dtype.str, a.shape) for p, a in zip(paths, arrays.values())]
+
+
+def _build(arch: str, num_classes: int, model_kwargs: Mapping[str, Any]) -> nnx.Module:
+    from ipguard_jax import models
+
+    return models.create(arch, num_classes, rngs=nnx.Rngs(0), **dict(model_kwargs))
+
+
+def _file_digests(root: Path) -> dict[str, str]:
+    out = {}
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest = hashlib.sha256()
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        out[file.relative_to(root).as_posix()] = digest.hexdigest()
+    return out
+
+
+def _json_value(value: Any, name: str) -> Any:
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be JSON-serialisable: {e}") from None
+
+
+def save_model(path: str | os.PathLike, model: nnx.Module, *, arch: str, num_classes: int,
+               input_shape: tuple[int, ...], bounds: tuple[float, float] = (0.0, 1.0),
+               model_kwargs: Mapping[str, Any] | None = None,
+               metadata: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
+    """Saves a zoo model as a self-describing model file (a directory).
+
+    The model must be what ``models.create(arch, num_classes, **model_kwargs)`` builds (checked:
+    same state structure, shapes and dtypes), so that :func:`load_model` can rebuild it.
+
+    Args:
+        path: the directory to write (its parent must exist).
+        model: the trained NNX model.
+        arch: its zoo architecture name, e.g. ``"resnet20"``.
+        num_classes: its number of output logits.
+        input_shape: one example's shape, e.g. ``(32, 32, 3)``.
+        bounds: ``(lo, hi)`` of valid inputs.
+        model_kwargs: the other constructor arguments it was built with (``in_channels``,
+            ``in_features``, ``hidden``...); JSON-able.
+        metadata: free-form JSON-able metadata (training data, accuracy, owner...).
+        overwrite: replace an existing model file at ``path``.
+
+    Returns:
+        The absolute path written.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        ModelFileError: ``path`` exists but is not a model file (never overwritten).
+        ValueError: the model does not match ``arch``/``num_classes``/``model_kwargs``/
+            ``input_shape``, or an argument is not JSON-able.
+        TypeError: ``model`` is not an ``nnx.Module``.
+
+    Example:
+        >>> net = models.create("mlp", 10, in_features=64, in_channels=1, rngs=nnx.Rngs(0))
+        >>> save_model("owner_model", net, arch="mlp", num_classes=10, input_shape=(8, 8, 1),
+        ...            model_kwargs={"in_features": 64, "in_channels": 1})
+        PosixPath('/.../owner_model')
+    """
+    import orbax.checkpoint as ocp
+
+    from ipguard_jax._version import __version__
+
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"model must be an nnx.Module, got {type(model).__name__}")
+    model_kwargs = _json_value(dict(model_kwargs or {}), "model_kwargs")
+    metadata = _json_value(dict(metadata or {}), "metadata")
+    if not (isinstance(num_classes, int) and not isinstance(num_classes, bool)
+            and num_classes >= 2):
+        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    state = nnx.state(model)
+    try:
+        template = _build(arch, num_classes, model_kwargs)
+    except TypeError as e:
+        raise ValueError(f"cannot build {arch!r} with model_kwargs {model_kwargs}: {e}") from None
+    ours, theirs = _leaf_specs(state), _leaf_specs(nnx.state(template))
+    if ours != theirs:
+        diff = next((f"{a} vs {b}" for a, b in zip(ours, theirs) if a != b),
+                    f"{len(ours)} arrays vs {len(theirs)}")
+        raise ValueError(
+            f"the model is not what models.create({arch!r}, {num_classes}, **{model_kwargs}) "
+            f"builds (model vs rebuilt: {diff}); pass the arch and model_kwargs it was built with"
+        )
+    clf = Classifier.from_nnx(model, input_shape=input_shape, bounds=bounds)
+    if clf.num_classes != num_classes:
+        raise ValueError(f"the model returns {clf.num_classes} logits, num_classes is "
+                         f"{num_classes}")
+
+    path = Path(path).absolute()
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"the parent directory of {path} does not exist")
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        if not is_model_file(path):
+            raise ModelFileError(f"{path} exists and is not a model file; refusing to overwrite it")
+    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    old = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
+    try:
+        staging.mkdir()
+        paths, arrays = _flatten(state)
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(staging / _WEIGHTS, arrays)
+        spec = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "arch": arch,
+            "num_classes": num_classes,
+            "input_shape": list(clf.input_shape),
+            "bounds": list(clf.bounds),
+            "model_kwargs": model_kwargs,
+            "metadata": metadata,
+            "state_sha256": params_hash(state),
+            "state_paths": paths,
+            "files": _file_digests(staging / _WEIGHTS),
+            "library": {"name": "ipguard_jax", "version": __version__, "jax": jax.__version__,
+                        "flax": _flax_version()},
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        with open(staging / SPEC_FILE, "w", encoding="utf-8") as f:
+            f.write(json.dumps(spec, indent=1, sort_keys=True))
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            os.rename(path, old)
+        os.rename(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def _flax_version() -> str:
+    import flax
+
+    return flax.__version__
+
+
+def _read_spec(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise FileNotFoundError(f"no model file at {path}")
+    if not path.is_dir():
+        raise ModelFileError(f"{path} is a file, not a model file (a directory with {SPEC_FILE})")
+    try:
+        spec = json.loads((path / SPEC_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelFileError(f"{path} is not a model file: {SPEC_FILE} is missing") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"{path}: {SPEC_FILE} is corrupt ({e})") from None
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: {SPEC_FILE} is not an {FORMAT} spec")
+    version = spec.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelFileError(f"{path} has format version {version!r}; this library reads up to "
+                             f"version {FORMAT_VERSION}: upgrade ipguard_jax to read it")
+    required = {"arch": str, "num_classes": int, "input_shape": list, "bounds": list,
+                "model_kwargs": dict, "state_sha256": str, "files": dict}
+    for key, kind in required.items():
+        if not isinstance(spec.get(key), kind):
+            raise ModelFileError(f"{path}: {SPEC_FILE} lacks a valid {key!r} entry")
+    return spec
+
+
+def load_model(path: str | os.PathLike) -> tuple[nnx.Module, ModelSpec]:
+    """Loads a model file written by :func:`save_model` and checks its sha256.
+
+    Args:
+        path: the model directory.
+
+    Returns:
+        ``(module, spec)``: the zoo NNX model in evaluation mode, bit-identical to the one saved,
+        and its :class:`ModelSpec`.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        ModelFileError: not a model file, a part missing or unreadable, a newer format version,
+            or weights that do not match their sha256 (modified or corrupt).
+
+    Example:
+        >>> net, spec = load_model("owner_model")
+        >>> logits = net(jnp.zeros((1, *spec.input_shape)))
+    """
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    spec = _read_spec(path)
+    weights = path / _WEIGHTS
+    if not weights.is_dir():
+        raise ModelFileError(f"{path}: the weights directory is missing")
+    found = _file_digests(weights)
+    for name, digest in spec["files"].items():
+        if name not in found:
+            raise ModelFileError(f"{path}: weight file {name} is missing")
+        if found[name] != digest:
+            raise ModelFileError(f"{path}: weight file {name} does not match its sha256: the "
+                                 "model file was modified or is corrupt")
+    try:
+        template = _build(spec["arch"], spec["num_classes"], spec["model_kwargs"])
+    except (TypeError, ValueError) as e:
+        raise ModelFileError(f"{path}: cannot build the model it describes: {e}") from None
+    graphdef, state = nnx.split(template)
+    paths, flat = _flatten(state)
+    if spec.get("state_paths", paths) != paths:
+        raise ModelFileError(f"{path}: the saved state does not fit {spec['arch']!r} as built "
+                             "by this library version")
+    try:
+        target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat.items()}
+        with ocp.StandardCheckpointer() as checkpointer:
+            restored = checkpointer.restore(weights, target)
+        state = _unflatten(state, restored)
+    except Exception as e:  # any failure of the array store means the same to the user
+        raise ModelFileError(f"{path}: the weights cannot be read, the file is corrupt or "
+                             f"incomplete ({type(e).__name__}: {str(e)[:200]})") from None
+    if params_hash(state) != spec["state_sha256"]:
+        raise ModelFileError(f"{path}: the weights do not match their sha256: the model file "
+                             "was modified or is corrupt")
+    module = nnx.merge(graphdef, state)
+    module.eval()
+    try:
+        result = ModelSpec(
+            arch=spec["arch"], num_classes=spec["num_classes"],
+            input_shape=tuple(int(d) for d in spec["input_shape"]),
+            bounds=(float(spec["bounds"][0]), float(spec["bounds"][1])),
+            model_kwargs=spec["model_kwargs"], metadata=dict(spec.get("metadata") or {}),
+            state_sha256=spec["state_sha256"], library=dict(spec.get("library") or {}),
+            created=str(spec.get("created", "")))
+    except (TypeError, ValueError, IndexError) as e:
+        raise ModelFileError(f"{path}: {SPEC_FILE} has a malformed entry ({e})") from None
+    return module, result
