@@ -539,17 +539,6 @@ def test_load_tfds_mock_mnist(method):
     assert ds.name == "tfds:mnist/train"
 
 
-def test_load_tfds_mock_mnist_through_tensorflow():
-    tfds = pytest.importorskip("tensorflow_datasets")
-    pytest.importorskip("tensorflow")  # the tf path: tfds.load; CI installs TF for this test
-    with tfds.testing.mock_data(num_examples=6):
-        ds = load_tfds("mnist", "test", method="tf")
-    assert ds.x.shape == (6, 28, 28, 1) and ds.x.dtype == np.float32
-    assert 0.0 <= ds.x.min() and ds.x.max() <= 1.0 and ds.x.std() > 0
-    assert ds.y.dtype == np.int32 and ds.y.min() >= 0 and ds.y.max() < 10
-    assert ds.class_names == tuple(str(c) for c in range(10))
-
-
 def test_load_tfds_mock_cifar10():
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=5):
