@@ -633,10 +633,9 @@ def generate(
         apply_fn = _low_precision(apply_fn, config.precision)
         params = _cast_floats(params, config.precision)
     run = _Run(classifier=classifier, apply_fn=apply_fn, params=place.replicate(params),
-               config=config,
-               method=method, plan=plan, loop=loop, key=run_key, scalars=scalars, place=place,
-               starts=starts, budget=budget, batch=batch, collector=collector,
-               checkpoint=saver)
+               config=config, method=method, plan=plan, loop=loop, key=run_key,
+               scalars=scalars, place=place, starts=starts, budget=budget, batch=batch,
+               collector=collector, checkpoint=saver)
     try:
         if saver is not None:
             saver.load(collector)
