@@ -58,6 +58,20 @@ def sign_step(step_size: Any) -> optax.GradientTransformation:
     """Gradient descent on the sign of the gradient: ``update = -step_size * sign(g)``.
 
     The L-inf steepest-descent step of FGSM and PGD. Stateless; ``step_size`` may be traced.
+
+    Args:
+        step_size: the size of every coordinate's step (a number or a traced scalar).
+
+    Returns:
+        An optax ``GradientTransformation`` with an empty state.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from ipguard_jax.baselines import sign_step
+        >>> opt = sign_step(0.5)
+        >>> updates, _ = opt.update(jnp.array([0.1, -3.0]), opt.init(None))
+        >>> updates.tolist()
+        [-0.5, 0.5]
     """
     def update(grads, state, params=None):
         del params
@@ -71,6 +85,20 @@ def normalized_step(step_size: Any) -> optax.GradientTransformation:
 
     The L2 steepest-descent step of PGD-L2; the norm is over the whole update (per point when
     the engine ``vmap``-s it). A zero gradient gives a zero step.
+
+    Args:
+        step_size: the L2 length of every step (a number or a traced scalar).
+
+    Returns:
+        An optax ``GradientTransformation`` with an empty state.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from ipguard_jax.baselines import normalized_step
+        >>> opt = normalized_step(5.0)
+        >>> updates, _ = opt.update(jnp.array([3.0, 4.0]), opt.init(None))
+        >>> updates.tolist()
+        [-3.0, -4.0]
     """
     def update(grads, state, params=None):
         del params
@@ -198,6 +226,13 @@ class Plan(NamedTuple):
             ``FingerprintConfig.optimizer``), else ``None``.
         perturb: ``(key, x, hyper) -> x``, a random start around each start point, or ``None``.
         uses_origin: the objective reads ``point["origin"]``, the start point (in the box).
+
+    Example:
+        >>> from ipguard_jax import FingerprintConfig
+        >>> from ipguard_jax.baselines import PGD
+        >>> plan = PGD(eps=0.1).plan(FingerprintConfig())
+        >>> plan.step_rule, plan.uses_origin
+        ('sign', True)
     """
     objective: engine.Objective
     step_rule: str = "adam"
@@ -207,7 +242,25 @@ class Plan(NamedTuple):
 
 
 def make_optimizer(plan: Plan, lr: Any) -> optax.GradientTransformation:
-    """The plan's optimiser with step size ``lr`` (may be traced: no recompile per value)."""
+    """The plan's optimiser with step size ``lr`` (may be traced: no recompile per value).
+
+    Args:
+        plan: the method's :class:`Plan`.
+        lr: the step size: Adam's learning rate, or the step of the sign and L2 rules.
+
+    Returns:
+        ``plan.optimizer`` when the plan has one (``lr`` is then ignored), else the optax
+        transformation of ``plan.step_rule``: ``optax.adam(lr)``, :func:`sign_step` or
+        :func:`normalized_step`.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from ipguard_jax import FingerprintConfig
+        >>> from ipguard_jax.baselines import FGSM, make_optimizer
+        >>> opt = make_optimizer(FGSM().plan(FingerprintConfig()), 0.25)
+        >>> opt.update(jnp.array([2.0, -1.0]), opt.init(None))[0].tolist()
+        [-0.25, 0.25]
+    """
     if plan.optimizer is not None:
         return plan.optimizer
     rules = {"adam": optax.adam, "sign": sign_step, "l2": normalized_step}
@@ -227,36 +280,93 @@ def _positive(name: str, value: Any, *, integer: bool = False, zero_ok: bool = F
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    """A fingerprinting method: its name, parameters and how the engine runs it."""
+    """A fingerprinting method: its name, parameters and how the engine runs it.
+
+    Subclasses are frozen dataclasses whose fields are the method's parameters;
+    :func:`ipguard_jax.generate` asks them for the plan, the batch-wide scalars, the step
+    budget and the step size under the run's :class:`~ipguard_jax.FingerprintConfig`.
+
+    Example:
+        >>> from ipguard_jax import FingerprintConfig
+        >>> from ipguard_jax.baselines import PGD
+        >>> pgd = PGD(eps=0.1, steps=10)
+        >>> config = FingerprintConfig()
+        >>> pgd.budget(config), pgd.learning_rate(config), pgd.hyper(config)
+        (10, 0.025, {'eps': 0.1})
+    """
 
     name: ClassVar[str] = "method"
 
     def plan(self, config: Any) -> Plan:
-        """The static :class:`Plan` for this method under ``config``."""
+        """The static :class:`Plan` for this method under ``config``.
+
+        Args:
+            config: the run's :class:`~ipguard_jax.FingerprintConfig`.
+
+        Returns:
+            The :class:`Plan` (objective, step rule, random start...).
+        """
         raise NotImplementedError
 
     def hyper(self, config: Any) -> dict[str, float]:
-        """Batch-wide scalars for the objective (traced in the compiled code)."""
+        """Batch-wide scalars for the objective (traced in the compiled code).
+
+        Args:
+            config: the run's :class:`~ipguard_jax.FingerprintConfig`.
+
+        Returns:
+            Name -> value, e.g. ``{"eps": 0.03}``; empty for methods without any.
+        """
         del config
         return {}
 
     def budget(self, config: Any) -> int:
-        """The step budget per point (per round for :class:`CW`)."""
+        """The step budget per point (per round for :class:`CW`).
+
+        Args:
+            config: the run's :class:`~ipguard_jax.FingerprintConfig`.
+
+        Returns:
+            The most optimisation steps a point takes.
+        """
         raise NotImplementedError
 
     def learning_rate(self, config: Any) -> float:
-        """The step size (learning rate) of the step rule."""
+        """The step size (learning rate) of the step rule.
+
+        Args:
+            config: the run's :class:`~ipguard_jax.FingerprintConfig`.
+
+        Returns:
+            The step size passed to :func:`make_optimizer`.
+        """
         del config
         return 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """Name and parameters, JSON-able, for provenance."""
+        """Name and parameters, JSON-able, for provenance.
+
+        Returns:
+            ``{"name": ..., "params": {...}}``, as recorded in ``metadata["method"]``.
+
+        Example:
+            >>> from ipguard_jax.baselines import FGSM
+            >>> FGSM(eps=0.1).to_dict()
+            {'name': 'fgsm', 'params': {'eps': 0.1, 'targeted': False}}
+        """
         return {"name": self.name, "params": dataclasses.asdict(self)}
 
 
 @dataclasses.dataclass(frozen=True)
 class IPGuard(Method):
-    """IPGuard's boundary points; every parameter comes from the :class:`FingerprintConfig`."""
+    """IPGuard's boundary points; every parameter comes from the :class:`FingerprintConfig`.
+
+    Example:
+        >>> from ipguard_jax import FingerprintConfig
+        >>> from ipguard_jax.baselines import IPGuard
+        >>> IPGuard().budget(FingerprintConfig(steps=200))
+        200
+    """
 
     name: ClassVar[str] = "ipguard"
 
@@ -273,7 +383,14 @@ class IPGuard(Method):
 @dataclasses.dataclass(frozen=True)
 class RandomPoints(Method):
     """The start points themselves, labelled by the owner: real images (``init="data"``) or
-    uniform noise (``init="noise"``). No optimisation; every point "converges"."""
+    uniform noise (``init="noise"``). No optimisation; every point "converges".
+
+    Example:
+        >>> from ipguard_jax import FingerprintConfig
+        >>> from ipguard_jax.baselines import RandomPoints
+        >>> RandomPoints().budget(FingerprintConfig())
+        0
+    """
 
     name: ClassVar[str] = "random"
 
@@ -297,6 +414,15 @@ class FGSM(Method):
     Attributes:
         eps: the step, in input units (for inputs in [0, 1], 8/255 is about 0.03).
         targeted: step towards the config's target class ``j`` instead of away from ``i``.
+
+    Raises:
+        TypeError: ``eps`` is not a number or ``targeted`` not a bool.
+        ValueError: ``eps`` is not finite and > 0.
+
+    Example:
+        >>> from ipguard_jax.baselines import FGSM
+        >>> FGSM(eps=8 / 255, targeted=True).targeted
+        True
     """
 
     eps: float = 0.03
@@ -335,6 +461,16 @@ class PGD(Method):
         targeted: descend the cross-entropy of the target ``j`` instead of ascending that of
             ``i``.
         random_start: start at a uniform random point of the ball (keyed per candidate).
+
+    Raises:
+        TypeError: a parameter of the wrong type (``steps`` must be an int).
+        ValueError: ``eps``, ``steps`` or ``step_size`` not finite and > 0, or ``norm`` not
+            ``"inf"`` or ``"2"``.
+
+    Example:
+        >>> from ipguard_jax.baselines import PGD
+        >>> PGD(eps=0.5, steps=10, norm="2").to_dict()["params"]["step_size"]
+        0.125
     """
 
     eps: float = 0.03
@@ -375,6 +511,7 @@ class PGD(Method):
         return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
 
     def to_dict(self):
+        """Name and parameters, with ``step_size`` resolved (``2.5 * eps / steps`` if unset)."""
         out = super().to_dict()
         out["params"]["step_size"] = self.learning_rate(None)
         return out
@@ -389,7 +526,7 @@ class CW(Method):
     binary-searches ``c`` per point over ``search_steps`` rounds: start at ``initial_c``; after
     a success, halve the gap towards the largest failing ``c``; after a failure, go ten times
     up until a success bounds it. Each point returns its least-distorted success over all steps
-    and rounds (its last iterate if it never succeeds).
+    and rounds (the last iterate of its first round if it never succeeds).
 
     Attributes:
         kappa: the confidence: the target's logit must lead every other by ``kappa``.
@@ -397,6 +534,16 @@ class CW(Method):
         lr: Adam's learning rate (in tanh space).
         initial_c: the first ``c``.
         search_steps: rounds of the binary search.
+
+    Raises:
+        TypeError: a parameter of the wrong type (``steps`` and ``search_steps`` must be
+            ints).
+        ValueError: a parameter that is not finite and > 0 (``kappa``: >= 0).
+
+    Example:
+        >>> from ipguard_jax.baselines import CW
+        >>> CW(kappa=5.0, search_steps=3).to_dict()["params"]["kappa"]
+        5.0
     """
 
     kappa: float = 0.0
@@ -437,6 +584,14 @@ def cw_search_update(c: Any, lower: Any, upper: Any, success: Any) -> tuple[Any,
 
     Returns:
         ``(next_c, lower, upper)``.
+
+    Example:
+        >>> import numpy as np
+        >>> from ipguard_jax.baselines import cw_search_update
+        >>> c, lower, upper = cw_search_update(np.array([1.0, 1.0]), np.zeros(2),
+        ...                                    np.full(2, np.inf), np.array([True, False]))
+        >>> c.tolist(), lower.tolist(), upper.tolist()  # midpoint after success, x10 after failure
+        ([0.5, 10.0], [0.0, 1.0], [1.0, inf])
     """
     xp = jnp if isinstance(c, jax.Array) else np
     upper = xp.where(success, xp.minimum(upper, c), upper)
@@ -452,7 +607,24 @@ METHODS: dict[str, type[Method]] = {"ipguard": IPGuard, "random": RandomPoints, 
 
 
 def resolve_method(method: str | Method) -> Method:
-    """A :class:`Method` from a name (default parameters) or an instance."""
+    """A :class:`Method` from a name (default parameters) or an instance.
+
+    Args:
+        method: a :data:`METHODS` name (``"ipguard"``, ``"random"``, ``"fgsm"``, ``"pgd"``,
+            ``"cw"``) or a :class:`Method` instance, returned as it is.
+
+    Returns:
+        The method.
+
+    Raises:
+        ValueError: an unknown name.
+        TypeError: neither a string nor a :class:`Method`.
+
+    Example:
+        >>> from ipguard_jax.baselines import resolve_method
+        >>> resolve_method("fgsm")
+        FGSM(eps=0.03, targeted=False)
+    """
     if isinstance(method, Method):
         return method
     if isinstance(method, str):

@@ -1,4 +1,17 @@
-"""A classifier as a pure function of its parameters, with the spec of the inputs it takes."""
+"""A classifier as a pure function of its parameters, with the spec of the inputs it takes.
+
+:class:`Classifier` is what :func:`ipguard_jax.generate` fingerprints and what
+:func:`ipguard_jax.verify` queries: ``apply_fn(params, x) -> logits`` plus one example's shape,
+the input bounds and dtype. It wraps plain JAX functions, Flax NNX and Linen modules and Keras 3
+models (JAX backend); :func:`params_hash` identifies the parameters in provenance records.
+
+Example:
+    >>> import jax.numpy as jnp
+    >>> from ipguard_jax import Classifier
+    >>> clf = Classifier(lambda p, x: x @ p, jnp.eye(3), input_shape=(3,))
+    >>> clf.predict(jnp.array([[0.1, 0.7, 0.2]])).tolist()
+    [1]
+"""
 
 from __future__ import annotations
 
@@ -62,6 +75,14 @@ def params_hash(params: Any) -> str:
 
     Returns:
         A hex digest string.
+
+    Example:
+        >>> import jax.numpy as jnp, numpy as np
+        >>> from ipguard_jax import params_hash
+        >>> len(params_hash({"w": jnp.zeros(3)}))
+        64
+        >>> params_hash({"w": jnp.zeros(3)}) == params_hash({"w": np.zeros(3, np.float32)})
+        True
     """
     digest = hashlib.sha256()
     leaves, _ = jax.tree_util.tree_flatten_with_path(params)
@@ -99,6 +120,16 @@ class Classifier:
         input_shape: one example's shape, e.g. ``(32, 32, 3)`` for NHWC images.
         bounds: ``(lo, hi)``, the box valid inputs live in.
         dtype: the floating dtype inputs are given in.
+
+    Attributes:
+        num_classes: the number of logits, found by tracing ``apply_fn`` on a probe batch.
+
+    Raises:
+        TypeError: ``apply_fn`` is not callable, a malformed ``input_shape`` or ``bounds``, a
+            non-floating ``dtype``, or non-floating logits.
+        ValueError: an empty or non-positive ``input_shape``, bounds that are not finite with
+            ``lo < hi``, ``apply_fn`` failing on a probe batch, or logits that are not
+            ``(N, num_classes)`` with at least 2 classes.
 
     Example:
         >>> import jax.numpy as jnp
@@ -167,6 +198,17 @@ class Classifier:
 
         Returns:
             A :class:`Classifier` whose ``params`` is the module's ``nnx.State``.
+
+        Raises:
+            TypeError: ``module`` is not an ``nnx.Module``.
+            ValueError: no ``input_shape`` given and the module has none.
+
+        Example:
+            >>> from flax import nnx
+            >>> from ipguard_jax import Classifier
+            >>> clf = Classifier.from_nnx(nnx.Linear(4, 3, rngs=nnx.Rngs(0)), input_shape=(4,))
+            >>> clf.num_classes
+            3
         """
         from flax import nnx
 
@@ -200,6 +242,18 @@ class Classifier:
 
         Returns:
             A :class:`Classifier` with ``params = variables``.
+
+        Raises:
+            TypeError: ``module`` has no ``apply`` method.
+
+        Example:
+            >>> import jax, jax.numpy as jnp
+            >>> import flax.linen as nn
+            >>> from ipguard_jax import Classifier
+            >>> dense = nn.Dense(3)
+            >>> variables = dense.init(jax.random.key(0), jnp.ones((1, 4)))
+            >>> Classifier.from_linen(dense, variables, input_shape=(4,)).num_classes
+            3
         """
         if not hasattr(module, "apply"):
             raise TypeError(f"from_linen needs a flax.linen.Module, got {type(module).__name__}")
@@ -212,21 +266,52 @@ class Classifier:
 
     @functools.cached_property
     def params_hash(self) -> str:
-        """sha256 of the parameters (see :func:`params_hash`), for provenance."""
+        """sha256 of the parameters (see :func:`params_hash`), for provenance.
+
+        Example:
+            >>> import jax.numpy as jnp
+            >>> from ipguard_jax import Classifier, params_hash
+            >>> clf = Classifier(lambda p, x: x @ p, jnp.eye(3), input_shape=(3,))
+            >>> clf.params_hash == params_hash(jnp.eye(3))
+            True
+        """
         return params_hash(self.params)
 
     @property
     def input_spec(self) -> dict[str, Any]:
-        """The input spec as plain JSON-able values."""
+        """The input spec as plain JSON-able values.
+
+        Example:
+            >>> import jax.numpy as jnp
+            >>> from ipguard_jax import Classifier
+            >>> Classifier(lambda p, x: x @ p, jnp.eye(3), input_shape=(3,)).input_spec
+            {'input_shape': [3], 'dtype': 'float32', 'bounds': [0.0, 1.0], 'num_classes': 3}
+        """
         return {"input_shape": list(self.input_shape), "dtype": self.dtype.name,
                 "bounds": list(self.bounds), "num_classes": self.num_classes}
 
     def check_input(self, x: Any, name: str = "x") -> np.ndarray | jax.Array:
         """Checks that ``x`` is a batch ``(N, *input_shape)`` of finite floats; returns it cast.
 
+        The bounds are not checked: a classifier may be queried outside them.
+
+        Args:
+            x: the batch (a NumPy or JAX array, or anything ``np.asarray`` takes).
+            name: the argument's name in error messages.
+
+        Returns:
+            ``x`` cast to the classifier's dtype (NumPy stays NumPy, JAX stays JAX).
+
         Raises:
             TypeError: ``x`` is not a floating array (e.g. uint8 images not yet scaled).
             ValueError: wrong shape, empty, or non-finite values.
+
+        Example:
+            >>> import jax.numpy as jnp, numpy as np
+            >>> from ipguard_jax import Classifier
+            >>> clf = Classifier(lambda p, x: x @ p, jnp.eye(3), input_shape=(3,))
+            >>> clf.check_input(np.zeros((2, 3), np.float64)).dtype
+            dtype('float32')
         """
         if not hasattr(x, "shape") or not hasattr(x, "dtype"):
             x = np.asarray(x)
@@ -248,11 +333,48 @@ class Classifier:
         return x.astype(self.dtype)
 
     def __call__(self, x: jax.typing.ArrayLike) -> jax.Array:
-        """Logits ``(N, num_classes)`` for a batch ``x`` of shape ``(N, *input_shape)``."""
+        """Logits ``(N, num_classes)`` for a batch ``x`` of shape ``(N, *input_shape)``.
+
+        Args:
+            x: the batch, checked by :meth:`check_input`.
+
+        Returns:
+            The logits, a JAX array (one compiled call for the whole batch).
+
+        Raises:
+            TypeError: ``x`` is not a floating array.
+            ValueError: wrong shape, empty, or non-finite values.
+
+        Example:
+            >>> import jax.numpy as jnp
+            >>> from ipguard_jax import Classifier
+            >>> clf = Classifier(lambda p, x: x @ p, jnp.eye(3), input_shape=(3,))
+            >>> clf(jnp.array([[0.1, 0.7, 0.2]])).shape
+            (1, 3)
+        """
         return self._jit_apply(self.params, self.check_input(x))
 
     def predict(self, x: jax.typing.ArrayLike, batch_size: int = 1024) -> np.ndarray:
-        """Predicted labels ``(N,)`` (int32) for a batch, computed in batches of ``batch_size``."""
+        """Predicted labels ``(N,)`` (int32) for a batch, computed in batches of ``batch_size``.
+
+        Args:
+            x: the batch ``(N, *input_shape)``, checked by :meth:`check_input`.
+            batch_size: examples per compiled call.
+
+        Returns:
+            A NumPy int32 array of the argmax labels.
+
+        Raises:
+            ValueError: ``batch_size`` is not an int > 0, or a bad ``x``.
+            TypeError: ``x`` is not a floating array.
+
+        Example:
+            >>> import jax.numpy as jnp
+            >>> from ipguard_jax import Classifier
+            >>> clf = Classifier(lambda p, x: x @ p, jnp.eye(3), input_shape=(3,))
+            >>> clf.predict(jnp.eye(3)[::-1], batch_size=2).tolist()
+            [2, 1, 0]
+        """
         if not (isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
                 and batch_size > 0):
             raise ValueError(f"batch_size must be an int > 0, got {batch_size!r}")
@@ -273,7 +395,33 @@ class Classifier:
                    bounds: tuple[float, float] = (0.0, 1.0), **options: Any) -> "Classifier":
         """Wraps a Keras 3 model (``KERAS_BACKEND=jax``) in inference mode.
 
-        See :func:`ipguard_jax._keras.classifier_from_keras` (``options``: ``strip_softmax``).
+        The model's ``stateless_call`` with ``training=False`` becomes ``apply_fn``; its
+        variable values are the ``params``. A model ending in a softmax triggers a warning
+        unless ``strip_softmax=True`` (IPGuard's margin is in logit units). Details in
+        :func:`ipguard_jax._keras.classifier_from_keras`.
+
+        Args:
+            model: a built ``keras.Model`` mapping ``(N, *input_shape)`` to ``(N, C)``.
+            input_shape: one example's shape; defaults to ``model.input_shape`` without the
+                batch axis.
+            bounds: ``(lo, hi)`` of valid raw inputs.
+            **options: ``strip_softmax=True`` wraps a copy without the final softmax.
+
+        Returns:
+            A :class:`Classifier`.
+
+        Raises:
+            RuntimeError: Keras runs on another backend than JAX.
+            TypeError: ``model`` is not a Keras model or layer.
+            ValueError: no usable input shape, or an output that is not ``(N, C)``, ``C >= 2``.
+
+        Example:
+            With ``KERAS_BACKEND=jax`` in the environment before Keras is imported:
+
+            >>> import keras  # doctest: +SKIP
+            >>> layers = [keras.Input((4,)), keras.layers.Dense(3)]  # doctest: +SKIP
+            >>> Classifier.from_keras(keras.Sequential(layers)).num_classes  # doctest: +SKIP
+            3
         """
         from ipguard_jax._keras import classifier_from_keras
 

@@ -904,11 +904,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit status: 0 success (``verify``: not a copy), 1 ``verify``: a copy, 2 an error
-        (reported as one line on stderr).
+        (reported as one line on stderr), 130 when interrupted (Ctrl-C). ``--help`` prints
+        the help and returns 0.
+
+    Raises:
+        Exception: with ``--debug``, the error itself instead of exit status 2.
 
     Example:
         >>> main(["inspect", "owner_fp"])  # doctest: +SKIP
         0
+        >>> main(["inspect", "/no/such/fingerprints"])  # "ipguard: error: ..." on stderr
+        2
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     index = _first_command(argv)

@@ -1,4 +1,11 @@
-"""FingerprintConfig: every choice the IPGuard method leaves open, validated, with defaults."""
+"""FingerprintConfig: every choice the IPGuard method leaves open, validated, with defaults.
+
+Example:
+    >>> from ipguard_jax import FingerprintConfig
+    >>> config = FingerprintConfig(num=50, k=1.0, keep="all")
+    >>> config.candidate_budget, config.to_dict()["optimizer"]
+    (50, 'adam(learning_rate=0.01)')
+"""
 
 from __future__ import annotations
 
@@ -65,6 +72,14 @@ class FingerprintConfig:
             while the loss, the points and the optimiser updates stay float32. Faster on
             hardware with bfloat16 units (TPU, recent GPUs); the fingerprints' labels are
             still the float32 owner's (see :func:`ipguard_jax.generate`).
+
+    Raises:
+        TypeError: a field of the wrong type (``num``, ``steps``, ``batch_size``,
+            ``block_steps`` and ``max_candidates`` must be ints; ``compact`` a bool;
+            ``optimizer`` an optax transformation).
+        ValueError: a value out of range (counts <= 0, ``k < 0``, ``lr <= 0``, ``tol < 0``,
+            non-finite numbers, an unknown ``init``/``target``/``keep``/``loop``/``precision``,
+            ``max_candidates < num``).
 
     Example:
         >>> from ipguard_jax import FingerprintConfig
@@ -140,13 +155,33 @@ class FingerprintConfig:
 
     @property
     def candidate_budget(self) -> int:
-        """The most candidate points ``generate`` draws (before any data-size cap)."""
+        """The most candidate points ``generate`` draws (before any data-size cap).
+
+        ``num`` with ``keep="all"``; else ``max_candidates``, or ``4 * num`` when unset.
+
+        Example:
+            >>> from ipguard_jax import FingerprintConfig
+            >>> FingerprintConfig(num=10).candidate_budget
+            40
+        """
         if self.keep == "all":
             return self.num
         return self.max_candidates if self.max_candidates is not None else 4 * self.num
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able values; a custom optimizer is recorded by its ``repr``."""
+        """JSON-able values; a custom optimizer is recorded by its ``repr``.
+
+        Returns:
+            Every field by name, as recorded in ``Fingerprints.metadata["config"]``; the
+            ``optimizer`` entry is ``"adam(learning_rate=...)"`` for the default, else
+            ``"custom: <repr>"`` (at most 500 characters).
+
+        Example:
+            >>> from ipguard_jax import FingerprintConfig
+            >>> d = FingerprintConfig(k=1.0).to_dict()
+            >>> d["k"], d["optimizer"]
+            (1.0, 'adam(learning_rate=0.01)')
+        """
         out = dataclasses.asdict(dataclasses.replace(self, optimizer=None))
         out["optimizer"] = (f"adam(learning_rate={self.lr})" if self.optimizer is None
                             else f"custom: {self.optimizer!r}"[:500])

@@ -7,6 +7,10 @@ models agree with the owner, which the binomial test uses as its null). Runs in 
 on a 2-core CPU, offline.
 
     python -m ipguard_jax demo [--num 100] [--k 3] [--out fingerprints_dir]
+
+Example:
+    >>> from ipguard_jax import demo
+    >>> rows = demo.run(num=50, epochs=10, progress=False)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -40,7 +44,28 @@ def _train(name, x, y, seed, epochs, progress, init_from=None):
 
 def run(num: int = 100, k: float = 3.0, epochs: int = 30, seed: int = 0,
         out: Path | None = None, progress: bool = True) -> dict:
-    """Runs the demo and prints a table; returns the matching rates and verdicts by suspect."""
+    """Runs the demo and prints a table; returns the matching rates and verdicts by suspect.
+
+    Args:
+        num: fingerprints to generate.
+        k: the margin in logit units.
+        epochs: training epochs of the owner and the independent models (the fine-tuned
+            copy trains ``max(epochs // 6, 2)`` epochs).
+        seed: seed of the data split, the models and the fingerprints.
+        out: also save the fingerprints to this directory (overwriting a fingerprint
+            directory there); ``None`` uses a temporary one.
+        progress: show progress bars and messages; the result table is printed either way.
+
+    Returns:
+        Suspect name -> ``{"accuracy", "matching_rate", "is_copy", "p_value"}``, for
+        ``"exact copy"``, ``"fine-tuned copy"``, ``"independent A"`` (which calibrates the
+        null rate) and ``"independent B (MLP)"``.
+
+    Example:
+        >>> rows = run(num=50, epochs=10, progress=False)  # doctest: +SKIP
+        >>> rows["exact copy"]["is_copy"], rows["independent B (MLP)"]["is_copy"]  # doctest: +SKIP
+        (True, False)
+    """
     start = time.perf_counter()
     digits = ipg_data.load_digits()
     order = np.random.default_rng(seed).permutation(len(digits))
@@ -91,6 +116,21 @@ def run(num: int = 100, k: float = 3.0, epochs: int = 30, seed: int = 0,
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``ipguard demo`` command line: parses the options and calls :func:`run`.
+
+    Args:
+        argv: the arguments after ``demo``; ``None`` reads ``sys.argv[1:]``.
+
+    Returns:
+        0.
+
+    Raises:
+        SystemExit: bad arguments, or ``--help`` (argparse).
+
+    Example:
+        >>> main(["--num", "50", "--quiet"])  # doctest: +SKIP
+        0
+    """
     parser = argparse.ArgumentParser(prog="ipguard demo", description=__doc__.split("\n\n")[1])
     parser.add_argument("--num", type=int, default=100, help="fingerprints to generate")
     parser.add_argument("--k", type=float, default=3.0, help="margin in logit units")

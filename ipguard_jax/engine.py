@@ -55,6 +55,14 @@ def ipguard_loss(
 
     Returns:
         A float32 (or wider) scalar, 0 exactly when the boundary conditions hold.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from ipguard_jax.engine import ipguard_loss
+        >>> float(ipguard_loss(jnp.array([2.0, 1.0, 0.0]), i=0, j=1, k=0.5))  # 2 - 1 + 0.5
+        1.5
+        >>> float(ipguard_loss(jnp.array([2.0, 3.0, 0.0]), i=0, j=1, k=0.5))  # j leads by 1
+        0.0
     """
     logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     z_i, z_j = logits[i], logits[j]
@@ -99,6 +107,17 @@ class Objective(NamedTuple):
         score: ``(loss, logits, x, point, hyper) -> scalar``; when given, the engine keeps for
             each point the successful iterate of lowest score seen (CW keeps its least
             distorted success) and returns it instead of the last iterate.
+
+    Example:
+        An objective that pushes each point towards class ``j`` by cross-entropy:
+
+        >>> import jax
+        >>> from ipguard_jax import engine
+        >>> def to_target(logits, x, point, hyper):
+        ...     return -jax.nn.log_softmax(logits)[point["j"]]
+        >>> objective = engine.Objective(loss=to_target, stop_on_success=False)
+        >>> objective.succeeded is None, objective.stop_on_success
+        (True, False)
     """
     loss: Callable[..., jax.Array]
     succeeded: Callable[..., jax.Array] | None = None
@@ -128,11 +147,25 @@ def choose_targets(
         key: a PRNG key (used by ``target="random"``), either one key or ``(B,)`` keys, one per
             point; per-point keys make each point's draw independent of the batch it runs in.
         target: ``"random"`` draws ``j`` uniformly from the ``C - 1`` classes other than ``i``;
-            ``"least_likely"`` takes the class with the lowest logit (the next class if that is ``i``,
-            which happens only when all logits tie).
+            ``"least_likely"`` takes the class with the lowest logit (the next class if that is
+            ``i``, which happens only when all logits tie).
 
     Returns:
         ``(i, j)``, each ``(B,)`` int32.
+
+    Raises:
+        ValueError: ``target`` is neither ``"random"`` nor ``"least_likely"``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from ipguard_jax.engine import choose_targets
+        >>> logits = jnp.array([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+        >>> i, j = choose_targets(logits, jax.random.key(0), target="least_likely")
+        >>> i.tolist(), j.tolist()
+        ([0, 2], [2, 0])
+        >>> i, j = choose_targets(logits, jax.random.key(0))  # random j != i
+        >>> bool((j != i).all())
+        True
     """
     num_points, num_classes = logits.shape
     i = jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -208,7 +241,22 @@ def _decode(objective: Objective, v: jax.Array, bounds) -> jax.Array:
 
 def encode_points(objective: Objective, x: jax.Array,
                   bounds: tuple[ArrayLike, ArrayLike] = (0.0, 1.0)) -> jax.Array:
-    """The optimisation variable that starts at inputs ``x`` (``x`` itself without a decode)."""
+    """The optimisation variable that starts at inputs ``x`` (``x`` itself without a decode).
+
+    Args:
+        objective: the objective; its ``encode`` (if any) maps inputs to variables.
+        x: ``(B, *input_shape)`` start inputs; they are projected onto ``bounds`` first.
+        bounds: ``(lo, hi)`` of the input box.
+
+    Returns:
+        ``(B, *input_shape)`` start variables for :func:`init_points`, in the dtype of ``x``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from ipguard_jax import engine
+        >>> engine.encode_points(engine.IPGUARD, jnp.array([[1.5, -0.2, 0.5]])).tolist()
+        [[1.0, 0.0, 0.5]]
+    """
     x = optax.projections.projection_box(x, *bounds)
     return x if objective.encode is None else objective.encode(x, *bounds).astype(x.dtype)
 
@@ -227,6 +275,14 @@ def init_points(optimizer: optax.GradientTransformation, x0: jax.Array,
 
     Returns:
         The initial :class:`PointState`.
+
+    Example:
+        >>> import jax.numpy as jnp, optax
+        >>> from ipguard_jax import engine
+        >>> state = engine.init_points(optax.adam(0.01), jnp.zeros((2, 3)),
+        ...                            active=jnp.array([True, False]))
+        >>> state.done.tolist(), state.steps.tolist(), state.loss.tolist()
+        ([False, True], [0, 0], [inf, inf])
     """
     num_points = x0.shape[0]
     done = jnp.zeros((num_points,), bool) if active is None else ~active.astype(bool)
@@ -269,8 +325,31 @@ def loss_and_grad(
     The batch runs through ``apply_fn`` as one batch; since examples do not interact in an
     evaluation-mode classifier, the gradient of the summed loss is each point's own gradient.
 
+    Args:
+        apply_fn: ``apply_fn(params, x) -> logits``, batched over the leading axis.
+        params: the classifier's parameters (a pytree).
+        x: ``(B, *input_shape)`` the optimisation variables (inputs, unless the objective has
+            a ``decode``).
+        i: ``(B,)`` runner-up labels.
+        j: ``(B,)`` target labels.
+        k: margin.
+        objective: what to measure (default :data:`IPGUARD`).
+        extra: more per-point values for the objective (leading ``B`` axis).
+        hyper: more batch-wide scalars for the objective.
+        tol: success tolerance, passed to the objective as ``hyper["tol"]``.
+        bounds: ``(lo, hi)`` of the input box (used by a ``decode``).
+
     Returns:
         ``(loss (B,), grad (B, *input_shape), logits (B, C))``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from ipguard_jax import engine
+        >>> loss, grad, logits = engine.loss_and_grad(
+        ...     lambda p, x: x @ p, jnp.eye(3), jnp.array([[0.75, 0.25, 0.0]]),
+        ...     jnp.array([0]), jnp.array([1]), k=0.5)
+        >>> loss.tolist(), grad.tolist()
+        ([1.0], [[1.0, -1.0, 0.0]])
     """
     point, hyper = _context(i, j, extra, k, tol, hyper)
     losses, grad, logits, _, _ = _measure(objective, apply_fn, params, x, point, hyper, bounds)
@@ -321,6 +400,16 @@ def step_points(
 
     Returns:
         The next :class:`PointState`.
+
+    Example:
+        >>> import jax.numpy as jnp, optax
+        >>> from ipguard_jax import engine
+        >>> sgd = optax.sgd(0.25)
+        >>> state = engine.init_points(sgd, jnp.array([[0.75, 0.25, 0.0]]))
+        >>> state = engine.step_points(lambda p, x: x @ p, jnp.eye(3), state, jnp.array([0]),
+        ...                            jnp.array([1]), k=0.5, optimizer=sgd)
+        >>> state.x.tolist(), state.loss.tolist(), state.steps.tolist()
+        ([[0.5, 0.5, 0.0]], [1.0], [1])
     """
     point, hyper = _context(i, j, extra, k, tol, hyper)
     losses, grads, logits, x, ok = _measure(objective, apply_fn, params, state.x, point, hyper,
@@ -395,6 +484,15 @@ def optimize_points(
     Returns:
         An :class:`OptimizeResult` with the final points, losses, convergence flags, steps taken
         and the logits at the final points.
+
+    Example:
+        >>> import jax.numpy as jnp, optax
+        >>> from ipguard_jax import engine
+        >>> result = engine.optimize_points(
+        ...     lambda p, x: x @ p, jnp.eye(3), jnp.array([[0.75, 0.25, 0.0]]),
+        ...     jnp.array([0]), jnp.array([1]), k=0.5, optimizer=optax.sgd(0.25), steps=100)
+        >>> result.x.tolist(), result.converged.tolist(), result.steps.tolist()
+        ([[0.25, 0.75, 0.0]], [True], [2])
     """
     state = init_points(optimizer, encode_points(objective, x0, bounds), active, objective)
     common = dict(k=k, tol=tol, bounds=bounds, objective=objective, extra=extra, hyper=hyper)
@@ -435,15 +533,37 @@ def run_steps(
     CPU the step loop is better driven from the host in unrolled blocks.
 
     Args:
+        apply_fn: ``apply_fn(params, x) -> logits``, batched over the leading axis.
+        params: the classifier's parameters (a pytree).
+        state: the points' state, from :func:`init_points` or a previous block.
+        i: ``(B,)`` runner-up labels.
+        j: ``(B,)`` target labels.
+        k: margin.
+        optimizer: any optax ``GradientTransformation``.
         num_steps: steps in the block (static: the program grows with it).
         max_steps: a point that has taken ``max_steps`` steps (its own count, ``state.steps``)
             moves no more (a traced value; default no cap). Points that start together reach
             it together, which makes blocks end exactly at a step budget; points refilled
             into a batch later keep their own budget.
-        (the rest as in :func:`step_points`)
+        tol: with the IPGuard objective, a point with loss ``<= tol`` stops.
+        bounds: ``(lo, hi)`` of the input box.
+        objective: what to minimise (default :data:`IPGUARD`).
+        extra: more per-point values for the objective (leading ``B`` axis).
+        hyper: more batch-wide scalars for the objective.
 
     Returns:
         The :class:`PointState` after the block.
+
+    Example:
+        >>> import jax.numpy as jnp, optax
+        >>> from ipguard_jax import engine
+        >>> sgd = optax.sgd(0.25)
+        >>> state = engine.init_points(sgd, jnp.array([[0.75, 0.25, 0.0]]))
+        >>> state = engine.run_steps(lambda p, x: x @ p, jnp.eye(3), state, jnp.array([0]),
+        ...                          jnp.array([1]), k=0.5, optimizer=sgd, num_steps=4,
+        ...                          max_steps=100)
+        >>> state.done.tolist(), state.steps.tolist()  # done after 2 steps; the rest wait
+        ([True], [2])
     """
     for _ in range(num_steps):
         enabled = True if max_steps is None else state.steps < max_steps
@@ -462,6 +582,33 @@ def finish_points(apply_fn: ApplyFn, params: Any, state: PointState, i: jax.Arra
 
     With a ``score`` in the objective, a point's result is its best successful iterate when
     that beats the final one.
+
+    Args:
+        apply_fn: ``apply_fn(params, x) -> logits``, batched over the leading axis.
+        params: the classifier's parameters (a pytree).
+        state: the points' state after the last step (:func:`step_points`,
+            :func:`run_steps`).
+        i: ``(B,)`` runner-up labels.
+        j: ``(B,)`` target labels.
+        k: margin.
+        tol: with the IPGuard objective, a point with loss ``<= tol`` has converged.
+        bounds: ``(lo, hi)`` of the input box (used by a ``decode``).
+        objective: the objective the points were optimised for (default :data:`IPGUARD`).
+        extra: more per-point values for the objective (leading ``B`` axis).
+        hyper: more batch-wide scalars for the objective.
+
+    Returns:
+        An :class:`OptimizeResult`, as from :func:`optimize_points`.
+
+    Example:
+        >>> import jax.numpy as jnp, optax
+        >>> from ipguard_jax import engine
+        >>> sgd = optax.sgd(0.25)
+        >>> state = engine.init_points(sgd, jnp.array([[0.25, 0.75, 0.0]]))
+        >>> result = engine.finish_points(lambda p, x: x @ p, jnp.eye(3), state, jnp.array([0]),
+        ...                               jnp.array([1]), k=0.5)
+        >>> result.loss.tolist(), result.converged.tolist(), result.steps.tolist()
+        ([0.0], [True], [0])
     """
     point, hyper = _context(i, j, extra, k, tol, hyper)
     x = _decode(objective, state.x, bounds)

@@ -1,4 +1,20 @@
-"""Fingerprints: the points, the owner's labels, per-point diagnostics and provenance."""
+"""Fingerprints: the points, the owner's labels, per-point diagnostics and provenance.
+
+:class:`Fingerprints` is what :func:`ipguard_jax.generate` returns and :func:`ipguard_jax.save`
+stores; :func:`commit` and :func:`verify_commitment` publish and check a salted hash of a set
+before a dispute, without revealing its points.
+
+Example:
+    >>> import numpy as np
+    >>> from ipguard_jax.fingerprints import Fingerprints, commit, new_nonce, verify_commitment
+    >>> fp = Fingerprints(x=np.zeros((2, 3), np.float32), labels=[0, 1], i=[1, 0], j=[0, 1],
+    ...                   loss=[0.0, 0.0], converged=[True, True], steps=[5, 7], source=[0, 1])
+    >>> fp
+    Fingerprints(n=2, input_shape=(3,), converged=2/2, k=None, owner=?…)
+    >>> nonce = new_nonce()
+    >>> verify_commitment(fp, commit(fp, nonce), nonce)
+    True
+"""
 
 from __future__ import annotations
 
@@ -45,6 +61,26 @@ class Fingerprints:
             candidate's index among the noise draws.
         metadata: provenance: config, PRNG key, owner parameter hash, input spec, library and
             JAX versions, creation time, candidate and convergence counts.
+
+    The arrays are stored read-only in their fixed dtypes (see ``ARRAY_FIELDS``); lists and
+    other array-likes are converted.
+
+    Raises:
+        TypeError: an array of the wrong kind (e.g. non-floating ``x``, float labels) or
+            metadata that is not a mapping.
+        ValueError: arrays of different lengths, wrong ranks, NaN or inf in ``x``, negative
+            indices, or values that contradict the metadata (input shape, bounds, classes).
+
+    Example:
+        >>> import numpy as np
+        >>> from ipguard_jax import Fingerprints
+        >>> fp = Fingerprints(x=np.zeros((2, 3), np.float32), labels=[0, 1], i=[1, 0],
+        ...                   j=[0, 1], loss=[0.0, 0.0], converged=[True, True], steps=[5, 7],
+        ...                   source=[0, 1], metadata={"classifier": {"num_classes": 3}})
+        >>> len(fp), fp.input_shape, fp.num_classes, fp.labels.dtype
+        (2, (3,), 3, dtype('int32'))
+        >>> fp[:1].labels.tolist()
+        [0]
     """
 
     x: np.ndarray
@@ -87,6 +123,7 @@ class Fingerprints:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
+        """One point's shape, ``x.shape[1:]``."""
         return tuple(self.x.shape[1:])
 
     @property
@@ -96,16 +133,55 @@ class Fingerprints:
 
     @property
     def convergence_rate(self) -> float:
-        """Share of the candidates optimised that converged (not only the ones kept)."""
+        """Share of the candidates optimised that converged (not only the ones kept).
+
+        Read from ``metadata["num_converged"] / metadata["num_candidates"]``; without them,
+        the share of the kept points that converged.
+
+        Example:
+            >>> import numpy as np
+            >>> fp = Fingerprints(x=np.zeros((1, 2), np.float32), labels=[1], i=[0], j=[1],
+            ...                   loss=[0.0], converged=[True], steps=[3], source=[0],
+            ...                   metadata={"num_candidates": 4, "num_converged": 1})
+            >>> fp.convergence_rate
+            0.25
+        """
         drawn = self.metadata.get("num_candidates", len(self))
         return self.metadata.get("num_converged", int(self.converged.sum())) / max(drawn, 1)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The arrays by name, in the stored order."""
+        """The arrays by name, in the stored order.
+
+        Returns:
+            ``{"x": ..., "labels": ..., "i": ..., "j": ..., "loss": ..., "converged": ...,
+            "steps": ..., "source": ...}`` (the read-only arrays themselves, not copies).
+
+        Example:
+            >>> import numpy as np
+            >>> fp = Fingerprints(x=np.zeros((1, 2), np.float32), labels=[1], i=[0], j=[1],
+            ...                   loss=[0.0], converged=[True], steps=[3], source=[0])
+            >>> list(fp.arrays())
+            ['x', 'labels', 'i', 'j', 'loss', 'converged', 'steps', 'source']
+        """
         return {name: getattr(self, name) for name in ARRAY_FIELDS}
 
     def digest(self) -> str:
-        """sha256 over every array (name, dtype, shape, bytes) and the canonical JSON metadata."""
+        """sha256 over every array (name, dtype, shape, bytes) and the canonical JSON metadata.
+
+        This is the checksum :func:`ipguard_jax.save` records and :func:`ipguard_jax.load`
+        checks (see :func:`content_digest`). Unlike :func:`commit` it covers the diagnostics
+        and the whole metadata, and it is not salted: do not publish it.
+
+        Returns:
+            64 lowercase hex digits.
+
+        Example:
+            >>> import numpy as np
+            >>> fp = Fingerprints(x=np.zeros((1, 2), np.float32), labels=[1], i=[0], j=[1],
+            ...                   loss=[0.0], converged=[True], steps=[3], source=[0])
+            >>> fp.digest() == fp[:].digest(), len(fp.digest())
+            (True, 64)
+        """
         return content_digest(self.arrays(), self.metadata)
 
     def commitment(self, nonce: bytes | str | None = None) -> str:
@@ -113,14 +189,33 @@ class Fingerprints:
 
         See :func:`commit` (this is ``commit(self, nonce)``).
 
+        Args:
+            nonce: ``None`` (unsalted), or a secret random salt as bytes or hex (e.g.
+                :func:`new_nonce`).
+
+        Returns:
+            64 lowercase hex digits.
+
+        Raises:
+            TypeError: a bad ``nonce`` type.
+            ValueError: a nonce that is not hex or is shorter than 16 bytes.
+
         Example:
-            >>> nonce = new_nonce()                       # doctest: +SKIP
-            >>> published = fingerprints.commitment(nonce)  # doctest: +SKIP
+            >>> import numpy as np
+            >>> fp = Fingerprints(x=np.zeros((1, 2), np.float32), labels=[1], i=[0], j=[1],
+            ...                   loss=[0.0], converged=[True], steps=[3], source=[0])
+            >>> nonce = new_nonce()
+            >>> fp.commitment(nonce) == commit(fp, nonce)
+            True
         """
         return commit(self, nonce)
 
     def __getitem__(self, index: Any) -> "Fingerprints":
-        """A subset (slice, index array or boolean mask) with the same metadata."""
+        """A subset (slice, index array or boolean mask) with the same metadata.
+
+        Raises:
+            IndexError: an index that does not select a 1-D subset (e.g. a single integer).
+        """
         picked = {name: np.asarray(a)[index] for name, a in self.arrays().items()}
         if picked["labels"].ndim != 1:
             raise IndexError("index a Fingerprints set with a slice, an index array or a mask")
@@ -261,7 +356,21 @@ def _check_values(fp: Fingerprints) -> None:
 
 
 def update_digest(digest: Any, label: str, array: Any) -> None:
-    """Feeds one labelled array (label, dtype, shape, little-endian C-order bytes) to a hash."""
+    """Feeds one labelled array (label, dtype, shape, little-endian C-order bytes) to a hash.
+
+    Args:
+        digest: a ``hashlib`` hash object, updated in place.
+        label: a name that separates this array from the others fed to the hash.
+        array: any array-like.
+
+    Example:
+        >>> import hashlib, numpy as np
+        >>> a, b = hashlib.sha256(), hashlib.sha256()
+        >>> update_digest(a, "w", np.zeros(2, np.float32))
+        >>> update_digest(b, "w", np.zeros(2, np.float64))  # another dtype, another hash
+        >>> a.hexdigest() == b.hexdigest()
+        False
+    """
     array = np.asarray(array)
     array = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<"), copy=False))
     digest.update(f"{label}|{array.dtype.str}|{array.shape}\n".encode())
@@ -269,7 +378,24 @@ def update_digest(digest: Any, label: str, array: Any) -> None:
 
 
 def content_digest(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> str:
-    """sha256 over named arrays (name, dtype, shape, little-endian bytes) and JSON metadata."""
+    """sha256 over named arrays (name, dtype, shape, little-endian bytes) and JSON metadata.
+
+    Arrays are fed in sorted name order with :func:`update_digest`, then the metadata as JSON
+    with sorted keys and compact separators.
+
+    Args:
+        arrays: name -> array.
+        metadata: JSON-able metadata.
+
+    Returns:
+        64 lowercase hex digits.
+
+    Example:
+        >>> import numpy as np
+        >>> d = content_digest({"w": np.zeros(2)}, {"note": "a"})
+        >>> d == content_digest({"w": np.zeros(2)}, {"note": "b"})
+        False
+    """
     digest = hashlib.sha256()
     for name in sorted(arrays):
         update_digest(digest, name, arrays[name])
@@ -423,8 +549,13 @@ def verify_commitment(fingerprints: Fingerprints, commitment: str,
         ValueError: ``commitment`` is not 64 hex digits, or a bad ``nonce``.
 
     Example:
-        >>> verify_commitment(fp, published, nonce)  # doctest: +SKIP
-        True
+        >>> import numpy as np
+        >>> fp = Fingerprints(x=np.zeros((1, 2), np.float32), labels=[1], i=[0], j=[1],
+        ...                   loss=[0.0], converged=[True], steps=[3], source=[0])
+        >>> nonce = new_nonce()
+        >>> published = commit(fp, nonce)
+        >>> verify_commitment(fp, published.upper(), nonce), verify_commitment(fp, published)
+        (True, False)
     """
     if not isinstance(commitment, str):
         raise TypeError(f"commitment must be a hex string, got {type(commitment).__name__}")

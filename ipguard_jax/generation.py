@@ -1,4 +1,10 @@
-"""``generate``: batched IPGuard fingerprint generation with chunking, refills and provenance."""
+"""``generate``: batched IPGuard fingerprint generation with chunking, refills and provenance.
+
+:func:`generate` turns an owner :class:`~ipguard_jax.Classifier` and a
+:class:`~ipguard_jax.FingerprintConfig` into :class:`~ipguard_jax.Fingerprints`;
+:func:`suggest_k` scales the margin ``k`` to a model's logits. The examples are in their
+docstrings.
+"""
 
 from __future__ import annotations
 
@@ -34,7 +40,27 @@ class ConvergenceWarning(RuntimeWarning):
 
 
 def as_key(key: Any) -> jax.Array:
-    """Accepts an int seed, a typed PRNG key or a raw ``uint32[2]`` key; returns a typed key."""
+    """Accepts an int seed, a typed PRNG key or a raw ``uint32[2]`` key; returns a typed key.
+
+    Args:
+        key: an int seed, a scalar typed key (``jax.random.key``) or a raw ``uint32[2]`` key
+            (``jax.random.PRNGKey``).
+
+    Returns:
+        A scalar typed PRNG key.
+
+    Raises:
+        ValueError: a typed key array with more than one key.
+        TypeError: anything else.
+
+    Example:
+        >>> import jax
+        >>> from ipguard_jax.generation import as_key
+        >>> jax.random.key_data(as_key(0)).tolist()
+        [0, 0]
+        >>> as_key(jax.random.PRNGKey(0)).shape
+        ()
+    """
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
         return jax.random.key(int(key))
     if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
@@ -159,7 +185,19 @@ def _run_chunk_host_loop(apply_fn, plan, target, block, params, x0, key, ids, va
 
 
 def resolve_loop(loop: str) -> str:
-    """``"auto"`` -> ``"host"`` on the CPU backend, ``"device"`` elsewhere."""
+    """``"auto"`` -> ``"host"`` on the CPU backend, ``"device"`` elsewhere.
+
+    Args:
+        loop: ``"auto"``, ``"host"`` or ``"device"`` (see :class:`~ipguard_jax.FingerprintConfig`).
+
+    Returns:
+        ``"host"`` or ``"device"``; other values are returned as they are.
+
+    Example:
+        >>> from ipguard_jax.generation import resolve_loop
+        >>> resolve_loop("device")
+        'device'
+    """
     if loop == "auto":
         return "host" if jax.default_backend() == "cpu" else "device"
     return loop
@@ -516,8 +554,9 @@ def generate(
 ) -> Fingerprints:
     """Generates IPGuard fingerprints (or a baseline's) for an owner classifier.
 
-    Candidates are optimised ``config.batch_size`` at a time, each chunk one compiled call
-    (``vmap``-ed per-point optimiser states inside a ``lax.while_loop``), so device memory is
+    Candidates are optimised ``config.batch_size`` at a time with ``vmap``-ed per-point
+    optimiser states, each chunk one compiled ``lax.while_loop`` (or, on CPU, compiled blocks of
+    unrolled steps driven from the host: see ``FingerprintConfig.loop``), so device memory is
     O(batch_size) and later calls with the same shapes reuse the compiled code. With
     ``keep="converged"`` further chunks are drawn until ``num`` points converged or the candidate
     budget is spent; the result says how many converged (and warns if fewer than ``num``).
@@ -549,15 +588,23 @@ def generate(
             from it and returns the same fingerprints. A directory holding another run's
             checkpoint is refused.
         checkpoint_every: chunks (or refills, with ``compact=True``) between checkpoints.
-        progress: show a progress bar over the chunks.
+        progress: show a progress bar (of converged points with ``keep="converged"``, of
+            candidates with ``keep="all"``).
 
     Returns:
         :class:`Fingerprints` with ``num`` points (fewer only if too few converged), in candidate
         order, and their provenance in ``metadata``.
 
     Raises:
-        ValueError: bad data (shape, NaN/inf, outside the bounds, too few), non-finite logits.
+        ValueError: bad data (shape, NaN/inf, outside the bounds, too few), ``data`` given
+            without ``init="data"``, non-finite logits, ``checkpoint_every`` not an int > 0,
+            ``precision="bfloat16"`` with a baseline, an unknown ``method`` name, a bad
+            ``mesh`` string, or a ``checkpoint`` directory that holds another run.
         TypeError: a wrong type for an argument.
+
+    Warns:
+        ConvergenceWarning: with ``keep="converged"``, fewer than ``num`` points converged
+            within the candidate budget.
 
     Example:
         >>> import jax.numpy as jnp
@@ -711,7 +758,19 @@ def suggest_k(classifier: Classifier, x: Any, fraction: float = 0.25,
         batch_size: evaluation batch size.
 
     Returns:
-        A suggested ``k`` (float, > 0).
+        A suggested ``k`` (a float; 0 when the median gap is 0, e.g. on tied logits).
+
+    Raises:
+        ValueError: ``fraction`` is not a number > 0, or a bad ``x`` (shape, NaN/inf, empty).
+        TypeError: ``x`` is not a floating array.
+
+    Example:
+        >>> import jax.numpy as jnp, numpy as np
+        >>> from ipguard_jax import Classifier, suggest_k
+        >>> clf = Classifier(lambda p, x: x @ p, jnp.eye(3), input_shape=(3,))
+        >>> x = np.array([[1.0, 0.0, 0.0], [0.5, 0.25, 0.0], [0.75, 0.25, 0.0]], np.float32)
+        >>> suggest_k(clf, x)  # a quarter of the median top-2 gap, 0.5
+        0.125
     """
     if not (isinstance(fraction, (int, float)) and fraction > 0):
         raise ValueError(f"fraction must be a number > 0, got {fraction!r}")

@@ -27,6 +27,18 @@ the manifest is JSON as in a directory (format, sha256, metadata) with each arra
 shape and byte offset; the arrays follow as little-endian C-order bytes. A sealed file is
 written to a temporary file and renamed into place. The cryptography comes from the
 ``cryptography`` package (``pip install ipguard-jax[seal]``).
+
+Example:
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> import ipguard_jax as ipg
+    >>> fp = ipg.Fingerprints(x=np.zeros((2, 3), np.float32), labels=[0, 1], i=[1, 0],
+    ...                       j=[0, 1], loss=[0.0, 0.0], converged=[True, True], steps=[5, 7],
+    ...                       source=[0, 1])
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = ipg.save(fp, os.path.join(tmp, "owner_fingerprints"))
+    ...     sorted(os.listdir(path))[0], ipg.load(path).digest() == fp.digest()
+    ('CURRENT', True)
 """
 
 from __future__ import annotations
@@ -308,15 +320,32 @@ def save(fingerprints: Fingerprints, path: str | os.PathLike, overwrite: bool = 
         The absolute path written.
 
     Raises:
+        TypeError: ``fingerprints`` is not :class:`~ipguard_jax.Fingerprints`, or a passphrase
+            that is neither str nor bytes.
+        ValueError: metadata that is not JSON-serialisable (with string keys), or an empty
+            passphrase.
+        FileNotFoundError: the parent directory of ``path`` does not exist.
         FileExistsError: ``path`` exists and ``overwrite`` is False.
         FingerprintFileError: ``path`` exists but is not a fingerprint file of the kind saved.
         PermissionError: the location is not writable.
         ImportError: a passphrase without the ``cryptography`` package.
 
     Example:
+        >>> import os, tempfile
+        >>> import numpy as np
         >>> import ipguard_jax as ipg
-        >>> ipg.save(fp, "owner_fingerprints")                                  # doctest: +SKIP
-        >>> ipg.save(fp, "owner.sealed", passphrase="correct horse battery")   # doctest: +SKIP
+        >>> fp = ipg.Fingerprints(x=np.zeros((1, 2), np.float32), labels=[1], i=[0], j=[1],
+        ...                       loss=[0.0], converged=[True], steps=[3], source=[0])
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = ipg.save(fp, os.path.join(tmp, "owner_fingerprints"))
+        ...     try:
+        ...         ipg.save(fp, path)
+        ...     except FileExistsError:
+        ...         path = ipg.save(fp[:0], path, overwrite=True)  # atomic replacement
+        ...     len(ipg.load(path))
+        0
+
+        A sealed file instead: ``ipg.save(fp, "owner.sealed", passphrase="...")``.
     """
     _check_save_args(fingerprints)
     path = Path(path).absolute()
@@ -448,9 +477,17 @@ def load(path: str | os.PathLike, *, passphrase: str | bytes | None = None) -> F
         ImportError: a sealed file without the ``cryptography`` package.
 
     Example:
+        >>> import os, tempfile
+        >>> import numpy as np
         >>> import ipguard_jax as ipg
-        >>> fp = ipg.load("owner_fingerprints")                            # doctest: +SKIP
-        >>> fp = ipg.load("owner.sealed", passphrase="correct horse battery")  # doctest: +SKIP
+        >>> fp = ipg.Fingerprints(x=np.zeros((1, 2), np.float32), labels=[1], i=[0], j=[1],
+        ...                       loss=[0.0], converged=[True], steps=[3], source=[0])
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     loaded = ipg.load(ipg.save(fp, os.path.join(tmp, "fingerprints")))
+        >>> loaded.digest() == fp.digest(), loaded.labels.tolist()
+        (True, [1])
+
+        A sealed file needs its passphrase: ``ipg.load("owner.sealed", passphrase="...")``.
     """
     path = Path(path).absolute()
     if not path.exists():
@@ -573,12 +610,19 @@ def seal(fingerprints: Fingerprints, passphrase: str | bytes) -> bytes:
         The sealed bytes: a fresh random salt and nonce every call.
 
     Raises:
+        TypeError: ``fingerprints`` is not :class:`~ipguard_jax.Fingerprints`, or a passphrase
+            that is neither str nor bytes.
+        ValueError: an empty passphrase, or metadata that is not JSON-serialisable.
         ImportError: without the ``cryptography`` package (``pip install ipguard-jax[seal]``).
 
     Example:
-        >>> blob = seal(fp, "correct horse battery")    # doctest: +SKIP
-        >>> unseal(blob, "correct horse battery").digest() == fp.digest()  # doctest: +SKIP
-        True
+        >>> import numpy as np
+        >>> from ipguard_jax import Fingerprints
+        >>> fp = Fingerprints(x=np.zeros((1, 2), np.float32), labels=[1], i=[0], j=[1],
+        ...                   loss=[0.0], converged=[True], steps=[3], source=[0])
+        >>> blob = seal(fp, "correct horse battery")  # scrypt: about a second
+        >>> blob[:8], unseal(blob, "correct horse battery").digest() == fp.digest()
+        (b'IPGJSEAL', True)
     """
     _check_save_args(fingerprints)
     secret = _passphrase_bytes(passphrase)
@@ -669,13 +713,21 @@ def unseal(data: bytes, passphrase: str | bytes) -> Fingerprints:
         The :class:`Fingerprints`, bit-identical to the ones sealed.
 
     Raises:
+        TypeError: ``data`` is not bytes, or a passphrase that is neither str nor bytes.
+        ValueError: an empty passphrase.
         FingerprintFileError: not sealed fingerprints, a wrong passphrase, modified or corrupt
             bytes, or a newer format version.
         ImportError: without the ``cryptography`` package (``pip install ipguard-jax[seal]``).
 
     Example:
-        >>> blob = open("owner.sealed", "rb").read()           # doctest: +SKIP
-        >>> fp = unseal(blob, "correct horse battery")        # doctest: +SKIP
+        A round trip is in :func:`seal`'s example; bytes that are not sealed are refused:
+
+        >>> unseal(b"just some bytes", "correct horse battery")
+        Traceback (most recent call last):
+        ...
+        ipguard_jax.io.FingerprintFileError: sealed data is not a sealed fingerprint file
+
+        The bytes of a sealed file: ``unseal(Path("owner.sealed").read_bytes(), passphrase)``.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"data must be bytes, got {type(data).__name__}")

@@ -6,6 +6,11 @@ A suspect model is often reachable only as a prediction endpoint that answers la
 failures, never sends more points than a query budget allows, logs what it sent without the
 (secret) points, and records answered batches so an interrupted verification resumes without
 querying them again. Standard library only.
+
+Example:
+    >>> from ipguard_jax import HTTPSuspect
+    >>> HTTPSuspect("http://127.0.0.1:8000/predict", query_budget=1000)  # nothing sent yet
+    HTTPSuspect('http://127.0.0.1:8000/predict', batch_size=64, points_sent=0, query_budget=1000)
 """
 
 from __future__ import annotations
@@ -57,12 +62,41 @@ class SuspectQueryError(RuntimeError):
 
 
 def json_encode(batch: np.ndarray) -> bytes:
-    """The default request body: ``{"inputs": batch.tolist()}`` as UTF-8 JSON."""
+    """The default request body: ``{"inputs": batch.tolist()}`` as UTF-8 JSON.
+
+    Args:
+        batch: the points of one request, ``(n, *input_shape)``.
+
+    Returns:
+        The compact JSON body.
+
+    Example:
+        >>> import numpy as np
+        >>> json_encode(np.array([[0.5, 1.0]], np.float32))
+        b'{"inputs":[[0.5,1.0]]}'
+    """
     return json.dumps({"inputs": batch.tolist()}, separators=(",", ":")).encode()
 
 
 def json_decode(body: bytes) -> np.ndarray:
-    """Reads the default answer: ``{"labels": [...]}`` (ints) or ``{"logits": [[...]]}``."""
+    """Reads the default answer: ``{"labels": [...]}`` (ints) or ``{"logits": [[...]]}``.
+
+    Args:
+        body: the response body (JSON).
+
+    Returns:
+        int64 labels ``(n,)``, or float64 logits ``(n, C)``.
+
+    Raises:
+        ValueError: not JSON, no ``"labels"``/``"logits"`` entry, or entries of the wrong
+            shape or type.
+
+    Example:
+        >>> json_decode(b'{"labels": [3, 1]}').tolist()
+        [3, 1]
+        >>> json_decode(b'{"logits": [[0.5, 2.0]]}').argmax(axis=1).tolist()
+        [1]
+    """
     answer = json.loads(body)
     if not isinstance(answer, dict) or not ({"labels", "logits"} & answer.keys()):
         raise ValueError('expected a JSON object with "labels" or "logits"')
@@ -78,7 +112,19 @@ def json_decode(body: bytes) -> np.ndarray:
 
 
 def batch_sha256(batch: np.ndarray) -> str:
-    """sha256 of a batch's dtype, shape and little-endian bytes: its key in logs and resume files."""
+    """sha256 of a batch's dtype, shape and little-endian bytes: its key in logs and resumes.
+
+    Args:
+        batch: the points of one request.
+
+    Returns:
+        64 lowercase hex digits; the points cannot be read back from it.
+
+    Example:
+        >>> import numpy as np
+        >>> batch_sha256(np.zeros((2, 3), np.float32)) == batch_sha256(np.zeros((2, 3)))
+        False
+    """
     digest = hashlib.sha256()
     update_digest(digest, "batch", batch)
     return digest.hexdigest()
@@ -149,11 +195,24 @@ class HTTPSuspect:
         seed: seed of the jitter.
         max_wait: longest single wait in seconds; a ``Retry-After`` asking for more raises.
 
+    Attributes:
+        points_sent: points sent over every attempt (and earlier runs on the resume file).
+        requests_sent: HTTP requests made by this object.
+
+    Raises:
+        ValueError: a URL that is not ``http(s)://``; a ``batch_size`` or ``timeout`` that is
+            not > 0; a ``max_retries``, ``backoff``, ``max_wait`` or ``query_budget`` that is
+            not a finite number >= 0 (ints for the counts); or a resume file that cannot be
+            read or is not one.
+
     Example:
-        >>> import ipguard_jax as ipg
-        >>> from ipguard_jax.suspects import HTTPSuspect
+        Constructing the suspect sends nothing; querying it does (here left as a comment):
+
+        >>> from ipguard_jax import HTTPSuspect
         >>> suspect = HTTPSuspect("http://127.0.0.1:8000/predict", query_budget=1000,
         ...                       log_path="queries.jsonl", resume_path="resume.json")
+        >>> suspect.points_sent, suspect.batch_size
+        (0, 64)
         >>> # verdict = ipg.verify(ipg.load("owner_fingerprints"), suspect, batch_size=64)
     """
 
@@ -361,6 +420,13 @@ class HTTPSuspect:
         Returns:
             int64 labels ``(n,)``, or float64 logits ``(n, C)`` if every request answered
             logits.
+
+        Raises:
+            ValueError: an empty batch.
+            QueryBudgetExceeded: the next request would pass ``query_budget`` (nothing is sent
+                for it; the answers so far are kept in the resume file).
+            SuspectQueryError: a refused request (a status other than 200, 429 or 5xx), an
+                unusable answer, or a batch that failed ``max_retries + 1`` times.
         """
         x = np.asarray(x)
         if x.ndim < 1 or x.shape[0] == 0:

@@ -1,4 +1,22 @@
-"""Verification: query a suspect on the fingerprints, matching rate, verdict and exact p-value."""
+"""Verification: query a suspect on the fingerprints, matching rate, verdict and exact p-value.
+
+A suspect is a :class:`~ipguard_jax.Classifier` or any callable from a NumPy batch to logits or
+labels (a local model, :class:`~ipguard_jax.HTTPSuspect`, a PyTorch
+:class:`~ipguard_jax.convert.TorchSuspect`). :func:`verify` gives a :class:`Verdict` with the
+matching rate and, given the rate at which independent models agree, an exact binomial p-value.
+
+Example:
+    >>> import jax.numpy as jnp, numpy as np
+    >>> import ipguard_jax as ipg
+    >>> owner = ipg.Classifier(lambda p, x: x @ p, jnp.eye(3), input_shape=(3,))
+    >>> fp = ipg.generate(owner, ipg.FingerprintConfig(num=8, k=0.2, init="noise"),
+    ...                   progress=False)
+    >>> ipg.verify(fp, owner).is_copy
+    True
+    >>> label_only = lambda x: (owner.predict(x) + 1) % 3  # a black box that is always wrong
+    >>> ipg.verify(fp, label_only).num_matches
+    0
+"""
 
 from __future__ import annotations
 
@@ -242,10 +260,17 @@ def query_labels(fingerprints: Fingerprints, suspect: Suspect, batch_size: int =
             suspect answer of the wrong shape.
 
     Example:
+        A hand-made set of three points and a label-only suspect:
+
         >>> import numpy as np
-        >>> from ipguard_jax import query_labels
-        >>> natural = np.random.default_rng(0).uniform(0, 1, (200, 3)).astype(np.float32)
-        >>> labels = query_labels(fp, suspect, decoys=natural, key=1)  # doctest: +SKIP
+        >>> from ipguard_jax import Fingerprints, query_labels
+        >>> fp = Fingerprints(x=np.eye(3, dtype=np.float32), labels=[0, 1, 2], i=[1, 2, 0],
+        ...                   j=[0, 1, 2], loss=[0.0] * 3, converged=[True] * 3,
+        ...                   steps=[1] * 3, source=[0, 1, 2])
+        >>> suspect = lambda x: x.argmax(axis=1)  # numpy batch -> labels
+        >>> natural = np.random.default_rng(0).uniform(0, 1, (20, 3)).astype(np.float32)
+        >>> query_labels(fp, suspect, decoys=natural, key=1).tolist()  # 3 decoys mixed in
+        [0, 1, 2]
     """
     _check_fingerprints(fingerprints)
     if not (isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
@@ -298,14 +323,20 @@ def matching_rate(fingerprints: Fingerprints, suspect: Suspect, batch_size: int 
     Returns:
         The matching rate in ``[0, 1]``, over the fingerprints only.
 
+    Raises:
+        TypeError: a wrong type for an argument.
+        ValueError: no fingerprints, mismatched shapes or classes, too few decoys, or a
+            suspect answer of the wrong shape (see :func:`query_labels`).
+
     Example:
-        >>> import jax.numpy as jnp
-        >>> from ipguard_jax import Classifier, FingerprintConfig, generate, matching_rate
-        >>> w = jnp.array([[1.0, -1.0, 0.5], [-0.5, 1.0, 0.2], [0.3, 0.1, -1.0]])
-        >>> owner = Classifier(lambda p, x: x @ p, w, input_shape=(3,))
-        >>> fp = generate(owner, FingerprintConfig(num=8, k=0.1, init="noise"), progress=False)
-        >>> matching_rate(fp, owner)
-        1.0
+        >>> import jax.numpy as jnp, numpy as np
+        >>> from ipguard_jax import Classifier, Fingerprints, matching_rate
+        >>> fp = Fingerprints(x=np.eye(3, dtype=np.float32), labels=[0, 1, 2], i=[1, 2, 0],
+        ...                   j=[0, 1, 2], loss=[0.0] * 3, converged=[True] * 3,
+        ...                   steps=[1] * 3, source=[0, 1, 2])
+        >>> owner = Classifier(lambda p, x: x @ p, jnp.eye(3), input_shape=(3,))
+        >>> matching_rate(fp, owner), matching_rate(fp, lambda x: np.zeros(len(x), int))
+        (1.0, 0.3333333333333333)
     """
     labels = query_labels(fingerprints, suspect, batch_size, decoys=decoys,
                           decoy_ratio=decoy_ratio, key=key, mesh=mesh)
@@ -313,7 +344,21 @@ def matching_rate(fingerprints: Fingerprints, suspect: Suspect, batch_size: int 
 
 
 def binomial_sf(successes: int, trials: int, p: float) -> float:
-    """Exact ``P[X >= successes]`` for ``X ~ Binomial(trials, p)``, summed in log space."""
+    """Exact ``P[X >= successes]`` for ``X ~ Binomial(trials, p)``, summed in log space.
+
+    Args:
+        successes: the observed count (matches).
+        trials: the number of trials (fingerprints queried).
+        p: the success probability under the null (an independent model's agreement rate).
+
+    Returns:
+        The one-sided p-value in ``[0, 1]`` (1 for ``successes <= 0``, 0 above ``trials``).
+
+    Example:
+        >>> from ipguard_jax.verification import binomial_sf
+        >>> round(binomial_sf(8, 10, 0.5), 4)  # 8 or more heads in 10 fair tosses
+        0.0547
+    """
     if successes <= 0:
         return 1.0
     if successes > trials:
@@ -343,6 +388,13 @@ class Verdict:
         p_value: exact one-sided binomial test of ``num_matches`` against ``null_rate``: the
             chance that an independent model matches at least this often (``None`` without a
             ``null_rate``).
+
+    Example:
+        >>> from ipguard_jax import Verdict
+        >>> print(Verdict(matching_rate=0.9, threshold=0.5, is_copy=True, num_points=10,
+        ...               num_matches=9, null_rate=0.3, p_value=0.000144))
+        COPY: matched 9/10 fingerprints (90.0%, threshold 50.0%), p = 0.000144 against an
+        independent-model rate of 30.0%
     """
 
     matching_rate: float
@@ -380,6 +432,7 @@ def verify(fingerprints: Fingerprints, suspect: Suspect, threshold: float = 0.5,
             matching rate counts the fingerprints only.
         decoy_ratio: decoys per fingerprint (default ``1.0`` with ``decoys``).
         key: seed of the decoys' draw and order (``None``: fresh OS randomness).
+        mesh: devices for a :class:`Classifier` suspect (see :func:`query_labels`).
 
     Returns:
         A :class:`Verdict`.
@@ -390,9 +443,16 @@ def verify(fingerprints: Fingerprints, suspect: Suspect, threshold: float = 0.5,
             suspect answer (see :func:`query_labels`).
 
     Example:
+        >>> import numpy as np
         >>> import ipguard_jax as ipg
-        >>> verdict = ipg.verify(fp, suspect, null_rate=0.3, decoys=held_out_x,
-        ...                      key=7)  # doctest: +SKIP
+        >>> fp = ipg.Fingerprints(x=np.eye(3, dtype=np.float32), labels=[0, 1, 2],
+        ...                       i=[1, 2, 0], j=[0, 1, 2], loss=[0.0] * 3,
+        ...                       converged=[True] * 3, steps=[1] * 3, source=[0, 1, 2])
+        >>> suspect = lambda x: x.argmax(axis=1)
+        >>> held_out = np.random.default_rng(0).uniform(0, 1, (20, 3)).astype(np.float32)
+        >>> verdict = ipg.verify(fp, suspect, null_rate=0.3, decoys=held_out, key=7)
+        >>> verdict.is_copy, verdict.num_matches, round(verdict.p_value, 3)  # 0.3 ** 3
+        (True, 3, 0.027)
     """
     if not (_is_real(threshold) and 0.0 <= threshold <= 1.0):
         raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")

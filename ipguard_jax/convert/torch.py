@@ -580,6 +580,11 @@ class TorchSuspect:
         mean: per-channel mean to normalise with before the module, or ``None``.
         std: per-channel std to normalise with, or ``None``.
 
+    Raises:
+        ImportError: torch is not installed.
+        TypeError: ``module`` is not a ``torch.nn.Module``.
+        ValueError: ``batch_size < 1``.
+
     Example:
         >>> import numpy as np, torch
         >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
@@ -604,7 +609,19 @@ class TorchSuspect:
         self._std = None if std is None else torch.as_tensor(std, dtype=torch.float32)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Labels ``(N,)`` int64 for a batch ``x`` of shape ``(N, H, W, C)``."""
+        """Labels ``(N,)`` int64 for a batch ``x`` of shape ``(N, H, W, C)``.
+
+        Args:
+            x: NHWC floating images (the fingerprints' layout), converted to NCHW float
+                tensors in the module's dtype.
+
+        Returns:
+            The argmax labels, int64; empty for an empty batch.
+
+        Raises:
+            ValueError: ``x`` is not 4-D.
+            TypeError: ``x`` is not floating.
+        """
         import torch
 
         x = np.asarray(x)

@@ -1,4 +1,12 @@
-"""The `Dataset` container and `from_arrays`, the checked way to build one from NumPy arrays."""
+"""The `Dataset` container and `from_arrays`, the checked way to build one from NumPy arrays.
+
+Example:
+    >>> import numpy as np
+    >>> from ipguard_jax.data import from_arrays
+    >>> ds = from_arrays(np.zeros((6, 4, 4), np.uint8), [0, 1, 2, 0, 1, 2])
+    >>> ds
+    Dataset(name='arrays', len=6, image_shape=(4, 4, 1), num_classes=3)
+"""
 
 from __future__ import annotations
 
@@ -23,6 +31,12 @@ class Dataset:
     The constructor checks shapes, dtypes and label range (cheap). Use :func:`from_arrays` to
     build one from arbitrary arrays: it also converts dtypes and checks that values are finite
     and in ``[0, 1]``.
+
+    Raises:
+        TypeError: ``x`` is not a 4-D float32 NumPy array, ``y`` not a 1-D int32 one, or
+            ``class_names`` not a tuple of str.
+        ValueError: ``x`` and ``y`` differ in length, or a label is outside
+            ``[0, len(class_names))``.
 
     Example:
         >>> import numpy as np
@@ -69,16 +83,38 @@ class Dataset:
 
     @property
     def num_classes(self) -> int:
-        """Number of classes, ``len(class_names)``."""
+        """Number of classes, ``len(class_names)``.
+
+        Example:
+            >>> import numpy as np
+            >>> from ipguard_jax.data import from_arrays
+            >>> from_arrays(np.zeros((2, 4, 4), np.uint8), [0, 1], ["cat", "dog"]).num_classes
+            2
+        """
         return len(self.class_names)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        """Shape of one image, ``(H, W, C)``."""
+        """Shape of one image, ``(H, W, C)``.
+
+        Example:
+            >>> import numpy as np
+            >>> from ipguard_jax.data import from_arrays
+            >>> from_arrays(np.zeros((2, 4, 5, 3), np.uint8), [0, 1]).image_shape
+            (4, 5, 3)
+        """
         return tuple(int(d) for d in self.x.shape[1:])
 
     def class_counts(self) -> np.ndarray:
-        """Number of examples per class, shape ``(num_classes,)``."""
+        """Number of examples per class, shape ``(num_classes,)``.
+
+        Example:
+            >>> import numpy as np
+            >>> from ipguard_jax.data import from_arrays
+            >>> ds = from_arrays(np.zeros((3, 2, 2), np.uint8), [0, 2, 2])
+            >>> ds.class_counts().tolist()
+            [1, 0, 2]
+        """
         return np.bincount(self.y, minlength=self.num_classes)
 
     def subset(self, indices: ArrayLike, name: str | None = None) -> Dataset:
@@ -91,8 +127,16 @@ class Dataset:
         Returns:
             A new ``Dataset`` with copies of the selected examples and the same class names.
 
+        Raises:
+            ValueError: a boolean mask of the wrong length.
+            TypeError: indices that are neither 1-D integers nor a boolean mask.
+
         Example:
-            >>> first_ten = ds.subset(np.arange(10))  # doctest: +SKIP
+            >>> import numpy as np
+            >>> from ipguard_jax.data import from_arrays
+            >>> ds = from_arrays(np.zeros((4, 2, 2), np.uint8), [0, 1, 0, 1])
+            >>> ds.subset([3, 0]).y.tolist(), len(ds.subset(ds.y == 1, name="ones"))
+            ([1, 0], 2)
         """
         idx = np.asarray(indices)
         if idx.dtype == bool:
@@ -114,6 +158,13 @@ class Dataset:
 
         Returns:
             A new shuffled ``Dataset``.
+
+        Example:
+            >>> import numpy as np
+            >>> from ipguard_jax.data import from_arrays
+            >>> ds = from_arrays(np.zeros((4, 2, 2), np.uint8), [0, 1, 2, 3])
+            >>> sorted(ds.shuffle(seed=1).y.tolist())
+            [0, 1, 2, 3]
         """
         return self.subset(np.random.default_rng(seed).permutation(len(self)))
 
@@ -137,8 +188,20 @@ class Dataset:
         Returns:
             A tuple of ``Dataset`` parts, named ``"<name>[part i]"``.
 
+        Raises:
+            ValueError: a fraction outside ``(0, 1)``, negative sizes, sizes that sum to more
+                than ``N`` (or fractions to more than 1).
+            TypeError: ``sizes`` of another type, or mixing ints and floats.
+
         Example:
-            >>> owner, pirate, independent = ds.split([0.4, 0.3, 0.3], seed=0)  # doctest: +SKIP
+            >>> import numpy as np
+            >>> from ipguard_jax.data import from_arrays
+            >>> ds = from_arrays(np.zeros((10, 2, 2), np.uint8), np.arange(10) % 2)
+            >>> owner, pirate, independent = ds.split([0.4, 0.3, 0.3], seed=0)
+            >>> len(owner), len(pirate), len(independent), owner.name
+            (4, 3, 3, 'arrays[part 0]')
+            >>> [len(part) for part in ds.split([5, 2])]  # ints: exact sizes, 3 left out
+            [5, 2]
         """
         counts = self._part_sizes(sizes)
         order = np.random.default_rng(seed).permutation(len(self))

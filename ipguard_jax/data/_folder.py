@@ -2,6 +2,10 @@
 
 Archives are extracted once into a cache directory keyed by their sha256, never next to the
 archive. Decoded images are cached there as ``.npz`` files, so a second load only reads one file.
+
+Example:
+    >>> from ipguard_jax.data import load_image_folder
+    >>> train = load_image_folder("cifar10-jpeg.tar.gz", "train")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ def default_cache_dir() -> Path:
         The directory under which archives are extracted and decoded arrays are cached.
 
     Example:
+        Without ``$IPGUARD_JAX_CACHE``, for a user whose home is ``/home/me``:
+
         >>> default_cache_dir()  # doctest: +SKIP
         PosixPath('/home/me/.cache/ipguard_jax/datasets')
     """
@@ -118,6 +124,21 @@ def load_image_folder(path: str | os.PathLike, split: str | None = None, *,
             images differ in size.
 
     Example:
+        Two one-image classes in ``root/train/{cat,dog}/``:
+
+        >>> import os, tempfile
+        >>> from PIL import Image
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     for name, value in (("cat", 0), ("dog", 255)):
+        ...         os.makedirs(os.path.join(root, "train", name))
+        ...         image = Image.new("RGB", (4, 4), (value, value, value))
+        ...         image.save(os.path.join(root, "train", name, "0.png"))
+        ...     train = load_image_folder(root, "train", use_cache=False)
+        >>> train.x.shape, train.class_names, train.x.max(axis=(1, 2, 3)).tolist()
+        ((2, 4, 4, 3), ('cat', 'dog'), [0.0, 1.0])
+
+        The CIFAR-10 archive of JPEG files (extracted once into the cache):
+
         >>> train = load_image_folder("cifar10-jpeg.tar.gz", "train")  # doctest: +SKIP
         >>> train.x.shape, train.class_names[:2]  # doctest: +SKIP
         ((50000, 32, 32, 3), ('airplane', 'automobile'))

@@ -1,4 +1,9 @@
-"""TensorFlow Datasets (TFDS) splits as NumPy arrays, with or without TensorFlow."""
+"""TensorFlow Datasets (TFDS) splits as NumPy arrays, with or without TensorFlow.
+
+Example:
+    >>> from ipguard_jax.data import load_tfds
+    >>> test = load_tfds("mnist", "test")  # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
@@ -47,8 +52,8 @@ def load_tfds(name: str, split: str, data_dir: str | os.PathLike | None = None, 
         ImportError: tensorflow_datasets is not installed (or TensorFlow, for
             ``method="tf"``).
         FileNotFoundError: the data set is not prepared in ``data_dir``.
-        ValueError: the data is TFRecord but TensorFlow is missing; a key is missing; images
-            differ in shape.
+        ValueError: an unknown ``method``; the data is TFRecord but TensorFlow is missing; a
+            key is missing; images differ in shape; the split is empty.
 
     Example:
         >>> test = load_tfds("mnist", "test")  # doctest: +SKIP

@@ -6,11 +6,18 @@
 - :mod:`~ipguard_jax.evaluation.report`: matching rates -> robustness, uniqueness, ARUC (as
   ROC-AUC and as the integral of min(R, U)), TPR at 1% FPR, p-values; JSON, Markdown, PNG.
 
-Example::
+:mod:`~ipguard_jax.evaluation.benchmark` runs the whole pipeline (``ipguard evaluate``).
+
+Example:
+    From matching rates already measured (:func:`evaluate` queries the models itself):
 
     >>> from ipguard_jax import evaluation
-    >>> rep = evaluation.evaluate(fp, owner, {"ftal": ftal_clf}, {"seed1": other_clf})
-    >>> print(rep.to_markdown())
+    >>> rep = evaluation.summarize({"ftal": 0.95, "prune50": 0.9}, {"seed1": 0.4, "vgg": 0.5},
+    ...                            num_points=100)
+    >>> rep.aruc_roc, rep.tpr_at_1pct_fpr
+    (1.0, 1.0)
+    >>> rep = evaluation.evaluate(fp, owner, {"ftal": ftal_clf},
+    ...                           {"seed1": other_clf})  # doctest: +SKIP
 """
 
 from ipguard_jax.evaluation import benchmark as benchmark

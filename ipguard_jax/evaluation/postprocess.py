@@ -31,10 +31,14 @@ drawn from the owner's tempered softmax, and the student's logits are divided by
 training. The expected cross-entropy of the sampled labels equals the soft-label cross-entropy
 (Hinton et al.'s KD loss up to a constant), so it is an unbiased but noisier estimate of it.
 
-Example::
-
-    >>> pirate = fine_tune_all_layers(owner, x_pirate, y_pirate, PirateConfig(epochs=5))
-    >>> pruned = prune(owner, 0.5, scope="layer")
+Example:
+    >>> from ipguard_jax import models
+    >>> owner = models.create("mlp", in_features=64, in_channels=1, rngs=nnx.Rngs(0))
+    >>> pruned = prune(owner, 0.5, scope="layer")  # no training: immediate
+    >>> float((pruned.head.kernel[...] == 0).mean())
+    0.5
+    >>> pirate = fine_tune_all_layers(owner, x_pirate, y_pirate,
+    ...                               PirateConfig(epochs=5))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -88,6 +92,8 @@ class PirateConfig:
     Example:
         >>> PirateConfig(epochs=3, lr=1e-3).train_config(n=500).batch_size
         64
+        >>> PirateConfig(batch_size=256).train_config(n=100).batch_size  # capped at n
+        100
     """
 
     epochs: int = 10
@@ -122,7 +128,12 @@ class PirateConfig:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as plain JSON values."""
+        """The fields as plain JSON values.
+
+        Example:
+            >>> PirateConfig(epochs=3).to_dict()["epochs"]
+            3
+        """
         return dataclasses.asdict(self)
 
 
@@ -165,7 +176,14 @@ def find_head(model: nnx.Module, num_classes: int | None = None) -> Path:
         The attribute path, e.g. ``("head",)`` or ``("classifier", "layers", 1)``.
 
     Raises:
-        ValueError: no Linear, or several Linears with ``num_classes`` outputs.
+        ValueError: no Linear, several Linears and no ``num_classes``, or not exactly one
+            Linear with ``num_classes`` outputs.
+
+    Example:
+        >>> from ipguard_jax import models
+        >>> net = models.create("mlp", in_features=64, in_channels=1, rngs=nnx.Rngs(0))
+        >>> find_head(net, num_classes=10)
+        ('head',)
     """
     linears = [(tuple(p), n) for p, n in nnx.iter_graph(model) if isinstance(n, nnx.Linear)]
     if not linears:
@@ -187,7 +205,20 @@ def find_head(model: nnx.Module, num_classes: int | None = None) -> Path:
 
 
 def kernel_paths(model: nnx.Module) -> list[Path]:
-    """Paths of the modules holding a ``kernel`` parameter of rank >= 2 (Linear, Conv...)."""
+    """Paths of the modules holding a ``kernel`` parameter of rank >= 2 (Linear, Conv...).
+
+    Args:
+        model: an NNX model.
+
+    Returns:
+        Attribute paths (tuples of names and list indices), in graph traversal order.
+
+    Example:
+        >>> from ipguard_jax import models
+        >>> net = models.create("mlp", in_features=64, in_channels=1, rngs=nnx.Rngs(0))
+        >>> kernel_paths(net)
+        [('head',), ('layers', 0), ('layers', 1)]
+    """
     out = []
     for path, node in nnx.iter_graph(model):
         kernel = getattr(node, "kernel", None) if isinstance(node, nnx.Module) else None
@@ -224,7 +255,15 @@ def build_model(name: str, num_classes: int = 10, seed: int = 0, **kwargs: Any) 
         **kwargs: passed to :func:`ipguard_jax.models.create`.
 
     Returns:
-        The model.
+        The model, in train mode (NNX's default).
+
+    Raises:
+        ValueError: an unknown ``name``.
+
+    Example:
+        >>> net = build_model("mlp", 10, seed=1, in_features=64, in_channels=1)
+        >>> type(net).__name__
+        'MLP'
     """
     return nnx.jit(lambda: models.create(name, num_classes, rngs=_rngs(seed), **kwargs))()
 
@@ -303,6 +342,13 @@ def fine_tune_last_layer(owner: nnx.Module, x: Any, y: Any, config: PirateConfig
 
     Returns:
         The pirated model, in eval mode.
+
+    Raises:
+        ValueError: malformed ``x``/``y`` or no unique head (see :func:`find_head`).
+
+    Example:
+        >>> ftll = fine_tune_last_layer(owner, x_pirate, y_pirate,
+        ...                             PirateConfig(epochs=5))  # doctest: +SKIP
     """
     return _train_head(owner, x, y, config, reinit=False, head_path=head_path)
 
@@ -320,6 +366,13 @@ def retrain_last_layer(owner: nnx.Module, x: Any, y: Any, config: PirateConfig =
 
     Returns:
         The pirated model, in eval mode.
+
+    Raises:
+        ValueError: malformed ``x``/``y`` or no unique head (see :func:`find_head`).
+
+    Example:
+        >>> rtll = retrain_last_layer(owner, x_pirate, y_pirate,
+        ...                           PirateConfig(seed=1))  # doctest: +SKIP
     """
     return _train_head(owner, x, y, config, reinit=True, head_path=head_path)
 
@@ -336,6 +389,13 @@ def fine_tune_all_layers(owner: nnx.Module, x: Any, y: Any,
 
     Returns:
         The pirated model, in eval mode.
+
+    Raises:
+        ValueError: malformed ``x``/``y``.
+
+    Example:
+        >>> ftal = fine_tune_all_layers(owner, x_pirate, y_pirate,
+        ...                             PirateConfig(epochs=5))  # doctest: +SKIP
     """
     x, y = _check_xy(x, y)
     model = nnx.clone(owner)
@@ -356,6 +416,13 @@ def retrain_all_layers(owner: nnx.Module, x: Any, y: Any, config: PirateConfig =
 
     Returns:
         The pirated model, in eval mode.
+
+    Raises:
+        ValueError: malformed ``x``/``y`` or no unique head (see :func:`find_head`).
+
+    Example:
+        >>> rtal = retrain_all_layers(owner, x_pirate, y_pirate,
+        ...                           PirateConfig(epochs=10))  # doctest: +SKIP
     """
     x, y = _check_xy(x, y)
     model = nnx.clone(owner)
@@ -415,6 +482,18 @@ def prune(owner: nnx.Module, rate: float, *, scope: str = "layer") -> nnx.Module
 
     Returns:
         The pruned model, in eval mode.
+
+    Raises:
+        ValueError: ``rate`` outside ``[0, 1)`` or an unknown ``scope``.
+
+    Example:
+        >>> from ipguard_jax import models
+        >>> owner = models.create("mlp", in_features=64, in_channels=1, rngs=nnx.Rngs(0))
+        >>> pruned = prune(owner, 0.3, scope="global")
+        >>> kernels = [pruned.layers[0].kernel, pruned.layers[1].kernel, pruned.head.kernel]
+        >>> zeros = sum(int((k[...] == 0).sum()) for k in kernels)
+        >>> round(zeros / sum(k[...].size for k in kernels), 2)  # over all kernels together
+        0.3
     """
     model = nnx.clone(owner)
     _apply_masks(model, _prune_masks(model, rate, scope))
@@ -462,6 +541,14 @@ def prune_and_fine_tune(owner: nnx.Module, x: Any, y: Any, rate: float,
 
     Returns:
         The pruned, fine-tuned model, in eval mode; pruned weights are exactly zero.
+
+    Raises:
+        ValueError: malformed ``x``/``y``, ``rate`` outside ``[0, 1)`` or an unknown
+            ``scope``.
+
+    Example:
+        >>> pirate = prune_and_fine_tune(owner, x_pirate, y_pirate, 0.7,
+        ...                              PirateConfig(epochs=5))  # doctest: +SKIP
     """
     x, y = _check_xy(x, y)
     model = nnx.clone(owner)
@@ -508,6 +595,13 @@ def distill(owner: nnx.Module, x: Any, config: PirateConfig = PirateConfig(), *,
 
     Returns:
         The trained student, in eval mode.
+
+    Raises:
+        ValueError: malformed ``x``, ``temperature <= 0`` or ``label_copies < 1``.
+
+    Example:
+        >>> student = distill(owner, x_pirate, PirateConfig(epochs=10), student="cnn",
+        ...                   student_kwargs={"in_channels": 1})  # doctest: +SKIP
     """
     x, _ = _check_xy(x, None)
     if temperature <= 0:
@@ -573,6 +667,14 @@ def quantize_int8(owner: nnx.Module) -> nnx.Module:
 
     Returns:
         The quantised model, in eval mode.
+
+    Example:
+        >>> import numpy as np
+        >>> from ipguard_jax import models
+        >>> owner = models.create("mlp", in_features=64, in_channels=1, rngs=nnx.Rngs(0))
+        >>> head = np.asarray(quantize_int8(owner).head.kernel[...])
+        >>> all(len(np.unique(head[:, c])) <= 255 for c in range(head.shape[1]))
+        True
     """
     model = nnx.clone(owner)
     for p in kernel_paths(model):
@@ -616,6 +718,19 @@ def make_pirate(kind: str, owner: nnx.Module, x: Any, y: Any,
 
     Returns:
         The pirated model.
+
+    Raises:
+        ValueError: an unknown ``kind``, or the post-processing's own errors.
+        TypeError: parameters the post-processing does not take.
+
+    Example:
+        >>> from ipguard_jax import models
+        >>> owner = models.create("mlp", in_features=64, in_channels=1, rngs=nnx.Rngs(0))
+        >>> pruned = make_pirate("prune", owner, None, None, rate=0.5)  # no data needed
+        >>> float((pruned.head.kernel[...] == 0).mean())
+        0.5
+        >>> ftal = make_pirate("ftal", owner, x_pirate, y_pirate,
+        ...                    PirateConfig(epochs=5))  # doctest: +SKIP
     """
     if kind not in POSTPROCESSINGS:
         raise ValueError(f"unknown post-processing {kind!r}; known: {', '.join(POSTPROCESSINGS)}")

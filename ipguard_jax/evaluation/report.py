@@ -48,23 +48,72 @@ def _step_intervals(pirated: np.ndarray, independent: np.ndarray):
 
 
 def robustness(pirated: Any, t: Any) -> np.ndarray:
-    """Share of pirated rates ``>= t``, for each threshold in ``t``."""
+    """Share of pirated rates ``>= t``, for each threshold in ``t``.
+
+    Args:
+        pirated: the pirated models' matching rates.
+        t: one threshold or an array of them.
+
+    Returns:
+        ``R(t)``, one value per threshold.
+
+    Example:
+        >>> robustness([0.9, 0.6], [0.5, 0.7]).tolist()
+        [1.0, 0.5]
+    """
     return (np.asarray(pirated)[None, :] >= np.atleast_1d(t)[:, None]).mean(axis=1)
 
 
 def uniqueness(independent: Any, t: Any) -> np.ndarray:
-    """Share of independent rates ``< t``, for each threshold in ``t``."""
+    """Share of independent rates ``< t``, for each threshold in ``t``.
+
+    Args:
+        independent: the independent models' matching rates.
+        t: one threshold or an array of them.
+
+    Returns:
+        ``U(t)``, one value per threshold.
+
+    Example:
+        >>> uniqueness([0.3, 0.6], [0.5, 0.7]).tolist()
+        [0.5, 1.0]
+    """
     return (np.asarray(independent)[None, :] < np.atleast_1d(t)[:, None]).mean(axis=1)
 
 
 def roc_auc(pirated: Any, independent: Any) -> float:
-    """``P(pirated rate > independent rate)``, ties counted half (the Mann-Whitney AUC)."""
+    """``P(pirated rate > independent rate)``, ties counted half (the Mann-Whitney AUC).
+
+    Args:
+        pirated: the pirated models' matching rates.
+        independent: the independent models' matching rates.
+
+    Returns:
+        The AUC in ``[0, 1]``: 1 when every pirated model matches more often than every
+        independent one.
+
+    Example:
+        >>> roc_auc([0.9, 0.6], [0.3, 0.6])  # one tie out of four pairs
+        0.875
+    """
     p, i = np.asarray(pirated, float)[:, None], np.asarray(independent, float)[None, :]
     return float(np.mean((p > i) + 0.5 * (p == i)))
 
 
 def min_integral(pirated: Any, independent: Any) -> float:
-    """Exact ``integral_0^1 min(R(t), U(t)) dt`` of the robustness and uniqueness step curves."""
+    """Exact ``integral_0^1 min(R(t), U(t)) dt`` of the robustness and uniqueness step curves.
+
+    Args:
+        pirated: the pirated models' matching rates.
+        independent: the independent models' matching rates.
+
+    Returns:
+        The area in ``[0, 1]`` under both curves (IPGuard's ARUC).
+
+    Example:
+        >>> round(min_integral([0.9, 0.8], [0.3, 0.5]), 4)
+        0.45
+    """
     a, b, r, u = _step_intervals(np.asarray(pirated, float), np.asarray(independent, float))
     return float(np.sum((b - a) * np.minimum(r, u)))
 
@@ -117,6 +166,11 @@ class EvaluationReport:
             independent models' own p-values are then optimistic about the null).
         p_values: model name -> exact one-sided binomial p-value of its matches vs ``null_rate``.
         meta: free-form JSON-able context (fingerprint config, convergence, timings...).
+
+    Example:
+        >>> rep = summarize({"ftal": 0.9}, {"seed1": 0.3}, num_points=100)
+        >>> rep.aruc_roc, rep.null_rate_source, f"{rep.p_values['ftal']:.1e}"
+        (1.0, 'mean independent rate', '4.5e-36')
     """
 
     pirated: dict[str, float]
@@ -138,7 +192,16 @@ class EvaluationReport:
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able values (``inf`` written as ``None``)."""
+        """Plain JSON-able values (``inf`` written as ``None``).
+
+        Returns:
+            Every field by name, plus ``"metric_notes"`` explaining the two ARUC values.
+
+        Example:
+            >>> rep = summarize({"ftal": 0.9}, {"seed1": 0.3}, num_points=100)
+            >>> EvaluationReport.from_dict(rep.to_dict()) == rep
+            True
+        """
         d = dataclasses.asdict(self)
         if not math.isfinite(d["threshold_at_1pct_fpr"]):
             d["threshold_at_1pct_fpr"] = None
@@ -151,7 +214,15 @@ class EvaluationReport:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "EvaluationReport":
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`.
+
+        Args:
+            d: a dict from :meth:`to_dict` (unknown keys such as ``"metric_notes"`` are
+                ignored).
+
+        Returns:
+            The report.
+        """
         fields = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in fields}
         if kwargs.get("threshold_at_1pct_fpr") is None:
@@ -159,19 +230,50 @@ class EvaluationReport:
         return cls(**kwargs)
 
     def to_json(self, path: str | os.PathLike) -> None:
-        """Writes :meth:`to_dict` as indented JSON."""
+        """Writes :meth:`to_dict` as indented JSON.
+
+        Args:
+            path: the file to write (replaced if it exists).
+
+        Example:
+            >>> import os, tempfile
+            >>> rep = summarize({"ftal": 0.9}, {"seed1": 0.3}, num_points=100)
+            >>> with tempfile.TemporaryDirectory() as tmp:
+            ...     rep.to_json(os.path.join(tmp, "report.json"))
+            ...     EvaluationReport.from_json(os.path.join(tmp, "report.json")) == rep
+            True
+        """
         with open(path, "w") as f:
             json.dump(self.to_dict(), f, indent=2, allow_nan=True)
             f.write("\n")
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "EvaluationReport":
-        """Reads a report written by :meth:`to_json`."""
+        """Reads a report written by :meth:`to_json`.
+
+        Args:
+            path: the JSON file.
+
+        Returns:
+            The report.
+        """
         with open(path) as f:
             return cls.from_dict(json.load(f))
 
     def to_markdown(self, title: str | None = None) -> str:
-        """A Markdown summary: the metrics, then one row per model."""
+        """A Markdown summary: the metrics, then one row per model.
+
+        Args:
+            title: an optional ``###`` heading.
+
+        Returns:
+            The Markdown text (ends with a newline).
+
+        Example:
+            >>> rep = summarize({"ftal": 0.9}, {"seed1": 0.3}, num_points=100)
+            >>> print(rep.to_markdown().splitlines()[2])
+            | ARUC as ROC-AUC (pirated vs independent, ties half) | 1.0000 |
+        """
         lines = [f"### {title}", ""] if title else []
         lines += [
             "| metric | value |",
@@ -192,7 +294,17 @@ class EvaluationReport:
         return "\n".join(lines) + "\n"
 
     def plot(self, path: str | os.PathLike, title: str | None = None) -> None:
-        """Saves a PNG: rate distributions (left) and robustness/uniqueness curves (right)."""
+        """Saves a PNG: rate distributions (left) and robustness/uniqueness curves (right).
+
+        Needs matplotlib (the ``plot`` extra); selects its ``Agg`` backend unless one is set.
+
+        Args:
+            path: the PNG file to write.
+            title: an optional figure title.
+
+        Example:
+            >>> rep.plot("report.png", title="digits, k=3")  # doctest: +SKIP
+        """
         import matplotlib
 
         matplotlib.use("Agg", force=False)
@@ -250,7 +362,14 @@ def summarize(pirated: Mapping[str, float], independent: Mapping[str, float], *,
         An :class:`EvaluationReport`.
 
     Raises:
-        ValueError: empty inputs, rates outside [0, 1], a name used twice, bad ``num_points``.
+        ValueError: empty inputs, rates outside [0, 1], a name used twice, bad ``num_points``,
+            a ``null_rate`` outside [0, 1].
+
+    Example:
+        >>> rep = summarize({"ftal": 0.9, "prune": 0.8}, {"seed1": 0.3}, num_points=100,
+        ...                 null_rate=0.5)
+        >>> rep.tpr_at_1pct_fpr, rep.threshold_at_1pct_fpr, round(rep.p_values["seed1"], 4)
+        (1.0, 0.8, 1.0)
     """
     pirated = _check_rates(pirated, "pirated")
     independent = _check_rates(independent, "independent")
@@ -324,12 +443,28 @@ def evaluate(fingerprints: Fingerprints, owner: Any, pirated: Mapping[str, Any],
         An :class:`EvaluationReport`.
 
     Raises:
-        ValueError: empty dicts, a name in both dicts, or a model whose classes or input shape
-            do not match the fingerprints (the message names the model).
+        TypeError: ``fingerprints`` is not :class:`~ipguard_jax.Fingerprints`, or a model is
+            neither a :class:`Classifier` nor a callable.
+        ValueError: empty dicts, a name in both dicts, an empty fingerprint set, or a model
+            whose classes or input shape do not match the fingerprints (the message names the
+            model).
 
     Example:
-        >>> rep = evaluate(fp, owner, {"ftal": ftal}, {"seed1": other})  # doctest: +SKIP
-        >>> rep.to_json("report.json"); rep.plot("report.png")  # doctest: +SKIP
+        Three boundary points of the owner ``argmax(x)`` (``j`` just ahead of ``i``), a
+        "pirate" that scales the owner's logits and an "independent" model that answers the
+        runner-up class:
+
+        >>> import numpy as np
+        >>> x = np.array([[0.6, 0.4, 0.0], [0.0, 0.6, 0.4], [0.4, 0.0, 0.6]], np.float32)
+        >>> fp = Fingerprints(x=x, labels=[0, 1, 2], i=[1, 2, 0], j=[0, 1, 2],
+        ...                   loss=[0.0] * 3, converged=[True] * 3, steps=[1] * 3,
+        ...                   source=[0, 1, 2])
+        >>> owner = lambda x: x.argmax(axis=1)
+        >>> pirate = lambda x: 2.0 * x  # logits
+        >>> runner_up = lambda x: np.argsort(x, axis=1)[:, 1]
+        >>> rep = evaluate(fp, owner, {"scaled": pirate}, {"runner-up": runner_up})
+        >>> rep.owner_rate, rep.pirated, rep.independent, rep.aruc_roc
+        (1.0, {'scaled': 1.0}, {'runner-up': 0.0}, 1.0)
     """
     if not isinstance(fingerprints, Fingerprints):
         raise TypeError(f"fingerprints must be Fingerprints, got {type(fingerprints).__name__}")

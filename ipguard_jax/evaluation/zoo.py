@@ -10,11 +10,13 @@ never leaves a half-written entry. Nothing is pickled.
 The root is ``$IPGUARD_JAX_CACHE/models`` if that variable is set (the data loaders use the
 same variable for datasets), else ``~/.cache/ipguard_jax/models``.
 
-Example::
-
+Example:
+    >>> from ipguard_jax.evaluation import ModelCache, array_digest
     >>> cache = ModelCache()
-    >>> recipe = {"arch": "mlp", "data": array_digest(x, y), "train": config.trajectory_dict()}
-    >>> model = cache.get_or_create(recipe, make=lambda: train_it(), like=lambda: build_it())
+    >>> recipe = {"arch": "mlp", "data": array_digest(x, y),
+    ...           "train": config.trajectory_dict()}  # doctest: +SKIP
+    >>> model = cache.get_or_create(recipe, make=lambda: train_it(),
+    ...                             like=lambda: build_it())  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -43,14 +45,34 @@ _FORMAT = "ipguard_jax.evaluation.zoo/1"
 
 
 def default_model_dir() -> Path:
-    """``$IPGUARD_JAX_CACHE/models`` if that is set, else ``~/.cache/ipguard_jax/models``."""
+    """``$IPGUARD_JAX_CACHE/models`` if that is set, else ``~/.cache/ipguard_jax/models``.
+
+    Returns:
+        The default root of :class:`ModelCache`.
+
+    Example:
+        >>> default_model_dir().name
+        'models'
+    """
     env = os.environ.get(CACHE_ENV_VAR)
     root = Path(env).expanduser() if env else Path.home() / ".cache" / "ipguard_jax"
     return root / "models"
 
 
 def array_digest(*arrays: Any) -> str:
-    """sha256 of arrays' dtypes, shapes and bytes: a data description for a recipe."""
+    """sha256 of arrays' dtypes, shapes and bytes: a data description for a recipe.
+
+    Args:
+        *arrays: the arrays, in order (e.g. images and labels).
+
+    Returns:
+        64 lowercase hex digits.
+
+    Example:
+        >>> import numpy as np
+        >>> array_digest(np.zeros(3)) == array_digest(np.zeros(3, np.float32))
+        False
+    """
     digest = hashlib.sha256()
     for a in arrays:
         a = np.ascontiguousarray(np.asarray(a))
@@ -60,12 +82,38 @@ def array_digest(*arrays: Any) -> str:
 
 
 def model_hash(model: nnx.Module) -> str:
-    """sha256 of an NNX model's whole state (parameters and statistics)."""
+    """sha256 of an NNX model's whole state (parameters and statistics).
+
+    Args:
+        model: an NNX model.
+
+    Returns:
+        :func:`ipguard_jax.params_hash` of ``nnx.state(model)``: 64 lowercase hex digits.
+
+    Example:
+        >>> from ipguard_jax import models
+        >>> net = models.create("mlp", in_features=64, in_channels=1, rngs=nnx.Rngs(0))
+        >>> model_hash(net) == model_hash(nnx.clone(net))
+        True
+    """
     return params_hash(nnx.state(model))
 
 
 def recipe_key(recipe: Mapping[str, Any]) -> str:
-    """The cache key of a recipe: sha256 of its canonical JSON (sorted keys)."""
+    """The cache key of a recipe: sha256 of its canonical JSON (sorted keys).
+
+    Values JSON cannot hold are written as their ``str``.
+
+    Args:
+        recipe: a JSON-able description of a model.
+
+    Returns:
+        64 lowercase hex digits, the entry's directory name.
+
+    Example:
+        >>> recipe_key({"arch": "mlp", "seed": 1}) == recipe_key({"seed": 1, "arch": "mlp"})
+        True
+    """
     text = json.dumps({"format": _FORMAT, "recipe": recipe}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -102,8 +150,21 @@ class ModelCache:
         root: cache directory; default :func:`default_model_dir`.
 
     Attributes:
+        root: the cache directory (created on the first write).
         hits: models loaded from disk by this object.
         misses: models built (trained) by this object.
+
+    Example:
+        >>> import tempfile
+        >>> from ipguard_jax import models
+        >>> build = lambda: models.create("mlp", in_features=64, in_channels=1,
+        ...                               rngs=nnx.Rngs(0))
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     cache = ModelCache(tmp)
+        ...     first = cache.get_or_create({"arch": "mlp"}, make=build, like=build)
+        ...     again = cache.get_or_create({"arch": "mlp"}, make=build, like=build)
+        >>> cache.misses, cache.hits, model_hash(first) == model_hash(again)
+        (1, 1, True)
     """
 
     def __init__(self, root: str | os.PathLike | None = None):
@@ -112,7 +173,19 @@ class ModelCache:
         self.misses = 0
 
     def path(self, recipe: Mapping[str, Any]) -> Path:
-        """Directory of a recipe's entry (it may not exist yet)."""
+        """Directory of a recipe's entry (it may not exist yet).
+
+        Args:
+            recipe: a JSON-able description of a model.
+
+        Returns:
+            ``root / recipe_key(recipe)``.
+
+        Example:
+            >>> path = ModelCache("/tmp/models").path({"arch": "mlp"})
+            >>> path.parent, len(path.name)
+            (PosixPath('/tmp/models'), 64)
+        """
         return self.root / recipe_key(recipe)
 
     def __contains__(self, recipe: Mapping[str, Any]) -> bool:
@@ -129,6 +202,10 @@ class ModelCache:
 
         Returns:
             The model, in eval mode.
+
+        Example:
+            >>> model = cache.get_or_create(recipe, make=train_owner,
+            ...                             like=untrained_owner)  # doctest: +SKIP
         """
         entry = self.path(recipe)
         if (entry / "recipe.json").is_file():

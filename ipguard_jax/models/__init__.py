@@ -5,13 +5,17 @@ num_classes)`` logits, normalising inside (per-channel ``mean``/``std``
 constructor arguments), and honours ``model.train()`` / ``model.eval()``
 for BatchNorm and Dropout.
 
-Example::
+:func:`save_model` and :func:`load_model` store a trained model with the spec needed to
+rebuild it (see :mod:`ipguard_jax.models.bundle`).
 
+Example:
+  >>> import jax.numpy as jnp
   >>> from flax import nnx
   >>> from ipguard_jax import models
-  >>> model = models.create("resnet20", num_classes=10, rngs=nnx.Rngs(0))
+  >>> model = models.create("mlp", in_features=64, in_channels=1, rngs=nnx.Rngs(0))
   >>> model.eval()
-  >>> logits = model(jnp.zeros((4, 32, 32, 3)))   # (4, 10)
+  >>> model(jnp.zeros((4, 8, 8, 1))).shape
+  (4, 10)
 """
 
 from __future__ import annotations
@@ -52,7 +56,16 @@ _REGISTRY: dict[str, Callable[..., nnx.Module]] = {
 
 
 def available() -> list[str]:
-    """Names accepted by :func:`create`, in registry order."""
+    """Names accepted by :func:`create`, in registry order.
+
+    Returns:
+      A new list of the registry names.
+
+    Example:
+      >>> from ipguard_jax import models
+      >>> models.available()[:4]
+      ['mlp', 'cnn', 'resnet20', 'resnet32']
+    """
     return list(_REGISTRY)
 
 
@@ -72,6 +85,13 @@ def create(name: str, num_classes: int = 10, *, rngs: nnx.Rngs, **kwargs) -> nnx
 
     Raises:
       ValueError: if ``name`` is unknown; the message lists the valid names.
+
+    Example:
+      >>> from flax import nnx
+      >>> from ipguard_jax import models
+      >>> net = models.create("mlp", 10, in_features=64, in_channels=1, rngs=nnx.Rngs(0))
+      >>> type(net).__name__, net.head.out_features
+      ('MLP', 10)
     """
     try:
         factory = _REGISTRY[name]

@@ -15,14 +15,17 @@ recorded sha256, so a modified or corrupt file fails loudly instead of yielding 
 place once complete, so a crash never leaves a half-written model file. Nothing is pickled.
 
 Example:
+    >>> import os, tempfile
     >>> from flax import nnx
-    >>> from ipguard_jax import models
-    >>> net = models.create("cnn", num_classes=10, in_channels=1, rngs=nnx.Rngs(0))
-    >>> models.save_model("owner_model", net, arch="cnn", num_classes=10,
-    ...                   input_shape=(8, 8, 1), model_kwargs={"in_channels": 1})
-    >>> net2, spec = models.load_model("owner_model")
-    >>> spec.arch, spec.input_shape
-    ('cnn', (8, 8, 1))
+    >>> from ipguard_jax import models, params_hash
+    >>> kwargs = {"in_features": 64, "in_channels": 1}
+    >>> net = models.create("mlp", num_classes=10, rngs=nnx.Rngs(0), **kwargs)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = models.save_model(os.path.join(tmp, "owner_model"), net, arch="mlp",
+    ...                              num_classes=10, input_shape=(8, 8, 1), model_kwargs=kwargs)
+    ...     net2, spec = models.load_model(path)
+    >>> spec.arch, spec.input_shape, spec.state_sha256 == params_hash(nnx.state(net))
+    ('mlp', (8, 8, 1), True)
 """
 
 from __future__ import annotations
@@ -70,6 +73,12 @@ class ModelSpec:
             ``params_sha256`` that fingerprints of this model record for their owner.
         library: library, JAX and Flax versions that wrote the file.
         created: UTC creation time, ISO 8601.
+
+    Example:
+        >>> spec = ModelSpec("mlp", 10, (8, 8, 1), (0.0, 1.0), {"in_features": 64}, {}, "ab",
+        ...                  {}, "2024-01-01T00:00:00+00:00")
+        >>> spec.to_dict()["input_shape"]
+        [8, 8, 1]
     """
 
     arch: str
@@ -83,7 +92,11 @@ class ModelSpec:
     created: str
 
     def to_dict(self) -> dict[str, Any]:
-        """The spec as JSON-able values."""
+        """The spec as JSON-able values.
+
+        Returns:
+            The fields by name, ``input_shape`` and ``bounds`` as lists.
+        """
         out = dataclasses.asdict(self)
         out["input_shape"] = list(self.input_shape)
         out["bounds"] = list(self.bounds)
@@ -99,8 +112,10 @@ class ModelSpec:
             The classifier, in evaluation mode.
 
         Example:
-            >>> net, spec = load_model("owner_model")
-            >>> owner = spec.classifier(net)
+            >>> net, spec = load_model("owner_model")  # doctest: +SKIP
+            >>> owner = spec.classifier(net)  # doctest: +SKIP
+            >>> owner.input_shape == spec.input_shape  # doctest: +SKIP
+            True
         """
         return Classifier.from_nnx(module, input_shape=self.input_shape, bounds=self.bounds)
 
@@ -115,8 +130,10 @@ def is_model_file(path: str | os.PathLike) -> bool:
         True for a directory with a ``model.json``; no content is checked.
 
     Example:
-        >>> is_model_file("owner_model")
-        True
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     is_model_file(tmp)  # a directory without model.json
+        False
     """
     return (Path(path) / SPEC_FILE).is_file()
 
@@ -204,9 +221,13 @@ def save_model(path: str | os.PathLike, model: nnx.Module, *, arch: str, num_cla
         TypeError: ``model`` is not an ``nnx.Module``.
 
     Example:
+        >>> import os, tempfile
+        >>> from ipguard_jax import models
         >>> net = models.create("mlp", 10, in_features=64, in_channels=1, rngs=nnx.Rngs(0))
-        >>> save_model("owner_model", net, arch="mlp", num_classes=10, input_shape=(8, 8, 1),
-        ...            model_kwargs={"in_features": 64, "in_channels": 1})
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     save_model(os.path.join(tmp, "owner_model"), net, arch="mlp", num_classes=10,
+        ...                input_shape=(8, 8, 1), model_kwargs={"in_features": 64,
+        ...                                                     "in_channels": 1})
         PosixPath('/.../owner_model')
     """
     import orbax.checkpoint as ocp
@@ -329,8 +350,16 @@ def load_model(path: str | os.PathLike) -> tuple[nnx.Module, ModelSpec]:
             or weights that do not match their sha256 (modified or corrupt).
 
     Example:
-        >>> net, spec = load_model("owner_model")
-        >>> logits = net(jnp.zeros((1, *spec.input_shape)))
+        >>> import os, tempfile
+        >>> from ipguard_jax import models
+        >>> kwargs = {"in_features": 64, "in_channels": 1}
+        >>> net = models.create("mlp", 10, rngs=nnx.Rngs(0), **kwargs)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = save_model(os.path.join(tmp, "owner_model"), net, arch="mlp",
+        ...                       num_classes=10, input_shape=(8, 8, 1), model_kwargs=kwargs)
+        ...     net2, spec = load_model(path)
+        >>> spec.classifier(net2).predict(jnp.zeros((2, 8, 8, 1))).shape
+        (2,)
     """
     import orbax.checkpoint as ocp
 

@@ -62,12 +62,6 @@ class CifarResNet(nnx.Module):
     any ``H, W >= 1`` works (two stride-2 stages, then global average
     pooling). Output: ``(B, num_classes)`` logits.
 
-    Example::
-
-      >>> model = CifarResNet(depth=20, rngs=nnx.Rngs(0))
-      >>> model(jnp.zeros((2, 32, 32, 3))).shape
-      (2, 10)
-
     Args:
       depth: 6n + 2 (20, 32, 44, 56, 110, ...).
       num_classes: number of output logits.
@@ -76,6 +70,10 @@ class CifarResNet(nnx.Module):
       mean: per-channel mean (default CIFAR-10's for 3 channels, else 0.5).
       std: per-channel std (default CIFAR-10's for 3 channels, else 0.5).
       rngs: random streams for init.
+
+    Example:
+      >>> CifarResNet(depth=20, rngs=nnx.Rngs(0))(jax.numpy.zeros((2, 32, 32, 3))).shape
+      (2, 10)
     """
 
     def __init__(
@@ -113,6 +111,7 @@ class CifarResNet(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Logits ``(B, num_classes)`` of images ``(B, H, W, C)`` in [0, 1]."""
         x = _common.normalize(x, self.mean, self.std)
         x = nnx.relu(self.bn1(self.conv1(x)))
         for stage in (self.layer1, self.layer2, self.layer3):

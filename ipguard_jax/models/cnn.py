@@ -37,12 +37,6 @@ class CNN(nnx.Module):
     quarter of ResNet-20's 38 M) aim at a CIFAR-10 model trained in minutes
     on CPU; ``convs_per_stage=2`` (~38 M) is slower and more accurate.
 
-    Example::
-
-      >>> model = CNN(in_channels=1, rngs=nnx.Rngs(0))
-      >>> model(jnp.zeros((2, 8, 8, 1))).shape
-      (2, 10)
-
     Args:
       num_classes: number of output logits.
       in_channels: channels of the input image.
@@ -52,6 +46,10 @@ class CNN(nnx.Module):
       mean: per-channel mean (default CIFAR-10's for 3 channels, else 0.5).
       std: per-channel std (default CIFAR-10's for 3 channels, else 0.5).
       rngs: random streams for init and dropout.
+
+    Example:
+      >>> CNN(in_channels=1, rngs=nnx.Rngs(0))(jax.numpy.zeros((2, 8, 8, 1))).shape
+      (2, 10)
     """
 
     def __init__(
@@ -80,6 +78,7 @@ class CNN(nnx.Module):
         self.head = _common.torch_linear(c_in, num_classes, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Logits ``(B, num_classes)`` of images ``(B, H, W, C)`` in [0, 1]."""
         x = _common.normalize(x, self.mean, self.std)
         for stage in self.stages:
             for block in stage:

@@ -21,12 +21,6 @@ class MLP(nnx.Module):
     a PyTorch MLP's first weight maps on by a transpose. Output: ``(B,
     num_classes)`` logits.
 
-    Example::
-
-      >>> model = MLP(in_features=64, in_channels=1, rngs=nnx.Rngs(0))
-      >>> model(jnp.zeros((2, 8, 8, 1))).shape
-      (2, 10)
-
     Args:
       in_features: flattened input size ``H * W * C``.
       num_classes: number of output logits.
@@ -36,6 +30,10 @@ class MLP(nnx.Module):
       mean: per-channel mean (default CIFAR-10's for 3 channels, else 0.5).
       std: per-channel std (default CIFAR-10's for 3 channels, else 0.5).
       rngs: random streams for init (``params``) and dropout.
+
+    Example:
+      >>> MLP(in_features=64, in_channels=1, rngs=nnx.Rngs(0))(jax.numpy.zeros((2, 8, 8, 1))).shape
+      (2, 10)
     """
 
     def __init__(
@@ -64,6 +62,7 @@ class MLP(nnx.Module):
         self.head = _common.torch_linear(widths[-1], num_classes, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Logits ``(B, num_classes)`` of images ``(B, H, W, C)`` in [0, 1]."""
         x = _common.flatten_chw(_common.normalize(x, self.mean, self.std))
         if x.shape[-1] != self.in_features:
             raise ValueError(

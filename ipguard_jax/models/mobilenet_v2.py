@@ -97,12 +97,6 @@ class MobileNetV2(nnx.Module):
     ``H, W >= 1`` works (overall stride 32, then global average pooling;
     32x32 gives a 1x1 map). Output: ``(B, num_classes)`` logits.
 
-    Example::
-
-      >>> model = MobileNetV2(rngs=nnx.Rngs(0))
-      >>> model(jnp.zeros((2, 32, 32, 3))).shape
-      (2, 10)
-
     Args:
       num_classes: number of output logits.
       in_channels: channels of the input image.
@@ -112,6 +106,10 @@ class MobileNetV2(nnx.Module):
       mean: per-channel mean (default ImageNet's for 3 channels, else 0.5).
       std: per-channel std (default ImageNet's for 3 channels, else 0.5).
       rngs: random streams for init and dropout.
+
+    Example:
+      >>> MobileNetV2(rngs=nnx.Rngs(0))(jax.numpy.zeros((2, 32, 32, 3))).shape
+      (2, 10)
     """
 
     def __init__(
@@ -151,6 +149,7 @@ class MobileNetV2(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Logits ``(B, num_classes)`` of images ``(B, H, W, C)`` in [0, 1]."""
         x = _common.normalize(x, self.mean, self.std)
         x = self.features(x)
         return self.classifier(x.mean(axis=(1, 2)))

@@ -94,12 +94,6 @@ class ResNet(nnx.Module):
     average pooling; 32x32 gives 1x1 before pooling). Output: ``(B,
     num_classes)`` logits.
 
-    Example::
-
-      >>> model = ResNet(depth=18, rngs=nnx.Rngs(0))
-      >>> model(jnp.zeros((1, 224, 224, 3))).shape
-      (1, 10)
-
     Args:
       depth: 18, 34, 50, 101 or 152.
       num_classes: number of output logits.
@@ -109,6 +103,10 @@ class ResNet(nnx.Module):
       mean: per-channel mean (default ImageNet's for 3 channels, else 0.5).
       std: per-channel std (default ImageNet's for 3 channels, else 0.5).
       rngs: random streams for init.
+
+    Example:
+      >>> ResNet(depth=18, rngs=nnx.Rngs(0))(jax.numpy.zeros((1, 224, 224, 3))).shape
+      (1, 10)
     """
 
     def __init__(
@@ -148,6 +146,7 @@ class ResNet(nnx.Module):
                     last_bn.scale[...] = 0.0
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Logits ``(B, num_classes)`` of images ``(B, H, W, C)`` in [0, 1]."""
         x = _common.normalize(x, self.mean, self.std)
         x = nnx.relu(self.bn1(self.conv1(x)))
         # Real max pool with -inf padding: torch's MaxPool2d(3, 2, 1).

@@ -45,12 +45,6 @@ class VGG(nnx.Module):
     Input: ``(B, H, W, C)`` float32 in [0, 1] with ``H, W >= 32`` (five
     2x2 max pools). Output: ``(B, num_classes)`` logits.
 
-    Example::
-
-      >>> model = VGG(depth=11, rngs=nnx.Rngs(0))
-      >>> model(jnp.zeros((2, 32, 32, 3))).shape
-      (2, 10)
-
     Args:
       depth: 11, 13 or 16.
       num_classes: number of output logits.
@@ -62,6 +56,10 @@ class VGG(nnx.Module):
       mean: per-channel mean (default CIFAR-10's for 3 channels, else 0.5).
       std: per-channel std (default CIFAR-10's for 3 channels, else 0.5).
       rngs: random streams for init and dropout.
+
+    Example:
+      >>> VGG(depth=11, rngs=nnx.Rngs(0))(jax.numpy.zeros((2, 32, 32, 3))).shape
+      (2, 10)
     """
 
     def __init__(
@@ -111,6 +109,7 @@ class VGG(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Logits ``(B, num_classes)`` of images ``(B, H, W, C)`` in [0, 1]."""
         x = _common.normalize(x, self.mean, self.std)
         x = self.features(x)
         x = _common.adaptive_avg_pool(x, self.pool_size)

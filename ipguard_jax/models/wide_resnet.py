@@ -94,12 +94,6 @@ class WideResNet(nnx.Module):
     which equals the original's 8x8 average pool at 32x32). Output: ``(B,
     num_classes)`` logits.
 
-    Example::
-
-      >>> model = WideResNet(depth=16, widen_factor=4, rngs=nnx.Rngs(0))
-      >>> model(jnp.zeros((2, 32, 32, 3))).shape
-      (2, 10)
-
     Args:
       depth: 6n + 4 (16, 22, 28, 40, ...).
       widen_factor: width multiplier k.
@@ -110,6 +104,10 @@ class WideResNet(nnx.Module):
       mean: per-channel mean (default CIFAR-10's for 3 channels, else 0.5).
       std: per-channel std (default CIFAR-10's for 3 channels, else 0.5).
       rngs: random streams for init and dropout.
+
+    Example:
+      >>> WideResNet(16, 4, rngs=nnx.Rngs(0))(jax.numpy.zeros((2, 32, 32, 3))).shape
+      (2, 10)
     """
 
     def __init__(
@@ -137,6 +135,7 @@ class WideResNet(nnx.Module):
         self.fc = _common.torch_linear(widths[3], num_classes, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Logits ``(B, num_classes)`` of images ``(B, H, W, C)`` in [0, 1]."""
         x = _common.normalize(x, self.mean, self.std)
         x = self.conv1(x)
         x = self.block3(self.block2(self.block1(x)))

@@ -1,0 +1,52 @@
+"""The examples in the docstrings run and give the output they show.
+
+Examples that need data sets, training, the network or files outside a temporary directory
+are marked ``# doctest: +SKIP`` in the docstrings. Left out here because their examples are
+slow (eager initialisation of convolutional networks, or importing torch and converting a
+ResNet-18, 5 to 30 s each): ``ipguard_jax.models.{cnn,cifar_resnet,resnet,vgg,mobilenet_v2,
+wide_resnet}`` and ``ipguard_jax.convert``, ``ipguard_jax.convert.torch``.
+"""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "ipguard_jax",
+    "ipguard_jax.engine",
+    "ipguard_jax.baselines",
+    "ipguard_jax.classifier",
+    "ipguard_jax.config",
+    "ipguard_jax.sharding",
+    "ipguard_jax.fingerprints",
+    "ipguard_jax.generation",
+    "ipguard_jax.verification",
+    "ipguard_jax.io",
+    "ipguard_jax.suspects",
+    "ipguard_jax.train",
+    "ipguard_jax.data",
+    "ipguard_jax.data._dataset",
+    "ipguard_jax.data._digits",
+    "ipguard_jax.data._folder",
+    "ipguard_jax.data._tfds",
+    "ipguard_jax.models",
+    "ipguard_jax.models.bundle",
+    "ipguard_jax.models.mlp",
+    "ipguard_jax.evaluation",
+    "ipguard_jax.evaluation.postprocess",
+    "ipguard_jax.evaluation.report",
+    "ipguard_jax.evaluation.zoo",
+    "ipguard_jax.evaluation.benchmark",
+    "ipguard_jax.cli",
+    "ipguard_jax.demo",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed in {name}"
