@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def _markdown(result: dict[str, Any]) -> str:
     lines = ["# Generation time and memory against scale", "",
              f"Command: `{result['command']}`  ", f"Machine: {result['machine']}", "",
-             f"MLP owner on digits, noise starts, k={result['rows'][0]['k']}, steps<={result['rows'][0]['steps']}, Adam 0.01, keep='all', host loop. Time "
+             f"MLP owner on digits, noise starts, k={result['rows'][0]['k']}, "
+             f"steps<={result['rows'][0]['steps']}, Adam 0.01, keep='all', host loop. Time "
              "excludes compilation (a warm-up run of the same shapes, reported apart). Peak "
              "memory is the process's peak resident set (JAX runtime, data and model "
              "included).", "",

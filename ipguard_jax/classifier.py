@@ -318,7 +318,8 @@ class Classifier:
         if not jnp.issubdtype(x.dtype, jnp.floating):
             raise TypeError(
                 f"{name} must be a floating array with values in {self.bounds}, got dtype "
-                f"{x.dtype}" + (" (scale uint8 images, e.g. x / 255)" if x.dtype == np.uint8 else "")
+                f"{x.dtype}"
+                + (" (scale uint8 images, e.g. x / 255)" if x.dtype == np.uint8 else "")
             )
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(

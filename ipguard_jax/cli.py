@@ -830,7 +830,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     converged = int(fingerprints.converged.sum())
     if args.json:
         print(json.dumps({"path": str(Path(args.fingerprints).absolute()), "sha256": digest,
-                          "sha256_verified": True, "sealed": sealed, "num_points": len(fingerprints),
+                          "sha256_verified": True, "sealed": sealed,
+                          "num_points": len(fingerprints),
                           "num_converged": converged, "metadata": meta},
                          indent=1, sort_keys=True, default=str))
         return 0
@@ -918,12 +919,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     index = _first_command(argv)
-    if index is not None and argv[index] == "demo":
-        from ipguard_jax import demo
-
-        return demo.main(argv[index + 1:])
     debug = "--debug" in argv
     try:
+        if index is not None and argv[index] == "demo":  # the demo parses its own options
+            from ipguard_jax import demo
+
+            try:
+                return demo.main([a for a in argv[index + 1:] if a != "--debug"])
+            except SystemExit as e:  # --help, or argparse's one-line error (status 2)
+                return e.code if isinstance(e.code, int) else 0
         parser = build_parser()
         try:
             args = parser.parse_args(argv)

@@ -772,8 +772,9 @@ def suggest_k(classifier: Classifier, x: Any, fraction: float = 0.25,
         >>> suggest_k(clf, x)  # a quarter of the median top-2 gap, 0.5
         0.125
     """
-    if not (isinstance(fraction, (int, float)) and fraction > 0):
-        raise ValueError(f"fraction must be a number > 0, got {fraction!r}")
+    if not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+            and 0 < fraction < float("inf")):
+        raise ValueError(f"fraction must be a finite number > 0, got {fraction!r}")
     x = classifier.check_input(x)
     gaps = []
     for s in range(0, x.shape[0], batch_size):

@@ -225,16 +225,20 @@ class HTTPSuspect:
         scheme = urllib.parse.urlsplit(url).scheme
         if scheme not in ("http", "https"):
             raise ValueError(f"url must be an http:// or https:// URL, got {url!r}")
-        if not (isinstance(batch_size, int) and batch_size > 0):
+        if not (isinstance(batch_size, int) and not isinstance(batch_size, bool)
+                and batch_size > 0):
             raise ValueError(f"batch_size must be an int > 0, got {batch_size!r}")
-        if not (isinstance(max_retries, int) and max_retries >= 0):
+        if not (isinstance(max_retries, int) and not isinstance(max_retries, bool)
+                and max_retries >= 0):
             raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
         for name, value in (("timeout", timeout), ("backoff", backoff), ("max_wait", max_wait)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0, got {timeout!r}")
-        if query_budget is not None and not (isinstance(query_budget, int) and query_budget >= 0):
+        if query_budget is not None and not (isinstance(query_budget, int)
+                                             and not isinstance(query_budget, bool)
+                                             and query_budget >= 0):
             raise ValueError(f"query_budget must be an int >= 0 or None, got {query_budget!r}")
         self.url = url
         self.batch_size = batch_size

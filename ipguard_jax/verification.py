@@ -410,7 +410,8 @@ class Verdict:
         text = (f"{verdict}: matched {self.num_matches}/{self.num_points} fingerprints "
                 f"({self.matching_rate:.1%}, threshold {self.threshold:.1%})")
         if self.p_value is not None:
-            text += f", p = {self.p_value:.3g} against an independent-model rate of {self.null_rate:.1%}"
+            text += (f", p = {self.p_value:.3g} against an independent-model rate of "
+                     f"{self.null_rate:.1%}")
         return text
 
 

@@ -190,6 +190,11 @@ def test_cache_loads_second_request(tmp_path, digits, monkeypatch):
     assert not list((tmp_path / "models").glob(".tmp-*"))  # atomic write left no debris
     meta = json.loads((cache.path(recipe) / "recipe.json").read_text())
     assert meta["recipe"] == recipe
+    # A cached entry whose weights no longer match its recorded hash is refused.
+    meta["state_hash"] = "0" * 64
+    (cache.path(recipe) / "recipe.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="does not match the hash recorded"):
+        cache.get_or_create(recipe, make, like)
 
 
 def test_cache_root_follows_env(monkeypatch, tmp_path):

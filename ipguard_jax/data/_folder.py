@@ -149,7 +149,7 @@ def load_image_folder(path: str | os.PathLike, split: str | None = None, *,
     if split is not None and (not isinstance(split, str) or not split or "/" in split
                               or "\\" in split or split in (".", "..")):
         raise ValueError(f"split must be the name of one directory, e.g. 'train'; got {split!r}")
-    if not isinstance(num_workers, int) or num_workers < 0:
+    if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
         raise ValueError(f"num_workers must be a non-negative int; got {num_workers!r}")
     if not path.exists():
         raise FileNotFoundError(f"image folder or archive not found: {path}")

@@ -217,6 +217,11 @@ class ModelCache:
                 flat = ckptr.restore((entry / "state").absolute(), target)
             model = nnx.merge(graphdef, _unflatten(state, flat))
             model.eval()
+            saved = json.loads((entry / "recipe.json").read_text()).get("state_hash")
+            if saved != model_hash(model):
+                raise ValueError(
+                    f"cached model {entry} does not match the hash recorded when it was "
+                    f"stored (modified or corrupt); delete that directory to rebuild it")
             self.hits += 1
             return model
         model = make()
