@@ -336,3 +336,23 @@ def test_every_model_runs_and_differentiates_wrt_input(name):
     assert logits.shape == (2, 10)
     assert bool(jnp.all(jnp.isfinite(logits))) and bool(jnp.all(jnp.isfinite(grad)))
     assert bool(jnp.all(jnp.abs(grad).sum(axis=(1, 2, 3)) > 0))
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,pad", [
+    ((3, 2, 2, 8), (3, 3, 8, 5), 1, 1),   # 2x2 map: the patches path
+    ((3, 4, 4, 8), (3, 3, 8, 5), 2, 1),   # stride 2 down to 2x2
+    ((3, 1, 1, 8), (3, 3, 8, 5), 1, 1),   # 1x1 map, only the centre tap sees data
+    ((3, 5, 5, 4), (2, 2, 4, 6), 2, 0),   # even kernel, no padding, odd input
+    ((3, 9, 9, 4), (3, 3, 4, 6), 1, 1),   # 81 output pixels: the native path
+])
+def test_small_map_convolution_equals_lax(x_shape, w_shape, stride, pad):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+    w = jnp.asarray(rng.normal(size=w_shape), jnp.float32)
+    args = ((stride, stride), ((pad, pad), (pad, pad)))
+    dims = ("NHWC", "HWIO", "NHWC")
+    ours = lambda x: _common.conv_general_dilated(x, w, *args, dimension_numbers=dims)
+    native = lambda x: jax.lax.conv_general_dilated(x, w, *args, dimension_numbers=dims)
+    np.testing.assert_allclose(ours(x), native(x), rtol=1e-5, atol=1e-5)
+    grad = lambda f: jax.grad(lambda x: (f(x) ** 2).sum())(x)
+    np.testing.assert_allclose(grad(ours), grad(native), rtol=1e-4, atol=1e-4)

@@ -9,6 +9,7 @@ numerics map one-to-one onto these modules.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -87,6 +88,56 @@ def normalize(x: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.
     return (x - mean_a) * inv_std
 
 
+#: Output maps with at most this many pixels are convolved as patches @ kernel (see below).
+SMALL_OUTPUT_PIXELS = 16
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         precision=None, **kwargs):
+    """``lax.conv_general_dilated``, but small output maps go through one matrix product.
+
+    XLA's CPU backend convolves tiny spatial maps with many channels very slowly (measured
+    here, batch 16, forward + input gradient: a 3x3 convolution on a 2x2x256 map took 65 ms,
+    against 3 ms as im2col + matmul; on 8x8 and larger maps the native convolution is as
+    fast or faster). ImageNet-style networks on 32x32 inputs (ResNet-18/34/50, VGG) end on
+    such maps. So an ungrouped, undilated NHWC/HWIO convolution whose output has at most
+    :data:`SMALL_OUTPUT_PIXELS` pixels is computed as patches (strided slices of the padded
+    input) times the flattened kernel; everything else is passed to ``lax`` unchanged. The
+    result equals the native convolution up to float rounding.
+    """
+    native = functools.partial(jax.lax.conv_general_dilated, lhs, rhs, window_strides, padding,
+                               lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                               dimension_numbers=dimension_numbers,
+                               feature_group_count=feature_group_count, precision=precision,
+                               **kwargs)
+    if (lhs.ndim != 4 or feature_group_count != 1 or isinstance(padding, str)
+            or any(d != 1 for d in (lhs_dilation or (1, 1)))
+            or any(d != 1 for d in (rhs_dilation or (1, 1)))
+            or kwargs.get("out_sharding") is not None):
+        return native()
+    nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
+    if dimension_numbers is not None and jax.lax.conv_dimension_numbers(
+            lhs.shape, rhs.shape, dimension_numbers) != nhwc:
+        return native()
+    b, h, w, cin = lhs.shape
+    kh, kw, _, cout = rhs.shape
+    sh, sw = window_strides
+    (top, bottom), (left, right) = padding
+    oh, ow = (h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1
+    if oh * ow > SMALL_OUTPUT_PIXELS or kh * kw == 1:
+        return native()
+    padded = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    cols = [jax.lax.slice(padded, (0, i, j, 0),
+                          (b, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, cin),
+                          (1, sh, sw, 1))
+            for i in range(kh) for j in range(kw)]
+    patches = jnp.concatenate(cols, axis=-1).reshape(b * oh * ow, kh * kw * cin)
+    out = jnp.dot(patches, rhs.reshape(kh * kw * cin, cout), precision=precision,
+                  preferred_element_type=kwargs.get("preferred_element_type"))
+    return out.reshape(b, oh, ow, cout)
+
+
 def conv(
     in_channels: int,
     out_channels: int,
@@ -113,6 +164,7 @@ def conv(
         feature_group_count=groups,
         use_bias=use_bias,
         kernel_init=kernel_init,
+        conv_general_dilated=conv_general_dilated,
         rngs=rngs,
     )
 
