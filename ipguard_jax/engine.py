@@ -298,20 +298,35 @@ def init_points(optimizer: optax.GradientTransformation, x0: jax.Array,
     )
 
 
+def _per_point(fn, *args):
+    """``fn`` of one point, over a batch: every argument batched but the last (``hyper``)."""
+    return jax.vmap(fn, in_axes=(0,) * (len(args) - 1) + (None,))(*args)
+
+
+def _succeeded(objective, losses, logits, x, point, hyper):
+    if objective.succeeded is None:
+        return losses <= hyper["tol"]
+    return _per_point(objective.succeeded, losses, logits, x, point, hyper)
+
+
+def _evaluate(objective, apply_fn, params, x, point, hyper):
+    """Per-point losses, logits and success flags at inputs ``x``."""
+    logits = apply_fn(params, x)
+    losses = _per_point(objective.loss, logits, x, point, hyper)
+    return losses, logits, _succeeded(objective, losses, logits, x, point, hyper)
+
+
 def _measure(objective, apply_fn, params, v, point, hyper, bounds):
     """Per-point losses, success flags, logits and inputs at variables ``v``, and the
     gradient of the losses w.r.t. ``v``."""
-    succeeded = objective.succeeded or (lambda loss, logits, x, p, h: loss <= h["tol"])
-
     def total(v):
         x = _decode(objective, v, bounds)
         logits = apply_fn(params, x)
-        losses = jax.vmap(objective.loss, in_axes=(0, 0, 0, None))(logits, x, point, hyper)
+        losses = _per_point(objective.loss, logits, x, point, hyper)
         return losses.sum(), (losses, logits, x)
 
     (_, (losses, logits, x)), grad = jax.value_and_grad(total, has_aux=True)(v)
-    ok = jax.vmap(succeeded, in_axes=(0, 0, 0, 0, None))(losses, logits, x, point, hyper)
-    return losses, grad, logits, x, ok
+    return losses, grad, logits, x, _succeeded(objective, losses, logits, x, point, hyper)
 
 
 def loss_and_grad(
@@ -419,13 +434,12 @@ def step_points(
     updates, new_opt_state = jax.vmap(optimizer.update)(grads, state.opt_state, state.x)
     new_v = optax.apply_updates(state.x, updates)
     if objective.constrain is not None:
-        new_v = jax.vmap(objective.constrain, in_axes=(0, 0, None))(new_v, point, hyper)
+        new_v = _per_point(objective.constrain, new_v, point, hyper)
     if objective.decode is None:
         new_v = optax.projections.projection_box(new_v, *bounds)
     best_x, best_score = state.best_x, state.best_score
     if objective.score is not None:
-        score = jax.vmap(objective.score, in_axes=(0, 0, 0, 0, None))(losses, logits, x, point,
-                                                                    hyper)
+        score = _per_point(objective.score, losses, logits, x, point, hyper)
         better = ~state.done & ok & (score < best_score)
         best_x = _select_points(better, x, best_x)
         best_score = jnp.where(better, score.astype(best_score.dtype), best_score)
@@ -612,17 +626,10 @@ def finish_points(apply_fn: ApplyFn, params: Any, state: PointState, i: jax.Arra
     """
     point, hyper = _context(i, j, extra, k, tol, hyper)
     x = _decode(objective, state.x, bounds)
-    logits = apply_fn(params, x)
-    losses = jax.vmap(objective.loss, in_axes=(0, 0, 0, None))(logits, x, point, hyper)
-    succeeded = objective.succeeded or (lambda loss, logits, x, p, h: loss <= h["tol"])
-    ok = jax.vmap(succeeded, in_axes=(0, 0, 0, 0, None))(losses, logits, x, point, hyper)
+    losses, logits, ok = _evaluate(objective, apply_fn, params, x, point, hyper)
     if objective.score is not None:
-        score = jax.vmap(objective.score, in_axes=(0, 0, 0, 0, None))(losses, logits, x, point,
-                                                                    hyper)
-        score = jnp.where(ok, score, jnp.inf)
-        use_best = state.best_score < score
+        score = _per_point(objective.score, losses, logits, x, point, hyper)
+        use_best = state.best_score < jnp.where(ok, score, jnp.inf)
         x = _select_points(use_best, state.best_x, x)
-        logits = apply_fn(params, x)
-        losses = jax.vmap(objective.loss, in_axes=(0, 0, 0, None))(logits, x, point, hyper)
-        ok = jax.vmap(succeeded, in_axes=(0, 0, 0, 0, None))(losses, logits, x, point, hyper)
+        losses, logits, ok = _evaluate(objective, apply_fn, params, x, point, hyper)
     return OptimizeResult(x=x, loss=losses, converged=ok, steps=state.steps, logits=logits)
