@@ -1100,7 +1100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for arch, result in models_out.items():
         result["roofline"] = _roofline(result, args, peak_gflops)
     report = {
-        "command": "python benchmarks/vs_pytorch.py " + " ".join(argv),
+        "command": " ".join(["python benchmarks/vs_pytorch.py", *argv]),
         "quick": args.quick,
         "settings": {"ks": args.ks, "optimizer": f"adam(lr={args.lr})", "tol": args.tol,
                      "init": "data (CIFAR-10 test images)" if not args.quick else
