@@ -47,6 +47,7 @@ import numpy as np
 from flax import nnx
 
 from ipguard_jax.classifier import Classifier, params_hash
+from ipguard_jax.train import _unflatten_restored as _unflatten
 
 FORMAT = "ipguard_jax.model"
 FORMAT_VERSION = 1
@@ -147,17 +148,6 @@ def _flatten(state: Any) -> tuple[list[str], dict[str, np.ndarray]]:
         paths.append(jax.tree_util.keystr(path))
         arrays[f"{index:06d}"] = np.asarray(leaf)
     return paths, arrays
-
-
-def _unflatten(template: Any, flat: Mapping[str, Any]) -> Any:
-    leaves, treedef = jax.tree.flatten(template)
-    restored = []
-    for index, ref in enumerate(leaves):
-        value = jnp.asarray(flat[f"{index:06d}"])
-        if jnp.issubdtype(ref.dtype, jax.dtypes.prng_key):
-            value = jax.random.wrap_key_data(value, impl=jax.random.key_impl(ref))
-        restored.append(value)
-    return jax.tree.unflatten(treedef, restored)
 
 
 def _leaf_specs(state: Any) -> list[tuple[str, str, tuple[int, ...]]]:
