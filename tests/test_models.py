@@ -343,16 +343,54 @@ def test_every_model_runs_and_differentiates_wrt_input(name):
     ((3, 4, 4, 8), (3, 3, 8, 5), 2, 1),   # stride 2 down to 2x2
     ((3, 1, 1, 8), (3, 3, 8, 5), 1, 1),   # 1x1 map, only the centre tap sees data
     ((3, 5, 5, 4), (2, 2, 4, 6), 2, 0),   # even kernel, no padding, odd input
-    ((3, 9, 9, 4), (3, 3, 4, 6), 1, 1),   # 81 output pixels: the native path
+    ((3, 9, 9, 4), (3, 3, 4, 6), 1, 1),   # 81 output pixels: native, matmul kernel gradient
+    ((2, 9, 9, 4), (3, 3, 4, 6), 2, 1),   # strided, native, matmul kernel gradient
+    ((2, 10, 10, 4), (1, 1, 4, 6), 2, 0),  # 1x1 strided shortcut
+    ((2, 8, 7, 3), (3, 3, 3, 4), 1, (0, 2)),  # asymmetric padding, non-square map
 ])
-def test_small_map_convolution_equals_lax(x_shape, w_shape, stride, pad):
+def test_convolution_rewrites_equal_lax(x_shape, w_shape, stride, pad):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
     w = jnp.asarray(rng.normal(size=w_shape), jnp.float32)
-    args = ((stride, stride), ((pad, pad), (pad, pad)))
+    pad = pad if isinstance(pad, tuple) else (pad, pad)
+    args = ((stride, stride), (pad, pad))
+    dims = ("NHWC", "HWIO", "NHWC")
+    ours = lambda x, w: _common.conv_general_dilated(x, w, *args, dimension_numbers=dims)
+    native = lambda x, w: jax.lax.conv_general_dilated(x, w, *args, dimension_numbers=dims)
+    np.testing.assert_allclose(ours(x, w), native(x, w), rtol=1e-5, atol=1e-5)
+    grads = lambda f: jax.jit(jax.grad(lambda x, w: (f(x, w) ** 2).sum(), argnums=(0, 1)))(x, w)
+    (dx, dw), (dx_ref, dw_ref) = grads(ours), grads(native)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-4)
+    assert dw.dtype == w.dtype
+
+
+def test_kernel_gradient_rewrite_keeps_forward_and_input_gradient_bitwise():
+    """Beyond the small-map path only the kernel gradient changes: fingerprints do not move."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(4, 12, 12, 5)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 5, 7)), jnp.float32)
+    args = ((1, 1), ((1, 1), (1, 1)))
     dims = ("NHWC", "HWIO", "NHWC")
     ours = lambda x: _common.conv_general_dilated(x, w, *args, dimension_numbers=dims)
     native = lambda x: jax.lax.conv_general_dilated(x, w, *args, dimension_numbers=dims)
-    np.testing.assert_allclose(ours(x), native(x), rtol=1e-5, atol=1e-5)
-    grad = lambda f: jax.grad(lambda x: (f(x) ** 2).sum())(x)
-    np.testing.assert_allclose(grad(ours), grad(native), rtol=1e-4, atol=1e-4)
+    value_and_dx = lambda f: jax.jit(jax.value_and_grad(lambda x: jnp.tanh(f(x)).sum()))(x)
+    (v, dx), (v_ref, dx_ref) = value_and_dx(ours), value_and_dx(native)
+    assert np.array_equal(np.asarray(v), np.asarray(v_ref))
+    assert np.array_equal(np.asarray(dx), np.asarray(dx_ref))
+
+
+def test_kernel_gradient_rewrite_in_bfloat16_accumulates_in_float32():
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.uniform(size=(8, 16, 16, 8)), jnp.bfloat16)
+    w = jnp.asarray(rng.normal(size=(3, 3, 8, 8)), jnp.bfloat16)
+    args = ((1, 1), ((1, 1), (1, 1)))
+    dims = ("NHWC", "HWIO", "NHWC")
+    loss = lambda w, f: f(x, w).astype(jnp.float32).sum()
+    dw = jax.grad(loss)(w, lambda x, w: _common.conv_general_dilated(
+        x, w, *args, dimension_numbers=dims))
+    exact = jax.grad(loss)(w.astype(jnp.float32), lambda x, w: jax.lax.conv_general_dilated(
+        x.astype(jnp.float32), w, *args, dimension_numbers=dims))
+    assert dw.dtype == jnp.bfloat16
+    # One bfloat16 rounding of a float32-accumulated sum over 2048 terms.
+    np.testing.assert_allclose(np.asarray(dw, np.float32), exact, rtol=1e-2)
