@@ -65,7 +65,8 @@ class FingerprintConfig:
         compact: with the host loop, swap finished points out of the working batch for fresh
             candidates as it runs, so no step waits for a batch's slowest point. Each candidate
             follows the same path as without compaction, and the same candidates are returned
-            (tested); only the count of candidates drawn may differ. Ignored with
+            (tested); only the count of candidates drawn may differ. Once every candidate has
+            started, the batch shrinks by halves to the points still running. Ignored with
             ``loop="device"`` (chosen by ``"auto"`` on GPU/TPU).
         precision: ``"float32"`` (default) or ``"bfloat16"``: the classifier's forward and
             backward passes run in bfloat16 (parameters and inputs cast, logits cast back),

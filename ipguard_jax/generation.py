@@ -455,6 +455,38 @@ def _refill_chunk(apply_fn, plan, target, params, state, i, j, extra, start_fini
             pick(new_finite, start_finite), state)
 
 
+#: A shrinking working batch keeps at least this many rows per device: XLA:CPU computes a
+#: single row with other kernels than a batch, so rows would no longer match across sizes.
+MIN_ROWS_PER_DEVICE = 2
+
+
+def _shrunk_size(batch: int, running: int, devices: int) -> int:
+    """The working batch once ``running`` points are left: ``batch`` halved while they fit.
+
+    Halving (not the exact count) bounds the number of compiled batch shapes to
+    ``log2(batch)``; a size stays a multiple of ``devices`` with at least
+    :data:`MIN_ROWS_PER_DEVICE` rows on each.
+
+    Example:
+        >>> _shrunk_size(16, 5, 1), _shrunk_size(16, 9, 1), _shrunk_size(16, 0, 1)
+        (8, 16, 2)
+        >>> _shrunk_size(64, 3, 8)
+        16
+    """
+    floor = MIN_ROWS_PER_DEVICE * devices
+    size = batch
+    while size // 2 >= max(running, floor) and (size // 2) % devices == 0:
+        size //= 2
+    return size
+
+
+@jax.jit
+def _take_points(tree, index, valid):
+    """Rows ``index`` of every batch-leading leaf; rows where ``valid`` is False are done."""
+    i, j, extra, start_finite, state = jax.tree.map(lambda a: a[index], tree)
+    return i, j, extra, start_finite, state._replace(done=state.done | ~valid)
+
+
 class _Queue:
     """Candidate ids still to start: ``pending`` ones first (in flight when a checkpoint was
     written), then ``next_id, next_id + 1, ...`` up to the budget."""
@@ -483,6 +515,10 @@ def _run_compacted(run: _Run) -> None:
     with the next candidates, so the steps go to unfinished points instead of waiting for the
     slowest one. Each candidate keeps its own step budget, targets and optimiser state, so it
     follows the same path as in the chunked run.
+
+    Once no candidate is left to start, the batch shrinks by halves (see :func:`_shrunk_size`)
+    to the points still running, so the slowest ones (at k=10 a few percent run to the step
+    limit) do not drag a mostly empty batch along.
     """
     apply_fn, params, target, plan = (run.apply_fn, run.params, run.config.target,
                                       run.plan)
@@ -538,6 +574,16 @@ def _run_compacted(run: _Run) -> None:
             place.put(np.maximum(new_ids, 0)), place.put(refill),
             place.put(finished & ~refill), sc["lr"], sc["lo"], sc["hi"], sc["hyper"])
         slot_id = new_ids
+        size = _shrunk_size(batch, int((slot_id >= 0).sum()), place.size)
+        if queue.lowest() == np.inf and size < batch:
+            alive = np.flatnonzero(slot_id >= 0)
+            spare = np.flatnonzero(slot_id < 0)[:size - len(alive)]
+            keep = np.concatenate([alive, spare])
+            i, j, extra, start_finite, state = _take_points(
+                (i, j, extra, start_finite, state), place.put(keep),
+                place.put(np.arange(size) < len(alive)))
+            slot_id, slot_source = slot_id[keep], slot_source[keep]
+            batch, threshold = size, max(1, size // 4)
 
 
 def generate(

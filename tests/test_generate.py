@@ -226,6 +226,37 @@ def test_compaction_returns_the_same_fingerprints(owner, digits, keep):
     np.testing.assert_allclose(compacted.loss, plain.loss, atol=1e-5)
 
 
+def test_compaction_shrinks_the_batch_to_the_stragglers(owner, digits, monkeypatch):
+    from ipguard_jax import generation
+
+    sizes = []
+    take = generation._take_points
+
+    def spy(tree, index, valid):
+        sizes.append((len(index), int(np.asarray(valid).sum())))
+        return take(tree, index, valid)
+
+    monkeypatch.setattr(generation, "_take_points", spy)
+    # k=20 within 100 steps: most points converge, a few run to the limit alone.
+    base = dict(num=24, k=20.0, steps=100, batch_size=16, keep="all", loop="host",
+                block_steps=4)
+    runs = {compact: ipg.generate(owner, ipg.FingerprintConfig(**base, compact=compact), key=2,
+                                  data=digits["test"][0], progress=False)
+            for compact in (False, True)}
+    plain, compacted = runs[False], runs[True]
+    assert 0 < plain.converged.sum() < 24
+    assert len(sizes) >= 2, f"the working batch shrank {len(sizes)} times"
+    batch_sizes = [16] + [size for size, _ in sizes]
+    assert all(b // a == 2 ** round(np.log2(b / a)) and a < b
+               for a, b in zip(batch_sizes[1:], batch_sizes[:-1])), batch_sizes
+    assert all(size >= generation.MIN_ROWS_PER_DEVICE and running <= size
+               for size, running in sizes)
+    for name in ("source", "i", "j", "labels", "converged", "steps"):
+        np.testing.assert_array_equal(getattr(compacted, name), getattr(plain, name),
+                                      err_msg=name)
+    np.testing.assert_allclose(compacted.x, plain.x, atol=1e-6)
+
+
 def test_bfloat16_generation_labels_points_with_the_float32_owner(owner, digits):
     config = ipg.FingerprintConfig(num=40, k=1.0, keep="all", precision="bfloat16")
     fp = ipg.generate(owner, config, key=0, data=digits["test"][0], progress=False)
