@@ -687,6 +687,34 @@ def probe_steps(owner, model_nchw, model_fused, x0_nhwc, i_np, j_np, batches: Se
     return out
 
 
+def batching_bound(step_probe: dict[str, Any]) -> dict[str, Any] | None:
+    """How much batching alone can gain over the per-point loop on this machine.
+
+    With compaction every point takes the same updates as in the per-point loop (a), so at equal
+    step counts ``c / a`` cannot exceed the cost of one batch-1 step (the fastest PyTorch
+    variant, what (a) runs) over the cost of one point-step inside a batch of ``B``. On a GPU a
+    batch-1 step is launch-bound and this ratio is large; on a CPU the batch-1 step already
+    keeps the cores busy and the ratio is small.
+    """
+    if "1" not in step_probe:
+        return None
+
+    def fastest_torch(p):
+        return min(v for name, v in p["median_ms_per_step"].items() if name.startswith("torch"))
+
+    one = step_probe["1"]
+    torch_1, jax_1 = fastest_torch(one), one["median_ms_per_step"]["jax_step"]
+    out = {"torch_batch1_ms": torch_1, "jax_batch1_ms": jax_1, "by_batch": {}}
+    for b, p in step_probe.items():
+        if b == "1":
+            continue
+        jax_pp = p["median_ms_per_step"]["jax_step"] / int(b)
+        torch_pp = fastest_torch(p) / int(b)
+        out["by_batch"][b] = {"jax_ms_per_point_step": jax_pp,
+                              "torch_ms_per_point_step": torch_pp}
+    return out
+
+
 # --- one owner model ----------------------------------------------------------------------------
 
 
@@ -698,8 +726,11 @@ def bench_model(arch: str, net, x0_nhwc: np.ndarray, settings: dict[str, Any], a
     import torch
     from torch.fx.experimental.optimization import fuse
 
+    import jax
+
     import ipguard_jax as ipg
     from ipguard_jax.convert import from_torch
+    from ipguard_jax.generation import MIN_ROWS_PER_DEVICE
 
     _, Normalized = _torch_models()
     n, steps, reps = len(x0_nhwc), settings["steps"], settings["reps"]
@@ -753,6 +784,14 @@ def bench_model(arch: str, net, x0_nhwc: np.ndarray, settings: dict[str, Any], a
             raise RuntimeError("the generate variants drew different targets")
         i_shared, j_shared = i_w, j_w
         log(f"{arch}: {name} warm-up (compile) {warmup_s[name]:.1f} s")
+    # Compaction shrinks its batch by halves at the end of a run: compile those shapes too.
+    start = time.perf_counter()
+    size = configs["c_compact"].batch_size
+    while size // 2 >= MIN_ROWS_PER_DEVICE * jax.device_count():
+        size //= 2
+        run_generate(dataclasses.replace(configs["c_compact"], batch_size=size), args.ks[0],
+                     max_steps=1)
+    warmup_s["c_compact"] += time.perf_counter() - start
     i_t = torch.from_numpy(i_shared.astype(np.int64))
     j_t = torch.from_numpy(j_shared.astype(np.int64))
     labels = {"torch_argmax_equals_generate_i": float((torch_i == i_shared).mean()),
@@ -787,7 +826,7 @@ def bench_model(arch: str, net, x0_nhwc: np.ndarray, settings: dict[str, Any], a
             f" compile {compile_probe['compile_s_first_call']:.0f} s")
 
     step_probe = probe_steps(owner, model_nchw, model_fused, x0_nhwc, i_shared, j_shared,
-                             sorted({min(args.compact_batch, n), n}),
+                             sorted({1, min(args.compact_batch, n), n}),
                              reps=1 if args.quick else 5, lr=args.lr)
     log(f"{arch}: step probe (ms per step) " + json.dumps(
         {b: {k: round(v, 1) for k, v in p["median_ms_per_step"].items()}
@@ -855,6 +894,7 @@ def bench_model(arch: str, net, x0_nhwc: np.ndarray, settings: dict[str, Any], a
             "owner_labels_i": i_shared.tolist(), "targets_j": j_shared.tolist(),
             "torch_thread_probes": thread_log, "torch_compile_probe": compile_probe,
             "step_probe": step_probe,
+            "batching_bound": batching_bound(step_probe),
             "generate_batch_sizes": {"c_chunked": min(args.chunk_batch, n),
                                      "c_compact": min(args.compact_batch, n)},
             "per_k": per_k, "_owner": owner}
@@ -1235,6 +1275,29 @@ def render_markdown(report: dict[str, Any]) -> str:
                 lines.append(f"| {b} | {ms['jax_step']:.1f} | {ms['torch_nchw_1t']:.1f} | "
                              f"{ms['torch_nchw_2t']:.1f} | {ms['torch_cl_folded_1t']:.1f} | "
                              f"{ms['torch_cl_folded_2t']:.1f} | {p['load_average'][0]:.1f} |")
+            lines.append("")
+        bound = m.get("batching_bound")
+        if bound:
+            passes = {k: v["a_per_point"].get("seconds_per_pass")
+                      for k, v in m.get("per_k", {}).items() if "a_per_point" in v}
+            passes = {k: 1e3 * v for k, v in passes.items() if v}
+            lines += [f"Batching bound: one input-gradient pass at batch 1 costs "
+                      f"{bound['torch_batch1_ms']:.1f} ms in PyTorch ({bound['jax_batch1_ms']:.1f}"
+                      " ms in ipguard_jax); a whole update of the per-point loop (a), with Adam, "
+                      "clamping and the Python around it, measured "
+                      + ", ".join(f"{v:.1f} ms (k={k})" for k, v in passes.items())
+                      + ". Every point takes the same updates in (a) and with compaction, so at "
+                      "equal steps c/a is at most the cost of an update in (a) over the cost of "
+                      "one point-step in a batch:", "",
+                      "| batch | ipguard_jax ms per point-step | fastest PyTorch ms per point-step "
+                      "| largest possible c/a | largest possible batched-PyTorch/a |",
+                      "|---|---|---|---|---|"]
+            per_update = max(passes.values()) if passes else bound["torch_batch1_ms"]
+            for b, v in bound["by_batch"].items():
+                lines.append(f"| {b} | {v['jax_ms_per_point_step']:.2f} | "
+                             f"{v['torch_ms_per_point_step']:.2f} | "
+                             f"{per_update / v['jax_ms_per_point_step']:.1f}x | "
+                             f"{per_update / v['torch_ms_per_point_step']:.1f}x |")
             lines.append("")
         cp = m.get("torch_compile_probe")
         if cp:
