@@ -567,12 +567,15 @@ def _run_compacted(run: _Run) -> None:
         new_ids = slot_id.copy()
         new_ids[refill] = fresh_ids
         new_ids[finished & ~refill] = -1
-        x0, source = run.starts(np.maximum(new_ids, 0))
-        slot_source = np.where(refill, source, slot_source)
-        i, j, extra, start_finite, state = _refill_chunk(
-            apply_fn, plan, target, params, state, i, j, extra, start_finite, x0, run.key,
-            place.put(np.maximum(new_ids, 0)), place.put(refill),
-            place.put(finished & ~refill), sc["lr"], sc["lo"], sc["hi"], sc["hyper"])
+        if refill.any():
+            x0, source = run.starts(np.maximum(new_ids, 0))
+            slot_source = np.where(refill, source, slot_source)
+            i, j, extra, start_finite, state = _refill_chunk(
+                apply_fn, plan, target, params, state, i, j, extra, start_finite, x0, run.key,
+                place.put(np.maximum(new_ids, 0)), place.put(refill),
+                place.put(finished & ~refill), sc["lr"], sc["lo"], sc["hi"], sc["hyper"])
+        else:  # nothing left to start: the finished slots only stop (no owner pass to prepare)
+            state = state._replace(done=state.done | place.put(finished))
         slot_id = new_ids
         size = _shrunk_size(batch, int((slot_id >= 0).sum()), place.size)
         if queue.lowest() == np.inf and size < batch:
