@@ -227,8 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     data = p.add_argument_group("data")
     data.add_argument("--data", metavar="SOURCE",
                       help="start images: 'digits' (default), an image folder or tar archive, "
-                           "or an .npz file with an array x (and optionally y)")
-    data.add_argument("--split", help="split directory inside an image folder, e.g. test")
+                           "an .npz file with an array x (and optionally y), or tfds:NAME (a "
+                           "prepared TensorFlow Datasets dataset)")
+    data.add_argument("--split", help="split directory inside an image folder, e.g. test, or "
+                                      "the TFDS split (default test)")
     gen = p.add_argument_group("generation (ipguard_jax.FingerprintConfig)")
     gen.add_argument("--num", type=_positive_int, default=defaults.num,
                      help="fingerprints to generate (default %(default)s)")
@@ -303,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
         "decoys (natural inputs mixed into every query, so a suspect cannot single out the "
         "fingerprints)")
     decoys.add_argument("--decoys", metavar="SOURCE",
-                        help="'digits', an image folder or tar archive, or an .npz with x")
+                        help="'digits', an image folder or tar archive, an .npz with x, or "
+                             "tfds:NAME")
     decoys.add_argument("--decoy-split", metavar="SPLIT",
                         help="split directory inside a decoy image folder")
     decoys.add_argument("--decoy-ratio", type=_finite, default=None,
@@ -550,8 +553,11 @@ def load_data_source(source: str | None, split: str | None = None, channels: int
 
     Args:
         source: ``None`` or ``"digits"`` (the embedded digits), an image folder or tar
-            archive, or an ``.npz`` file with an array ``x`` (and optionally ``y``).
-        split: the split directory inside an image folder (``"test"``...).
+            archive, an ``.npz`` file with an array ``x`` (and optionally ``y``), or
+            ``tfds:NAME`` for a TensorFlow Datasets dataset already prepared on this machine
+            (in ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``; nothing is downloaded).
+        split: the split directory inside an image folder, or the TFDS split (default
+            ``"test"``).
         channels: the model's input channels: 1 loads image folders as grey, else RGB.
         option: the option that named the source, for messages.
 
@@ -569,6 +575,15 @@ def load_data_source(source: str | None, split: str | None = None, channels: int
 
     if source is None or source == "digits":
         return data.load_digits()
+    if source.startswith("tfds:"):
+        name = source[len("tfds:"):]
+        if not name:
+            raise UsageError(f"{option} tfds: needs a dataset name, e.g. tfds:cifar10")
+        try:
+            return data.load_tfds(name, split or "test",
+                                  data_dir=os.environ.get("TFDS_DATA_DIR") or None)
+        except (ImportError, FileNotFoundError, ValueError) as e:
+            raise UsageError(f"{option} {source}: {e}") from None
     path = Path(source).expanduser()
     if not path.exists():
         raise UsageError(f"{option} {source}: no such file or directory")

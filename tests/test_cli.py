@@ -264,3 +264,35 @@ def test_python_dash_m_help_in_a_subprocess():
                             text=True, timeout=120, cwd=Path(__file__).parent)
     assert result.returncode == 0, result.stderr
     assert "usage: ipguard" in result.stdout and "verify" in result.stdout
+
+
+def test_fingerprint_and_decoys_from_a_tfds_dataset(tmp_path, capsys):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    kwargs = {"in_features": 784, "in_channels": 1, "hidden": [16]}
+    net = models.create("mlp", 10, rngs=nnx.Rngs(0), **kwargs)
+    model = models.save_model(tmp_path / "mnist_model", net, arch="mlp", num_classes=10,
+                              input_shape=(28, 28, 1), model_kwargs=kwargs)
+    out = tmp_path / "fp"
+    with tfds.testing.mock_data(num_examples=12):
+        assert main(["fingerprint", str(model), "-o", str(out), "--data", "tfds:mnist",
+                     "--num", "4", "--k", "0.1", "--steps", "20", "--quiet"]) == 0
+        code = main(["verify", str(out), str(model), "--decoys", "tfds:mnist",
+                     "--decoy-split", "train", "--decoy-seed", "0"])
+    assert code == 1 and "100.0%" in capsys.readouterr().out  # the owner is its own copy
+    fp = ipg.load(out)
+    assert len(fp) == 4 and fp.x.shape[1:] == (28, 28, 1)
+    assert fp.metadata["origin"]["data"]["num_images"] == 12
+    assert "tfds:mnist/test" in json.dumps(fp.metadata["origin"]["data"])
+
+
+@pytest.mark.parametrize("source,message", [("tfds:", "needs a dataset name"),
+                                            ("tfds:mnist", "not prepared")])
+def test_a_bad_tfds_source_exits_2_with_one_line(files, tmp_path, capsys, monkeypatch, source,
+                                                 message):
+    pytest.importorskip("tensorflow_datasets")
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))  # empty: nothing prepared
+    argv = ["fingerprint", str(files["owner"]), "-o", str(tmp_path / "fp"), "--data", source]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    _no_traceback(err)
+    assert message in err and not (tmp_path / "fp").exists()
