@@ -577,9 +577,9 @@ def _run_compacted(run: _Run) -> None:
         else:  # nothing left to start: the finished slots only stop (no owner pass to prepare)
             state = state._replace(done=state.done | place.put(finished))
         slot_id = new_ids
-        size = _shrunk_size(batch, int((slot_id >= 0).sum()), place.size)
-        if queue.lowest() == np.inf and size < batch:
-            alive = np.flatnonzero(slot_id >= 0)
+        alive = np.flatnonzero(slot_id >= 0)
+        size = batch if queue.lowest() < np.inf else _shrunk_size(batch, len(alive), place.size)
+        if size < batch:
             spare = np.flatnonzero(slot_id < 0)[:size - len(alive)]
             keep = np.concatenate([alive, spare])
             i, j, extra, start_finite, state = _take_points(
