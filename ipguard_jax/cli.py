@@ -895,6 +895,10 @@ def _cmd_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from ipguard_jax.evaluation import benchmark
 
     setting = benchmark.make_setting(args)
+    if args.plan:
+        print(benchmark.format_plan(benchmark.plan(setting, seed=args.seed,
+                                                   cache_dir=args.cache_dir)))
+        return 0
     out_dir = Path(args.out).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {args.out} is a file; give a directory")

@@ -375,3 +375,55 @@ def test_quick_benchmark_runs(tmp_path, monkeypatch, capsys):
     assert timeless(again["configs"][0]) == timeless(first["configs"][0])
     for ext in ("md", "png"):
         assert (tmp_path / "cli" / f"aruc_digits_quick.{ext}").stat().st_size > 0
+
+
+def test_plan_lists_every_model_of_the_run_and_sees_the_cache(tmp_path, capsys):
+    from ipguard_jax.cli import main
+    from ipguard_jax.evaluation import benchmark
+    from ipguard_jax.evaluation import postprocess as pp
+
+    setting = benchmark.make_setting(benchmark.parse_args(["--quick"]))
+    owner_ds, _, indep_ds, _ = benchmark.load_data(setting, 0)
+    cache_dir = tmp_path / "cache"
+    p = benchmark.plan(setting, cache_dir=cache_dir, probe_batches=1)
+    rows = {r["name"]: r for r in p["models"]}
+    expected = (["owner"] + [n for n, _, _ in benchmark.pirate_specs(setting)]
+                + [s[0] for s in benchmark.independent_specs(setting, owner_ds, indep_ds, 0)])
+    assert [r["name"] for r in p["models"]] == expected
+    assert not any(r["cached"] for r in p["models"])
+    for name in ("prune30", "prune70", "int8"):  # weight edits: nothing to train
+        assert rows[name]["epochs"] == 0 and rows[name]["estimated_s"] == 0
+    trains = [r for r in p["models"] if r["epochs"]]
+    assert all(r["estimated_s"] > 0 for r in trains)
+    assert rows["distill-cnn"]["arch"] == "cnn" and rows["FTAL"]["arch"] == "mlp"
+    assert rows["owner"]["train_images"] == len(owner_ds)
+    assert p["estimated_uncached_s"] == pytest.approx(sum(r["estimated_s"] for r in trains))
+    assert set(p["train_images_per_s"]) == {r["arch"] + json.dumps(r["kwargs"], sort_keys=True)
+                                            for r in trains}
+    assert not cache_dir.exists() or not any(cache_dir.rglob("*.json"))  # nothing written
+
+    # Cache an owner (untrained will do) and one pirate made from it: the plan sees both.
+    config = benchmark._train_config(setting, 0, len(owner_ds))
+    recipe = benchmark._trained_recipe(setting.owner, setting.owner_kwargs,
+                                       owner_ds.num_classes, owner_ds, "owner split", 0, config)
+    cache = ev.ModelCache(cache_dir)
+
+    def build():
+        return pp.build_model(setting.owner, owner_ds.num_classes, 0, **setting.owner_kwargs)
+
+    owner = cache.get_or_create(recipe, build, build)
+    _, pirate_ds, _, _ = benchmark.load_data(setting, 0)
+    pirate_recipe = benchmark._pirate_recipe(
+        ev.model_hash(owner), "int8", {}, ev.array_digest(pirate_ds.x, pirate_ds.y),
+        benchmark._pirate_config(setting, 0))
+    cache.get_or_create(pirate_recipe, lambda: pp.make_pirate("int8", owner, None, None), build)
+    again = benchmark.plan(setting, cache_dir=cache_dir, probe_batches=1)
+    cached = {r["name"] for r in again["models"] if r["cached"]}
+    assert cached == {"owner", "int8"}
+    assert again["estimated_uncached_s"] < p["estimated_uncached_s"]
+
+    assert main(["evaluate", "--quick", "--plan", "--cache-dir", str(cache_dir),
+                 "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "| owner | owner | mlp |" in out and "To train: 22 of 24 models" in out
+    assert not (tmp_path / "out").exists()

@@ -126,6 +126,9 @@ def add_arguments(parser: argparse.ArgumentParser, *,
                    help="use only this many training (and test) images, for smoke runs")
     p.add_argument("--cache-dir", default=None, help="model cache (default: ModelCache())")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plan", action="store_true",
+                   help="only list the models the run would train, which are cached, and an "
+                        "estimate of the training time (from a short probe), then stop")
     return p
 
 
@@ -247,6 +250,93 @@ def load_data(setting: Setting, seed: int):
     return owner, pirate, indep, test
 
 
+def _train_config(setting: Setting, seed: int, n: int):
+    """How the owner and the independent models train (``n`` training images)."""
+    from ipguard_jax import train
+
+    return train.TrainConfig(
+        epochs=setting.epochs, batch_size=min(setting.batch_size, n),
+        optimizer=setting.train_optimizer, lr=setting.train_lr,
+        weight_decay=5e-4 if setting.train_optimizer == "sgd" else 0.0,
+        random_crop=setting.augment, horizontal_flip=setting.augment, seed=seed)
+
+
+def _trained_recipe(arch: str, kwargs: dict[str, Any], num_classes: int, ds, data_name: str,
+                    seed: int, config) -> dict[str, Any]:
+    """The cache key of a model trained from scratch."""
+    from ipguard_jax import evaluation as ev
+
+    return {"role": "trained", "arch": arch, "kwargs": kwargs, "num_classes": num_classes,
+            "data": data_name, "data_hash": ev.array_digest(ds.x, ds.y),
+            "train": config.trajectory_dict(), "init_seed": seed}
+
+
+def _pirate_recipe(owner_hash: str, kind: str, params: dict[str, Any], data_hash: str,
+                   config) -> dict[str, Any]:
+    """The cache key of a pirated copy of the owner."""
+    return {"role": "pirated", "owner_hash": owner_hash, "kind": kind, "params": params,
+            "data_hash": data_hash, "config": config.to_dict()}
+
+
+def _pirate_config(setting: Setting, seed: int):
+    """How the pirates fine-tune, retrain and distil."""
+    from ipguard_jax.evaluation import postprocess as pp
+
+    return pp.PirateConfig(epochs=setting.pirate_epochs, lr=setting.pirate_lr, seed=seed,
+                           random_crop=setting.augment, horizontal_flip=setting.augment)
+
+
+def pirate_specs(setting: Setting) -> list[tuple[str, str, dict[str, Any]]]:
+    """The pirated copies of a run: ``(name, post-processing kind, its parameters)``.
+
+    Example:
+        >>> [name for name, _, _ in pirate_specs(make_setting(parse_args(["--quick"])))][:6]
+        ['FTLL', 'FTAL', 'RTLL', 'RTAL', 'prune30', 'prune50']
+    """
+    student_arch, student_kwargs = setting.distill_student
+    return [
+        ("FTLL", "ftll", {}), ("FTAL", "ftal", {}), ("RTLL", "rtll", {}), ("RTAL", "rtal", {}),
+        *[(f"prune{int(r * 100)}", "prune", {"rate": r}) for r in (0.3, 0.5, 0.7)],
+        *[(f"prune{int(r * 100)}+FT", "prune_ft", {"rate": r}) for r in (0.5, 0.7, 0.9)],
+        ("distill-same", "distill", {"temperature": 4.0}),
+        (f"distill-{student_arch}", "distill",
+         {"temperature": 4.0, "student": student_arch, "student_kwargs": student_kwargs}),
+        ("int8", "int8", {}),
+    ]
+
+
+def independent_specs(setting: Setting, owner_ds, indep_ds, seed: int) -> list[tuple]:
+    """The independent models of a run: ``(name, arch, kwargs, data, data name, init seed)``.
+
+    The owner's architecture with other seeds (on the independent split and on the owner's
+    own split) and on disjoint halves of the independent split; every other architecture once;
+    one of them (the first for images, the last for digits) also with other seeds and data.
+
+    Example:
+        >>> setting = make_setting(parse_args(["--quick"]))
+        >>> owner, _, independent, _ = load_data(setting, 0)
+        >>> [spec[0] for spec in independent_specs(setting, owner, independent, 0)][:3]
+        ['mlp-seed1', 'mlp-seed2', 'mlp-seed3-ownerdata']
+    """
+    half_a, half_b = indep_ds.split([0.5, 0.5], seed=seed + 1)
+    owner, kwargs = setting.owner, setting.owner_kwargs
+    specs = [
+        (f"{owner}-seed1", owner, kwargs, indep_ds, "independent", 1),
+        (f"{owner}-seed2", owner, kwargs, indep_ds, "independent", 2),
+        (f"{owner}-seed3-ownerdata", owner, kwargs, owner_ds, "owner split", 3),
+        (f"{owner}-halfA", owner, kwargs, half_a, "indep half A", 4),
+        (f"{owner}-halfB", owner, kwargs, half_b, "indep half B", 5),
+    ]
+    for label, arch, arch_kwargs in setting.independent_archs:
+        specs.append((f"{label}-seed1", arch, arch_kwargs, indep_ds, "independent", 1))
+    # One other architecture also with other seeds and data: the one most unlike the owner.
+    label0, arch0, kwargs0 = setting.independent_archs[-1 if setting.data == "digits" else 0]
+    specs.append((f"{label0}-seed2", arch0, kwargs0, indep_ds, "independent", 2))
+    specs.append((f"{label0}-seed3-ownerdata", arch0, kwargs0, owner_ds, "owner split", 3))
+    specs.append((f"{label0}-halfA", arch0, kwargs0, half_a, "indep half A", 6))
+    return specs
+
+
 def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0,
         cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Trains (or loads) the models, fingerprints, verifies and writes the reports.
@@ -291,18 +381,9 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
     digests = {name: ev.array_digest(d.x, d.y) for name, d in
                (("owner", owner_ds), ("pirate", pirate_ds), ("independent", indep_ds))}
 
-    def train_config(seed: int, n: int) -> train.TrainConfig:
-        return train.TrainConfig(
-            epochs=setting.epochs, batch_size=min(setting.batch_size, n),
-            optimizer=setting.train_optimizer, lr=setting.train_lr,
-            weight_decay=5e-4 if setting.train_optimizer == "sgd" else 0.0,
-            random_crop=setting.augment, horizontal_flip=setting.augment, seed=seed)
-
     def trained(arch: str, kwargs: dict[str, Any], ds, data_name: str, seed: int):
-        config = train_config(seed, len(ds))
-        recipe = {"role": "trained", "arch": arch, "kwargs": kwargs, "num_classes": num_classes,
-                  "data": data_name, "data_hash": ev.array_digest(ds.x, ds.y),
-                  "train": config.trajectory_dict(), "init_seed": seed}
+        config = _train_config(setting, seed, len(ds))
+        recipe = _trained_recipe(arch, kwargs, num_classes, ds, data_name, seed, config)
 
         def make():
             model = pp.build_model(arch, num_classes, seed, **kwargs)
@@ -312,34 +393,27 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
         return cache.get_or_create(recipe, make, lambda: pp.build_model(arch, num_classes, seed,
                                                                         **kwargs))
 
+    pirates = pirate_specs(setting)
+    indep_specs = independent_specs(setting, owner_ds, indep_ds, seed)
+    names = [spec[0] for spec in indep_specs] + [spec[0] for spec in pirates]
+    if len(set(names)) != len(names):
+        raise ValueError(f"model names repeat: {sorted(n for n in names if names.count(n) > 1)}")
+
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     owner = trained(setting.owner, setting.owner_kwargs, owner_ds, "owner split", seed)
     timings["owner_s"] = time.perf_counter() - t0
     owner_hash = ev.model_hash(owner)
 
-    pirate_config = pp.PirateConfig(epochs=setting.pirate_epochs, lr=setting.pirate_lr,
-                                    seed=seed, random_crop=setting.augment,
-                                    horizontal_flip=setting.augment)
-    student_arch, student_kwargs = setting.distill_student
-    pirate_specs: list[tuple[str, str, dict[str, Any]]] = [
-        ("FTLL", "ftll", {}), ("FTAL", "ftal", {}), ("RTLL", "rtll", {}), ("RTAL", "rtal", {}),
-        *[(f"prune{int(r * 100)}", "prune", {"rate": r}) for r in (0.3, 0.5, 0.7)],
-        *[(f"prune{int(r * 100)}+FT", "prune_ft", {"rate": r}) for r in (0.5, 0.7, 0.9)],
-        ("distill-same", "distill", {"temperature": 4.0}),
-        (f"distill-{student_arch}", "distill",
-         {"temperature": 4.0, "student": student_arch, "student_kwargs": student_kwargs}),
-        ("int8", "int8", {}),
-    ]
+    pirate_config = _pirate_config(setting, seed)
 
     def like_owner():
         return pp.build_model(setting.owner, num_classes, 0, **setting.owner_kwargs)
 
     pirated_models = {}
     t0 = time.perf_counter()
-    for name, kind, params in pirate_specs:
-        recipe = {"role": "pirated", "owner_hash": owner_hash, "kind": kind, "params": params,
-                  "data_hash": digests["pirate"], "config": pirate_config.to_dict()}
+    for name, kind, params in pirates:
+        recipe = _pirate_recipe(owner_hash, kind, params, digests["pirate"], pirate_config)
         if kind == "distill" and "student" in params:
             def like(a=params["student"], kw=params["student_kwargs"]):
                 return pp.build_model(a, num_classes, 0, **kw)
@@ -350,30 +424,6 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
                                                             pirate_config, **p), like)
     timings["pirated_s"] = time.perf_counter() - t0
 
-    # Independent: same architecture other seeds (other data, and the owner's own data),
-    # other architectures, disjoint halves of the independent split.
-    half_a, half_b = indep_ds.split([0.5, 0.5], seed=seed + 1)
-    indep_specs = [
-        (f"{setting.owner}-seed1", setting.owner, setting.owner_kwargs, indep_ds, "independent",
-         1),
-        (f"{setting.owner}-seed2", setting.owner, setting.owner_kwargs, indep_ds, "independent",
-         2),
-        (f"{setting.owner}-seed3-ownerdata", setting.owner, setting.owner_kwargs, owner_ds,
-         "owner split", 3),
-        (f"{setting.owner}-halfA", setting.owner, setting.owner_kwargs, half_a, "indep half A", 4),
-        (f"{setting.owner}-halfB", setting.owner, setting.owner_kwargs, half_b, "indep half B", 5),
-    ]
-    for label, arch, kwargs in setting.independent_archs:
-        indep_specs.append((f"{label}-seed1", arch, kwargs, indep_ds, "independent", 1))
-    # One other architecture also with other seeds and data: the one most unlike the owner.
-    label0, arch0, kwargs0 = setting.independent_archs[-1 if setting.data == "digits" else 0]
-    indep_specs.append((f"{label0}-seed2", arch0, kwargs0, indep_ds, "independent", 2))
-    indep_specs.append((f"{label0}-seed3-ownerdata", arch0, kwargs0, owner_ds, "owner split",
-                        3))
-    indep_specs.append((f"{label0}-halfA", arch0, kwargs0, half_a, "indep half A", 6))
-    names = [spec[0] for spec in indep_specs] + [spec[0] for spec in pirate_specs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"model names repeat: {sorted(n for n in names if names.count(n) > 1)}")
     independent_models = {}
     t0 = time.perf_counter()
     for name, arch, kwargs, ds, data_name, model_seed in indep_specs:
@@ -479,6 +529,131 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
     return result
 
 
+#: Post-processings that only edit the owner's weights: they train nothing.
+_NO_TRAINING = ("prune", "int8")
+
+
+def plan(setting: Setting, *, seed: int = 0, cache_dir: str | os.PathLike | None = None,
+         probe_batches: int = 2) -> dict[str, Any]:
+    """What a run would train, what the model cache already holds, and how long the rest takes.
+
+    Nothing is trained or written. The time estimate comes from a short probe of each
+    architecture that still has to train (``probe_batches`` batches, timed on a second,
+    compiled epoch of :func:`ipguard_jax.train.fit`); a pirate counts as training its model for
+    the pirate epochs (fine-tuning the last layer costs less, so that is an upper bound).
+    Fingerprinting and queries come on top.
+
+    Args:
+        setting: the run's setting (see :func:`make_setting`).
+        seed: the run's seed (the splits and the cache keys depend on it).
+        cache_dir: the model cache (default :func:`~ipguard_jax.evaluation.default_model_dir`).
+        probe_batches: batches per probe epoch.
+
+    Returns:
+        ``{"models": [...], "train_images_per_s": {...}, "compile_s": {...},
+        "estimated_s": ..., "estimated_uncached_s": ...}``; each model row has ``role``,
+        ``name``, ``arch``, ``kwargs``, ``train_images``, ``epochs``, ``cached`` and
+        ``estimated_s`` (training plus one compilation; 0 for cached models).
+
+    Example:
+        >>> p = plan(make_setting(parse_args(["--quick"])), cache_dir="/tmp/empty_cache")
+        >>> print(format_plan(p))  # doctest: +SKIP
+    """
+    from ipguard_jax import evaluation as ev
+    from ipguard_jax import train
+    from ipguard_jax.evaluation import postprocess as pp
+
+    owner_ds, pirate_ds, indep_ds, _ = load_data(setting, seed)
+    num_classes = owner_ds.num_classes
+    cache = ev.ModelCache(cache_dir)
+    rows = []
+
+    def trained_row(role, name, arch, kwargs, ds, data_name, model_seed):
+        config = _train_config(setting, model_seed, len(ds))
+        recipe = _trained_recipe(arch, kwargs, num_classes, ds, data_name, model_seed, config)
+        rows.append({"role": role, "name": name, "arch": arch, "kwargs": kwargs,
+                     "train_images": len(ds), "epochs": setting.epochs,
+                     "cached": recipe in cache})
+        return recipe
+
+    owner_recipe = trained_row("owner", "owner", setting.owner, setting.owner_kwargs, owner_ds,
+                               "owner split", seed)
+    owner_hash = None
+    if rows[0]["cached"]:
+        def absent():
+            raise RuntimeError("the cached owner vanished while planning")
+
+        owner_hash = ev.model_hash(cache.get_or_create(
+            owner_recipe, absent,
+            lambda: pp.build_model(setting.owner, num_classes, 0, **setting.owner_kwargs)))
+    pirate_config = _pirate_config(setting, seed)
+    pirate_hash = ev.array_digest(pirate_ds.x, pirate_ds.y)
+    for name, kind, params in pirate_specs(setting):
+        recipe = _pirate_recipe(owner_hash or "", kind, params, pirate_hash, pirate_config)
+        student = "student" in params
+        rows.append({"role": "pirated", "name": name,
+                     "arch": params["student"] if student else setting.owner,
+                     "kwargs": params["student_kwargs"] if student else setting.owner_kwargs,
+                     "train_images": len(pirate_ds),
+                     "epochs": 0 if kind in _NO_TRAINING else setting.pirate_epochs,
+                     "cached": owner_hash is not None and recipe in cache})
+    for name, arch, kwargs, ds, data_name, model_seed in independent_specs(
+            setting, owner_ds, indep_ds, seed):
+        trained_row("independent", name, arch, kwargs, ds, data_name, model_seed)
+
+    rates: dict[str, float] = {}
+    compile_s: dict[str, float] = {}
+    n = min(len(owner_ds), setting.batch_size * probe_batches)
+    for row in rows:
+        label = row["arch"] + (json.dumps(row["kwargs"], sort_keys=True) if row["kwargs"] else "")
+        row["estimated_s"] = 0.0
+        if row["cached"] or row["epochs"] == 0:
+            continue
+        if label not in rates:
+            model = pp.build_model(row["arch"], num_classes, 0, **row["kwargs"])
+            config = dataclasses.replace(_train_config(setting, 0, n), epochs=2)
+            seconds = train.fit(model, owner_ds.x[:n], owner_ds.y[:n], config,
+                                progress=False).history["seconds"]
+            rates[label] = n // config.batch_size * config.batch_size / seconds[-1]
+            compile_s[label] = max(0.0, seconds[0] - seconds[-1])
+        row["estimated_s"] = row["train_images"] * row["epochs"] / rates[label] + compile_s[label]
+    return {"setting": dataclasses.asdict(setting), "seed": seed,
+            "train_images_per_s": rates, "compile_s": compile_s,
+            "estimated_s": sum(r["estimated_s"] for r in rows),
+            "estimated_uncached_s": sum(r["estimated_s"] for r in rows if not r["cached"]),
+            "models": rows}
+
+
+def format_plan(p: dict[str, Any]) -> str:
+    """A Markdown table of :func:`plan`'s result, with the totals.
+
+    Example:
+        >>> print(format_plan({"models": [{"role": "owner", "name": "owner", "arch": "mlp",
+        ...     "train_images": 700, "epochs": 30, "cached": False, "estimated_s": 90.0}],
+        ...     "estimated_uncached_s": 90.0, "train_images_per_s": {"mlp": 233.3}}))
+        | role | model | arch | images | epochs | cached | est. training |
+        |---|---|---|---|---|---|---|
+        | owner | owner | mlp | 700 | 30 | no | 1.5 min |
+        <BLANKLINE>
+        To train: 1 of 1 models, about 1.5 min on this machine, plus fingerprinting.
+    """
+    def duration(seconds: float) -> str:
+        if seconds < 60:
+            return f"{seconds:.0f} s"
+        return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+    lines = ["| role | model | arch | images | epochs | cached | est. training |",
+             "|---|---|---|---|---|---|---|"]
+    for r in p["models"]:
+        est = "-" if r["cached"] or not r["estimated_s"] else duration(r["estimated_s"])
+        lines.append(f"| {r['role']} | {r['name']} | {r['arch']} | {r['train_images']} | "
+                     f"{r['epochs']} | {'yes' if r['cached'] else 'no'} | {est} |")
+    todo = [r for r in p["models"] if not r["cached"]]
+    lines += ["", f"To train: {len(todo)} of {len(p['models'])} models, about "
+                  f"{duration(p['estimated_uncached_s'])} on this machine, plus fingerprinting."]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None, *, results_dir: str | os.PathLike | None = None,
          default_data: str | os.PathLike | None = None,
          script: str = "benchmarks/aruc_cifar10.py") -> dict[str, Any]:
@@ -505,6 +680,10 @@ def main(argv: list[str] | None = None, *, results_dir: str | os.PathLike | None
     """
     args = parse_args(argv)
     setting = make_setting(args, default_data)
+    if args.plan:
+        result = plan(setting, seed=args.seed, cache_dir=args.cache_dir)
+        print(format_plan(result), flush=True)
+        return result
     out = Path(args.out) if args.out else Path(results_dir or ".") / (
         QUICK_NAME if args.quick else FULL_NAME)
     command = " ".join(["python", *([sys.argv[0]] if argv is None else [script]),
