@@ -427,3 +427,38 @@ def test_plan_lists_every_model_of_the_run_and_sees_the_cache(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| owner | owner | mlp |" in out and "To train: 22 of 24 models" in out
     assert not (tmp_path / "out").exists()
+
+
+def test_a_benchmark_model_stopped_part_way_resumes_to_the_same_parameters(tmp_path):
+    from ipguard_jax import data, train
+    from ipguard_jax.evaluation import benchmark
+    from ipguard_jax.evaluation import postprocess as pp
+
+    ds = data.load_digits().subset(np.arange(256))
+    config = train.TrainConfig(epochs=3, batch_size=64, optimizer="adam", lr=3e-3,
+                               weight_decay=0.0, random_crop=False, horizontal_flip=False)
+    recipe = benchmark._trained_recipe("cnn", {"in_channels": 1}, 10, ds, "digits", 0, config)
+
+    def build():
+        return pp.build_model("cnn", 10, 0, in_channels=1)
+
+    reference = benchmark.train_cached(ev.ModelCache(tmp_path / "a"), recipe, build, ds, config)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(epoch, metrics):
+        if epoch == 2:
+            raise Stop
+
+    cache = ev.ModelCache(tmp_path / "b")
+    with pytest.raises(Stop):
+        benchmark.train_cached(cache, recipe, build, ds, config, on_epoch_end=stop_after_two)
+    partial = tmp_path / "b" / "training" / cache.path(recipe).name
+    assert partial.is_dir() and recipe not in cache  # epochs 1-2 saved, nothing cached yet
+    epochs_run = []
+    resumed = benchmark.train_cached(cache, recipe, build, ds, config,
+                                     on_epoch_end=lambda epoch, m: epochs_run.append(epoch))
+    assert epochs_run == [3]
+    assert ev.model_hash(resumed) == ev.model_hash(reference)
+    assert recipe in cache and not partial.exists()

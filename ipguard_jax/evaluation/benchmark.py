@@ -271,6 +271,44 @@ def _trained_recipe(arch: str, kwargs: dict[str, Any], num_classes: int, ds, dat
             "train": config.trajectory_dict(), "init_seed": seed}
 
 
+def train_cached(cache, recipe: dict[str, Any], build, ds, config, *,
+                 on_epoch_end=None):
+    """A model trained from scratch, taken from the cache when it is there; resumable.
+
+    While it trains, :func:`ipguard_jax.train.fit` checkpoints every epoch under
+    ``<cache root>/training/<recipe key>``, so a run stopped part-way (a killed job, the end of
+    a session) resumes at its last finished epoch and ends with the same parameters. The
+    checkpoints are removed once the model is in the cache.
+
+    Args:
+        cache: the :class:`~ipguard_jax.evaluation.ModelCache`.
+        recipe: the model's cache key (see ``_trained_recipe``).
+        build: makes the freshly initialised model.
+        ds: the training data (a :class:`~ipguard_jax.data.Dataset`).
+        config: the :class:`~ipguard_jax.train.TrainConfig` (its checkpoint fields are set here).
+        on_epoch_end: passed to :func:`~ipguard_jax.train.fit`.
+
+    Returns:
+        The trained model.
+    """
+    import shutil
+
+    from ipguard_jax import train
+
+    partial = cache.root / "training" / cache.path(recipe).name
+
+    def make():
+        model = build()
+        train.fit(model, ds.x, ds.y, dataclasses.replace(config, checkpoint_dir=partial,
+                                                         checkpoint_every=1),
+                  progress=False, on_epoch_end=on_epoch_end)
+        return model
+
+    model = cache.get_or_create(recipe, make, build)
+    shutil.rmtree(partial, ignore_errors=True)
+    return model
+
+
 def _pirate_recipe(owner_hash: str, kind: str, params: dict[str, Any], data_hash: str,
                    config) -> dict[str, Any]:
     """The cache key of a pirated copy of the owner."""
@@ -384,14 +422,8 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
     def trained(arch: str, kwargs: dict[str, Any], ds, data_name: str, seed: int):
         config = _train_config(setting, seed, len(ds))
         recipe = _trained_recipe(arch, kwargs, num_classes, ds, data_name, seed, config)
-
-        def make():
-            model = pp.build_model(arch, num_classes, seed, **kwargs)
-            train.fit(model, ds.x, ds.y, config, progress=False)
-            return model
-
-        return cache.get_or_create(recipe, make, lambda: pp.build_model(arch, num_classes, seed,
-                                                                        **kwargs))
+        return train_cached(cache, recipe, lambda: pp.build_model(arch, num_classes, seed,
+                                                                  **kwargs), ds, config)
 
     pirates = pirate_specs(setting)
     indep_specs = independent_specs(setting, owner_ds, indep_ds, seed)
