@@ -4,8 +4,12 @@ The pipeline lives in :mod:`ipguard_jax.evaluation.benchmark` (also run by ``ipg
 evaluate``); this script runs it with the repository's defaults: results under
 ``benchmarks/results/``, CIFAR-10 from the archive next to the repository.
 
-    # full CIFAR-10 run (hours on a 2-core CPU)
+    # what the full run would train, what is cached, how long it takes (trains nothing)
+    python benchmarks/aruc_cifar10.py --plan
+    # full CIFAR-10 run (hours on a 2-core CPU; a stopped run resumes from the model cache)
     python benchmarks/aruc_cifar10.py
+    # the wider model zoo: 7 architectures, 30 epochs (about a day on a 2-core CPU)
+    python benchmarks/aruc_cifar10.py --preset wide
     # the same pipeline on the embedded digits data, a few minutes
     python benchmarks/aruc_cifar10.py --quick
     # a smoke run of the CIFAR-10 path

@@ -462,3 +462,27 @@ def test_a_benchmark_model_stopped_part_way_resumes_to_the_same_parameters(tmp_p
     assert epochs_run == [3]
     assert ev.model_hash(resumed) == ev.model_hash(reference)
     assert recipe in cache and not partial.exists()
+
+
+@pytest.mark.parametrize("preset", ["cpu", "wide"])
+def test_image_presets_meet_the_protocol(preset):
+    from ipguard_jax.evaluation import benchmark
+
+    setting = benchmark.make_setting(benchmark.parse_args(["--data", "cifar", "--preset",
+                                                           preset]))
+    quick = benchmark.make_setting(benchmark.parse_args(["--quick"]))
+    owner_ds, _, indep_ds, _ = benchmark.load_data(quick, 0)  # any data: only names matter
+    specs = benchmark.independent_specs(setting, owner_ds, indep_ds, 0)
+    names = [spec[0] for spec in specs]
+    assert len(names) >= 10 and len(set(names)) == len(names)
+    same_arch = [spec for spec in specs if spec[1] == setting.owner]
+    assert len({spec[5] for spec in same_arch}) >= 2  # other seeds
+    assert {spec[4] for spec in same_arch} >= {"independent", "owner split", "indep half A"}
+    assert len({spec[1] for spec in specs}) >= 3  # other architectures
+    pirates = benchmark.pirate_specs(setting)
+    assert len(pirates) >= 12 and sum(kind == "prune" for _, kind, _ in pirates) >= 3
+    assert {kind for _, kind, _ in pirates} >= {"ftll", "ftal", "rtll", "rtal", "prune",
+                                               "prune_ft", "distill", "int8"}
+    with pytest.raises(ValueError, match=r"owner_variants: unknown \['seed9'\]"):
+        benchmark.independent_specs(dataclasses.replace(setting, owner_variants=["seed9"]),
+                                    owner_ds, indep_ds, 0)

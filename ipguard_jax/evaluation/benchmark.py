@@ -47,6 +47,16 @@ QUICK_NAME = "aruc_digits_quick"
 FULL_NAME = "aruc_cifar10"
 
 
+#: Independent models of one architecture: ``name -> (data, init seed)``; ``data`` is the
+#: independent split, the owner's split or a disjoint half of the independent split.
+VARIANTS = {"seed1": ("independent", 1), "seed2": ("independent", 2),
+            "seed3-ownerdata": ("owner split", 3), "halfA": ("indep half A", 4),
+            "halfB": ("indep half B", 5)}
+
+#: ``--preset`` choices for image data (``--quick`` has its own digits setting).
+PRESETS = ("cpu", "wide")
+
+
 @dataclasses.dataclass
 class Setting:
     """Everything the run depends on; recorded in the results.
@@ -55,7 +65,8 @@ class Setting:
     an image folder or archive), the owner architecture and its constructor arguments, the
     training and pirate-training settings, the fingerprint grid (``num``, ``steps``, ``ks``,
     ``inits``, ``targets``), the baselines and their ``eps``, the independent architectures
-    as ``(label, arch, kwargs)`` and the distillation student as ``(arch, kwargs)``.
+    as ``(label, arch, kwargs)``, the distillation student as ``(arch, kwargs)`` and which
+    :data:`VARIANTS` of the owner's own architecture train as independent models.
 
     Example:
         >>> setting = make_setting(parse_args(["--quick", "--ks", "1,3"]))
@@ -83,6 +94,7 @@ class Setting:
     eps: float
     independent_archs: list[tuple[str, str, dict[str, Any]]]
     distill_student: tuple[str, dict[str, Any]]
+    owner_variants: list[str] = dataclasses.field(default_factory=lambda: list(VARIANTS))
 
 
 def add_arguments(parser: argparse.ArgumentParser, *,
@@ -126,6 +138,12 @@ def add_arguments(parser: argparse.ArgumentParser, *,
                    help="use only this many training (and test) images, for smoke runs")
     p.add_argument("--cache-dir", default=None, help="model cache (default: ModelCache())")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", choices=PRESETS, default="cpu",
+                   help="image data: 'cpu' (default) sizes the model zoo for hours, not days, "
+                        "of training on a 2-core CPU (20 epochs; 10 independent models: the "
+                        "owner's architecture 4 times, CNNs and an MLP); 'wide' trains 14 "
+                        "independent models of 7 architectures for 30 epochs (about a day on "
+                        "such a CPU; see --plan)")
     p.add_argument("--plan", action="store_true",
                    help="only list the models the run would train, which are cached, and an "
                         "estimate of the training time (from a short probe), then stop")
@@ -201,16 +219,24 @@ def make_setting(args: argparse.Namespace, default_data: str | os.PathLike | Non
     if data is None:
         raise ValueError("give the data to evaluate on with --data (an image folder or archive "
                          "with train/ and test/ splits, or tfds:NAME), or run --quick on digits")
+    common = dict(data=data, owner=args.owner or "resnet20", owner_kwargs={},
+                  train_optimizer="sgd", train_lr=0.1, batch_size=128, augment=True,
+                  pirate_lr=1e-3, num=args.num, steps=args.steps, ks=floats, inits=inits,
+                  targets=targets, subset=args.subset, baselines=names, eps=args.eps or 8 / 255)
+    if getattr(args, "preset", "cpu") == "wide":
+        return Setting(
+            **common, epochs=args.epochs or 30, pirate_epochs=args.pirate_epochs or 10,
+            independent_archs=[(a, a, {}) for a in ("resnet32", "vgg11", "cnn", "mobilenet_v2",
+                                                     "wrn16_4", "mlp")],
+            distill_student=("vgg11", {}))
+    # Sized for a 2-core CPU: the owner's architecture on other data and on its own data with
+    # another seed (the hard cases for uniqueness), then cheap architectures.
     return Setting(
-        data=data, owner=args.owner or "resnet20", owner_kwargs={},
-        epochs=args.epochs or 30, train_optimizer="sgd", train_lr=0.1, batch_size=128,
-        augment=True, pirate_epochs=args.pirate_epochs or 10, pirate_lr=1e-3, num=args.num,
-        steps=args.steps, ks=floats, inits=inits, targets=targets, subset=args.subset,
-        baselines=names, eps=args.eps or 8 / 255,
-        independent_archs=[(a, a, {}) for a in ("resnet32", "vgg11", "cnn", "mobilenet_v2",
-                                                 "wrn16_4", "mlp")],
-        distill_student=("vgg11", {}),
-    )
+        **common, epochs=args.epochs or 20, pirate_epochs=args.pirate_epochs or 5,
+        independent_archs=[("cnn", "cnn", {}), ("cnn-narrow", "cnn", {"widths": [16, 32, 64]}),
+                           ("mlp", "mlp", {})],
+        distill_student=("cnn", {}),
+        owner_variants=["seed1", "seed3-ownerdata", "halfA", "halfB"])
 
 
 def load_data(setting: Setting, seed: int):
@@ -357,14 +383,14 @@ def independent_specs(setting: Setting, owner_ds, indep_ds, seed: int) -> list[t
         ['mlp-seed1', 'mlp-seed2', 'mlp-seed3-ownerdata']
     """
     half_a, half_b = indep_ds.split([0.5, 0.5], seed=seed + 1)
+    data = {"independent": indep_ds, "owner split": owner_ds, "indep half A": half_a,
+            "indep half B": half_b}
+    unknown = sorted(set(setting.owner_variants) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"owner_variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
     owner, kwargs = setting.owner, setting.owner_kwargs
-    specs = [
-        (f"{owner}-seed1", owner, kwargs, indep_ds, "independent", 1),
-        (f"{owner}-seed2", owner, kwargs, indep_ds, "independent", 2),
-        (f"{owner}-seed3-ownerdata", owner, kwargs, owner_ds, "owner split", 3),
-        (f"{owner}-halfA", owner, kwargs, half_a, "indep half A", 4),
-        (f"{owner}-halfB", owner, kwargs, half_b, "indep half B", 5),
-    ]
+    specs = [(f"{owner}-{v}", owner, kwargs, data[VARIANTS[v][0]], VARIANTS[v][0],
+              VARIANTS[v][1]) for v in setting.owner_variants]
     for label, arch, arch_kwargs in setting.independent_archs:
         specs.append((f"{label}-seed1", arch, arch_kwargs, indep_ds, "independent", 1))
     # One other architecture also with other seeds and data: the one most unlike the owner.
