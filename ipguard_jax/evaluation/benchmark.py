@@ -372,9 +372,10 @@ def pirate_specs(setting: Setting) -> list[tuple[str, str, dict[str, Any]]]:
 def independent_specs(setting: Setting, owner_ds, indep_ds, seed: int) -> list[tuple]:
     """The independent models of a run: ``(name, arch, kwargs, data, data name, init seed)``.
 
-    The owner's architecture with other seeds (on the independent split and on the owner's
-    own split) and on disjoint halves of the independent split; every other architecture once;
-    one of them (the first for images, the last for digits) also with other seeds and data.
+    The owner's architecture in each of ``setting.owner_variants`` (other seeds, on the
+    independent split, on the owner's own split or on disjoint halves of the independent
+    split: see :data:`VARIANTS`); every other architecture once; one of them (the first for
+    images, the last for digits) also with other seeds and data.
 
     Example:
         >>> setting = make_setting(parse_args(["--quick"]))
@@ -614,7 +615,8 @@ def plan(setting: Setting, *, seed: int = 0, cache_dir: str | os.PathLike | None
         ``estimated_s`` (training plus one compilation; 0 for cached models).
 
     Example:
-        >>> p = plan(make_setting(parse_args(["--quick"])), cache_dir="/tmp/empty_cache")
+        >>> p = plan(make_setting(parse_args(["--quick"])),
+        ...          cache_dir="/tmp/empty_cache")  # doctest: +SKIP
         >>> print(format_plan(p))  # doctest: +SKIP
     """
     from ipguard_jax import evaluation as ev
