@@ -380,6 +380,28 @@ def test_kernel_gradient_rewrite_keeps_forward_and_input_gradient_bitwise():
     assert np.array_equal(np.asarray(dx), np.asarray(dx_ref))
 
 
+def test_convolution_rewrite_keeps_forward_mode_autodiff():
+    """jax.jvp (and so jacfwd, Hessian-vector products) still works through the zoo's convs."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(2, 9, 9, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 3, 4)), jnp.float32)
+    x_dot = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+    w_dot = jnp.asarray(rng.normal(size=w.shape), jnp.float32)
+    args = ((2, 2), ((1, 1), (1, 1)))
+    dims = ("NHWC", "HWIO", "NHWC")
+    ours = lambda x, w: _common.conv_general_dilated(x, w, *args, dimension_numbers=dims)
+    native = lambda x, w: jax.lax.conv_general_dilated(x, w, *args, dimension_numbers=dims)
+    for tangents in ((x_dot, w_dot), (x_dot, jnp.zeros_like(w)), (jnp.zeros_like(x), w_dot)):
+        y, y_dot = jax.jvp(ours, (x, w), tangents)
+        y_ref, y_dot_ref = jax.jvp(native, (x, w), tangents)
+        np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(y_dot, y_dot_ref, rtol=1e-4, atol=1e-4)
+    # A Hessian-vector product (forward over reverse) of a small network's loss.
+    loss = lambda f: (lambda w: jnp.sum(jnp.tanh(f(x, w)) ** 2))
+    hvp = lambda f: jax.jvp(jax.grad(loss(f)), (w,), (w_dot,))[1]
+    np.testing.assert_allclose(hvp(ours), hvp(native), rtol=1e-3, atol=1e-3)
+
+
 def test_kernel_gradient_rewrite_in_bfloat16_accumulates_in_float32():
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.uniform(size=(8, 16, 16, 8)), jnp.bfloat16)
