@@ -688,13 +688,14 @@ def probe_steps(owner, model_nchw, model_fused, x0_nhwc, i_np, j_np, batches: Se
 
 
 def batching_bound(step_probe: dict[str, Any]) -> dict[str, Any] | None:
-    """How much batching alone can gain over the per-point loop on this machine.
+    """The step costs that bound how much batching alone can gain over the per-point loop.
 
-    With compaction every point takes the same updates as in the per-point loop (a), so at equal
-    step counts ``c / a`` cannot exceed the cost of one batch-1 step (the fastest PyTorch
-    variant, what (a) runs) over the cost of one point-step inside a batch of ``B``. On a GPU a
-    batch-1 step is launch-bound and this ratio is large; on a CPU the batch-1 step already
-    keeps the cores busy and the ratio is small.
+    Returns the batch-1 input-gradient pass (fastest PyTorch variant, and ipguard_jax) and, per
+    probed batch ``B``, the cost of one point-step. With compaction every point takes the same
+    updates as in the per-point loop (a), so at equal steps ``c / a`` cannot exceed the cost of
+    one update of (a) (measured in the run, see :func:`render_markdown`) over ipguard_jax's
+    point-step cost. On a GPU a batch-1 step is launch-bound and this ratio is large; on a CPU
+    the batch-1 step already keeps the cores busy and the ratio is small.
     """
     if "1" not in step_probe:
         return None
