@@ -189,7 +189,9 @@ def test_cache_loads_second_request(tmp_path, digits, monkeypatch):
     assert recipe in cache and {**recipe, "kind": "rtal"} not in cache
     assert not list((tmp_path / "models").glob(".tmp-*"))  # atomic write left no debris
     meta = json.loads((cache.path(recipe) / "recipe.json").read_text())
-    assert meta["recipe"] == recipe
+    assert meta["recipe"] == recipe and meta == cache.info(recipe)
+    assert meta["build_s"] > 0  # the time make() took, recorded on the miss
+    assert cache.info({**recipe, "kind": "rtal"}) is None
     # A cached entry whose weights no longer match its recorded hash is refused.
     meta["state_hash"] = "0" * 64
     (cache.path(recipe) / "recipe.json").write_text(json.dumps(meta))
@@ -365,6 +367,14 @@ def test_quick_benchmark_runs(tmp_path, monkeypatch, capsys):
     models = len(result["pirated"]) + len(result["independent"]) + 1
     assert again["cache"] == {"root": result["cache"]["root"], "hits": models, "misses": 0}
     assert again["command"].startswith("ipguard evaluate --quick")
+    # Every model's build time, recorded on the miss, is reported again from the cache.
+    assert set(result["model_build_s"]) == {"owner", *result["pirated"], *result["independent"]}
+    assert again["model_build_s"] == result["model_build_s"]
+    assert all(v is not None and v >= 0 for v in result["model_build_s"].values())
+    assert result["model_build_s"]["owner"] > 0
+    assert "With the model cache empty: building the" in (tmp_path / "cli" /
+                                                          "aruc_digits_quick.md").read_text()
+
     def timeless(value):
         if isinstance(value, dict):
             return {k: timeless(v) for k, v in value.items() if k != "generation_s"}
@@ -450,7 +460,10 @@ def test_a_benchmark_model_stopped_part_way_resumes_to_the_same_parameters(tmp_p
     class Stop(Exception):
         pass
 
+    seconds = []
+
     def stop_after_two(epoch, metrics):
+        seconds.append(metrics["seconds"])
         if epoch == 2:
             raise Stop
 
@@ -459,12 +472,21 @@ def test_a_benchmark_model_stopped_part_way_resumes_to_the_same_parameters(tmp_p
         benchmark.train_cached(cache, recipe, build, ds, config, on_epoch_end=stop_after_two)
     partial = tmp_path / "b" / "training" / cache.path(recipe).name
     assert partial.is_dir() and recipe not in cache  # epochs 1-2 saved, nothing cached yet
+    assert cache.info(recipe) is None
     epochs_run = []
-    resumed = benchmark.train_cached(cache, recipe, build, ds, config,
-                                     on_epoch_end=lambda epoch, m: epochs_run.append(epoch))
+
+    def record(epoch, metrics):
+        epochs_run.append(epoch)
+        seconds.append(metrics["seconds"])
+
+    resumed = benchmark.train_cached(cache, recipe, build, ds, config, on_epoch_end=record)
     assert epochs_run == [3]
     assert ev.model_hash(resumed) == ev.model_hash(reference)
     assert recipe in cache and not partial.exists()
+    # The cache records the training time of all three epochs, not only of the resumed call.
+    info = cache.info(recipe)
+    assert info["train_s"] == pytest.approx(sum(seconds), abs=1e-3)
+    assert info["train_s"] > seconds[-1] and info["build_s"] > 0
 
 
 @pytest.mark.parametrize("preset", ["cpu", "wide"])

@@ -322,15 +322,20 @@ def train_cached(cache, recipe: dict[str, Any], build, ds, config, *,
     from ipguard_jax import train
 
     partial = cache.root / "training" / cache.path(recipe).name
+    history: dict[str, list[float]] = {}
 
     def make():
         model = build()
-        train.fit(model, ds.x, ds.y, dataclasses.replace(config, checkpoint_dir=partial,
-                                                         checkpoint_every=1),
-                  progress=False, on_epoch_end=on_epoch_end)
+        history.update(train.fit(
+            model, ds.x, ds.y, dataclasses.replace(config, checkpoint_dir=partial,
+                                                   checkpoint_every=1),
+            progress=False, on_epoch_end=on_epoch_end).history)
         return model
 
-    model = cache.get_or_create(recipe, make, build)
+    def meta():  # every epoch's time, also those of runs that stopped part-way
+        return {"train_s": round(sum(history["seconds"]), 3)}
+
+    model = cache.get_or_create(recipe, make, build, meta)
     shutil.rmtree(partial, ignore_errors=True)
     return model
 
@@ -446,11 +451,19 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
     digests = {name: ev.array_digest(d.x, d.y) for name, d in
                (("owner", owner_ds), ("pirate", pirate_ds), ("independent", indep_ds))}
 
-    def trained(arch: str, kwargs: dict[str, Any], ds, data_name: str, seed: int):
+    build_s: dict[str, float | None] = {}  # what each model cost when it was built
+
+    def note_cost(name: str, recipe: dict[str, Any]) -> None:
+        info = cache.info(recipe) or {}
+        build_s[name] = info.get("train_s", info.get("build_s"))
+
+    def trained(name: str, arch: str, kwargs: dict[str, Any], ds, data_name: str, seed: int):
         config = _train_config(setting, seed, len(ds))
         recipe = _trained_recipe(arch, kwargs, num_classes, ds, data_name, seed, config)
-        return train_cached(cache, recipe, lambda: pp.build_model(arch, num_classes, seed,
-                                                                  **kwargs), ds, config)
+        model = train_cached(cache, recipe, lambda: pp.build_model(arch, num_classes, seed,
+                                                                   **kwargs), ds, config)
+        note_cost(name, recipe)
+        return model
 
     pirates = pirate_specs(setting)
     indep_specs = independent_specs(setting, owner_ds, indep_ds, seed)
@@ -460,7 +473,8 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    owner = trained(setting.owner, setting.owner_kwargs, owner_ds, "owner split", seed)
+    owner = trained("owner", setting.owner, setting.owner_kwargs, owner_ds, "owner split",
+                    seed)
     timings["owner_s"] = time.perf_counter() - t0
     owner_hash = ev.model_hash(owner)
 
@@ -481,12 +495,13 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
         pirated_models[name] = cache.get_or_create(
             recipe, lambda k=kind, p=params: pp.make_pirate(k, owner, pirate_ds.x, pirate_ds.y,
                                                             pirate_config, **p), like)
+        note_cost(name, recipe)
     timings["pirated_s"] = time.perf_counter() - t0
 
     independent_models = {}
     t0 = time.perf_counter()
     for name, arch, kwargs, ds, data_name, model_seed in indep_specs:
-        independent_models[name] = trained(arch, kwargs, ds, data_name, model_seed)
+        independent_models[name] = trained(name, arch, kwargs, ds, data_name, model_seed)
     timings["independent_s"] = time.perf_counter() - t0
 
     def clf(model):
@@ -569,6 +584,7 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
                        "independent": len(indep_ds), "test": len(test_ds)},
         "cache": {"root": str(cache.root), "hits": cache.hits, "misses": cache.misses},
         "timings_s": timings,
+        "model_build_s": build_s,
         "accuracy": accuracy,
         "pirated": {n: {"kind": k, "params": {a: b for a, b in p.items()
                                               if a != "student_kwargs"}}
@@ -762,6 +778,21 @@ def _strict_json(value: Any) -> Any:
     return value
 
 
+def _cold_cost(result: dict[str, Any]) -> str:
+    """What the run costs with the model cache empty, from the times the cache recorded."""
+    costs = result["model_build_s"]
+    known = [v for v in costs.values() if v is not None]
+    fingerprint_s = result["timings_s"]["fingerprint_and_verify_s"]
+    text = (f"With the model cache empty: building the {len(known)} models took "
+            f"{sum(known) / 3600:.2f} h (training time recorded in the cache, summed over runs "
+            f"that stopped and resumed), plus {fingerprint_s / 60:.1f} min of fingerprinting and "
+            f"verification in this call.")
+    missing = sorted(n for n, v in costs.items() if v is None)
+    if missing:
+        text += f" No time recorded for {', '.join(missing)} (cached by an older version)."
+    return text
+
+
 def _markdown(result: dict[str, Any], reports: dict[str, Any]) -> str:
     lines = [
         f"# ARUC of IPGuard fingerprints ({result['setting']['data']}, owner "
@@ -770,6 +801,7 @@ def _markdown(result: dict[str, Any], reports: dict[str, Any]) -> str:
         f"Models: {len(result['pirated'])} pirated, {len(result['independent'])} independent; "
         f"cache hits {result['cache']['hits']}, misses {result['cache']['misses']}; total "
         f"{result['timings_s']['total_s']:.0f} s.", "",
+        _cold_cost(result), "",
         "ARUC (roc) = ROC-AUC of pirated vs independent matching rates, ties half. "
         "ARUC (min) = integral over t of min(robustness(t), uniqueness(t)). "
         "TPR@1%FPR = share of pirated models above every independent model's rate "
@@ -798,6 +830,8 @@ def _markdown(result: dict[str, Any], reports: dict[str, Any]) -> str:
         for n in names:
             rates = " | ".join(f"{getattr(reports[lb], kind)[n]:.2f}" for lb in labels)
             lines.append(f"| {n} | {kind} | {result['accuracy'][n]:.3f} | {rates} |")
-    lines += ["", f"Owner test accuracy: {result['accuracy']['owner']:.3f}.", ""]
+    owner_s = result["model_build_s"].get("owner")
+    trained_in = f", trained in {owner_s / 60:.1f} min" if owner_s is not None else ""
+    lines += ["", f"Owner test accuracy: {result['accuracy']['owner']:.3f}{trained_in}.", ""]
     return "\n".join(lines)
 

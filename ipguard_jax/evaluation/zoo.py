@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -191,14 +192,35 @@ class ModelCache:
     def __contains__(self, recipe: Mapping[str, Any]) -> bool:
         return (self.path(recipe) / "recipe.json").is_file()
 
+    def info(self, recipe: Mapping[str, Any]) -> dict[str, Any] | None:
+        """What was recorded when the recipe's model was stored, or ``None`` if it is not cached.
+
+        Args:
+            recipe: a JSON-able description of a model.
+
+        Returns:
+            The entry's ``recipe.json``: ``recipe``, ``state_hash``, ``build_s`` (the seconds
+            ``make`` took, on a miss) and whatever ``meta`` gave to :meth:`get_or_create`.
+            Entries written by older versions may lack ``build_s``.
+
+        Example:
+            >>> cache.info(recipe)["build_s"]  # doctest: +SKIP
+            412.7
+        """
+        path = self.path(recipe) / "recipe.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
     def get_or_create(self, recipe: Mapping[str, Any], make: Callable[[], nnx.Module],
-                      like: Callable[[], nnx.Module]) -> nnx.Module:
+                      like: Callable[[], nnx.Module],
+                      meta: Callable[[], Mapping[str, Any]] | None = None) -> nnx.Module:
         """The model of ``recipe``: loaded if cached, else ``make()``-d and stored.
 
         Args:
             recipe: JSON-able description of everything that determines the model.
             make: builds and trains the model (called on a miss only).
             like: builds an untrained model of the same structure, restored into on a hit.
+            meta: called after ``make`` on a miss; its JSON-able fields are stored with the
+                entry (see :meth:`info`), e.g. the training time summed over resumed runs.
 
         Returns:
             The model, in eval mode.
@@ -224,20 +246,25 @@ class ModelCache:
                     f"stored (modified or corrupt); delete that directory to rebuild it")
             self.hits += 1
             return model
+        start = time.perf_counter()
         model = make()
+        extra = {"build_s": round(time.perf_counter() - start, 3),
+                 **(dict(meta()) if meta is not None else {})}
         model.eval()
-        self._write(entry, recipe, model)
+        self._write(entry, recipe, model, extra)
         self.misses += 1
         return model
 
-    def _write(self, entry: Path, recipe: Mapping[str, Any], model: nnx.Module) -> None:
+    def _write(self, entry: Path, recipe: Mapping[str, Any], model: nnx.Module,
+               extra: Mapping[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".tmp-{entry.name[:16]}-{uuid.uuid4().hex[:8]}"
         try:
             tmp.mkdir()
             with ocp.StandardCheckpointer() as ckptr:
                 ckptr.save((tmp / "state").absolute(), _flatten(nnx.state(model)))
-            meta = {"format": _FORMAT, "recipe": recipe, "state_hash": model_hash(model)}
+            meta = {**extra, "format": _FORMAT, "recipe": recipe,
+                    "state_hash": model_hash(model)}
             (tmp / "recipe.json").write_text(json.dumps(meta, indent=2, sort_keys=True,
                                                          default=str))
             try:
