@@ -360,6 +360,10 @@ def test_quick_benchmark_runs(tmp_path, monkeypatch, capsys):
         [*args, "--out", str(tmp_path / "q")])
     for ext in ("json", "md", "png"):
         assert (tmp_path / f"q.{ext}").stat().st_size > 0
+    log = capsys.readouterr().out  # a long run says what it trains, epoch by epoch
+    epochs = module.make_setting(module.parse_args(["--quick"])).epochs
+    assert "training owner (" in log and f"owner epoch {epochs}/{epochs}: loss" in log
+    assert "making the pirated copy FTLL (ftll)" in log
 
     # The command line runs the same pipeline (here from the cache: no training) into a folder.
     assert main(["evaluate", *args, "--out", str(tmp_path / "cli")]) == 0
@@ -367,6 +371,8 @@ def test_quick_benchmark_runs(tmp_path, monkeypatch, capsys):
     models = len(result["pirated"]) + len(result["independent"]) + 1
     assert again["cache"] == {"root": result["cache"]["root"], "hits": models, "misses": 0}
     assert again["command"].startswith("ipguard evaluate --quick")
+    log = capsys.readouterr().out
+    assert "training " not in log and "making the pirated copy" not in log
     # Every model's build time, recorded on the miss, is reported again from the cache.
     assert set(result["model_build_s"]) == {"owner", *result["pirated"], *result["independent"]}
     assert again["model_build_s"] == result["model_build_s"]

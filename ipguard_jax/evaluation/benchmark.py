@@ -460,8 +460,18 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
     def trained(name: str, arch: str, kwargs: dict[str, Any], ds, data_name: str, seed: int):
         config = _train_config(setting, seed, len(ds))
         recipe = _trained_recipe(arch, kwargs, num_classes, ds, data_name, seed, config)
+        if recipe not in cache:
+            print(f"training {name} ({arch}, {len(ds)} images of the {data_name}, "
+                  f"{config.epochs} epochs)", flush=True)
+
+        def report_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            print(f"  {name} epoch {epoch}/{config.epochs}: loss {metrics['loss']:.3f}, "
+                  f"train accuracy {metrics['accuracy']:.3f}, {metrics['seconds']:.0f} s",
+                  flush=True)
+
         model = train_cached(cache, recipe, lambda: pp.build_model(arch, num_classes, seed,
-                                                                   **kwargs), ds, config)
+                                                                   **kwargs), ds, config,
+                             on_epoch_end=report_epoch)
         note_cost(name, recipe)
         return model
 
@@ -492,6 +502,8 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
                 return pp.build_model(a, num_classes, 0, **kw)
         else:
             like = like_owner
+        if recipe not in cache:
+            print(f"making the pirated copy {name} ({kind})", flush=True)
         pirated_models[name] = cache.get_or_create(
             recipe, lambda k=kind, p=params: pp.make_pirate(k, owner, pirate_ds.x, pirate_ds.y,
                                                             pirate_config, **p), like)
@@ -588,7 +600,7 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
         "accuracy": accuracy,
         "pirated": {n: {"kind": k, "params": {a: b for a, b in p.items()
                                               if a != "student_kwargs"}}
-                    for n, k, p in pirate_specs},
+                    for n, k, p in pirates},
         "independent": {n: {"arch": a, "data": d, "seed": s}
                         for n, a, _, _, d, s in indep_specs},
         "configs": rows,
