@@ -346,6 +346,27 @@ def test_cli_evaluate_needs_data_or_quick(capsys):
     assert "--ks" in capsys.readouterr().err
 
 
+def test_smoke_benchmark_writes_its_reports(tmp_path):
+    """The whole pipeline, each model trained one epoch: what every full run ends with."""
+    from ipguard_jax.evaluation import benchmark
+
+    result = benchmark.main(["--quick", "--subset", "400", "--epochs", "1", "--pirate-epochs",
+                             "1", "--ks", "3", "--inits", "data", "--targets", "random",
+                             "--num", "8", "--steps", "300", "--baselines", "none",
+                             "--cache-dir", str(tmp_path / "cache"),
+                             "--out", str(tmp_path / "s")])
+    specs = benchmark.pirate_specs(benchmark.make_setting(benchmark.parse_args(["--quick"])))
+    assert list(result["pirated"]) == [name for name, _, _ in specs]
+    assert result["pirated"]["prune50"] == {"kind": "prune", "params": {"rate": 0.5}}
+    assert set(result["model_build_s"]) == {"owner", *result["pirated"], *result["independent"]}
+    assert [row["config"] for row in result["configs"]] == ["k=3 init=data target=random"]
+    written = json.loads((tmp_path / "s.json").read_text())
+    assert written["configs"][0]["num_fingerprints"] == result["configs"][0]["num_fingerprints"]
+    md = (tmp_path / "s.md").read_text()
+    assert "Owner test accuracy: " in md and "With the model cache empty" in md
+    assert (tmp_path / "s.png").exists() == bool(result["reports"])
+
+
 @pytest.mark.slow
 def test_quick_benchmark_runs(tmp_path, monkeypatch, capsys):
     from ipguard_jax.cli import main

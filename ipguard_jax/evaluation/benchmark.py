@@ -831,9 +831,12 @@ def _markdown(result: dict[str, Any], reports: dict[str, Any]) -> str:
                      f"{r['tpr_at_1pct_fpr']:.2f} | {r['best_threshold']:.3f} | "
                      f"{r['convergence_rate']:.2f} | {r['num_fingerprints']} | "
                      f"{r['generation_s']:.1f} |")
+    owner_s = result["model_build_s"].get("owner")
+    trained_in = f", trained in {owner_s / 60:.1f} min" if owner_s is not None else ""
+    owner_line = f"Owner test accuracy: {result['accuracy']['owner']:.3f}{trained_in}."
     labels = list(reports)
     if not labels:
-        return "\n".join(lines) + "\n"
+        return "\n".join([*lines, "", owner_line, ""])
     lines += ["", "## Matching rate per model and configuration", "",
               "| model | kind | test acc. | " + " | ".join(labels) + " |",
               "|---|---|---|" + "---|" * len(labels)]
@@ -842,8 +845,6 @@ def _markdown(result: dict[str, Any], reports: dict[str, Any]) -> str:
         for n in names:
             rates = " | ".join(f"{getattr(reports[lb], kind)[n]:.2f}" for lb in labels)
             lines.append(f"| {n} | {kind} | {result['accuracy'][n]:.3f} | {rates} |")
-    owner_s = result["model_build_s"].get("owner")
-    trained_in = f", trained in {owner_s / 60:.1f} min" if owner_s is not None else ""
-    lines += ["", f"Owner test accuracy: {result['accuracy']['owner']:.3f}{trained_in}.", ""]
+    lines += ["", owner_line, ""]
     return "\n".join(lines)
 
