@@ -811,7 +811,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             "is_copy": verdict.is_copy,
             "verdict": "pirated" if verdict.is_copy else "not pirated",
             "decoys": None if decoys is None else {"source": args.decoys,
-                                                   "ratio": args.decoy_ratio or 1.0},
+                                                   "ratio": args.decoy_ratio or 1.0,
+                                                   "sent": verdict.num_decoys},
         }, indent=1))
     else:
         name = about.get("url") or about.get("file")
@@ -820,6 +821,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         print(f"suspect        {name} ({about['kind']})")
         print(f"matching rate  {verdict.matching_rate:.1%} ({verdict.num_matches} of "
               f"{verdict.num_points})")
+        if verdict.num_decoys:
+            print(f"decoys         {verdict.num_decoys} natural inputs mixed into the queries "
+                  f"(not counted)")
         print(f"threshold      {verdict.threshold:.1%}")
         if verdict.p_value is None:
             print("p-value        n/a (give --null-rate, the matching rate of independent "

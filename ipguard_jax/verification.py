@@ -272,6 +272,12 @@ def query_labels(fingerprints: Fingerprints, suspect: Suspect, batch_size: int =
         >>> query_labels(fp, suspect, decoys=natural, key=1).tolist()  # 3 decoys mixed in
         [0, 1, 2]
     """
+    return _query(fingerprints, suspect, batch_size, decoys, decoy_ratio, key, mesh)[0]
+
+
+def _query(fingerprints: Fingerprints, suspect: Suspect, batch_size: Any, decoys: Any,
+           decoy_ratio: Any, key: Any, mesh: Any) -> tuple[np.ndarray, int]:
+    """:func:`query_labels`'s labels, and how many decoys were sent with them."""
     _check_fingerprints(fingerprints)
     if not (isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
             and batch_size > 0):
@@ -288,7 +294,7 @@ def query_labels(fingerprints: Fingerprints, suspect: Suspect, batch_size: int =
         if decoy_ratio is not None:
             raise ValueError("decoy_ratio needs decoys: pass decoys=... (natural inputs)")
         return np.concatenate([ask(fingerprints.x[s:s + batch_size])
-                               for s in range(0, n, batch_size)])
+                               for s in range(0, n, batch_size)]), 0
     decoys = _check_decoys(fingerprints, decoys)
     if isinstance(suspect, HTTPSuspect):  # it cuts batches into requests: each must mix too
         batch_size = min(batch_size, suspect.batch_size)
@@ -303,7 +309,7 @@ def query_labels(fingerprints: Fingerprints, suspect: Suspect, batch_size: int =
         batch[is_fp] = fingerprints.x[items[is_fp]]
         batch[~is_fp] = pool[items[~is_fp] - n]
         labels[items[is_fp]] = ask(batch)[is_fp]
-    return labels
+    return labels, len(picks)
 
 
 def matching_rate(fingerprints: Fingerprints, suspect: Suspect, batch_size: int = 256, *,
@@ -338,8 +344,8 @@ def matching_rate(fingerprints: Fingerprints, suspect: Suspect, batch_size: int 
         >>> matching_rate(fp, owner), matching_rate(fp, lambda x: np.zeros(len(x), int))
         (1.0, 0.3333333333333333)
     """
-    labels = query_labels(fingerprints, suspect, batch_size, decoys=decoys,
-                          decoy_ratio=decoy_ratio, key=key, mesh=mesh)
+    labels, num_decoys = _query(fingerprints, suspect, batch_size, decoys, decoy_ratio, key,
+                                mesh)
     return float(np.mean(labels == fingerprints.labels))
 
 
@@ -388,6 +394,8 @@ class Verdict:
         p_value: exact one-sided binomial test of ``num_matches`` against ``null_rate``: the
             chance that an independent model matches at least this often (``None`` without a
             ``null_rate``).
+        num_decoys: natural inputs sent along with the fingerprints (their answers are not
+            counted), so the suspect received ``num_points + num_decoys`` queries.
 
     Example:
         >>> from ipguard_jax import Verdict
@@ -404,11 +412,14 @@ class Verdict:
     num_matches: int
     null_rate: float | None = None
     p_value: float | None = None
+    num_decoys: int = 0
 
     def __str__(self) -> str:
         verdict = "COPY" if self.is_copy else "not a copy"
         text = (f"{verdict}: matched {self.num_matches}/{self.num_points} fingerprints "
                 f"({self.matching_rate:.1%}, threshold {self.threshold:.1%})")
+        if self.num_decoys:
+            text += f" among {self.num_decoys} decoys"
         if self.p_value is not None:
             text += (f", p = {self.p_value:.3g} against an independent-model rate of "
                      f"{self.null_rate:.1%}")
@@ -454,17 +465,20 @@ def verify(fingerprints: Fingerprints, suspect: Suspect, threshold: float = 0.5,
         >>> verdict = ipg.verify(fp, suspect, null_rate=0.3, decoys=held_out, key=7)
         >>> verdict.is_copy, verdict.num_matches, round(verdict.p_value, 3)  # 0.3 ** 3
         (True, 3, 0.027)
+        >>> verdict.num_decoys  # one per fingerprint by default
+        3
     """
     if not (_is_real(threshold) and 0.0 <= threshold <= 1.0):
         raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
     if null_rate is not None and not (_is_real(null_rate) and 0.0 <= null_rate <= 1.0):
         raise ValueError(f"null_rate must be a number in [0, 1] or None, got {null_rate!r}")
-    labels = query_labels(fingerprints, suspect, batch_size, decoys=decoys,
-                          decoy_ratio=decoy_ratio, key=key, mesh=mesh)
+    labels, num_decoys = _query(fingerprints, suspect, batch_size, decoys, decoy_ratio, key,
+                                mesh)
     matches = int(np.sum(labels == fingerprints.labels))
     n = len(fingerprints)
     rate = matches / n
     p_value = None if null_rate is None else binomial_sf(matches, n, float(null_rate))
     return Verdict(matching_rate=rate, threshold=float(threshold), is_copy=rate >= threshold,
                    num_points=n, num_matches=matches,
-                   null_rate=None if null_rate is None else float(null_rate), p_value=p_value)
+                   null_rate=None if null_rate is None else float(null_rate), p_value=p_value,
+                   num_decoys=num_decoys)

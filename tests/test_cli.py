@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -164,7 +165,14 @@ def test_verify_an_independent_model_is_not_pirated(files, capsys):
 def test_verify_with_decoys(files, capsys):
     code = main(["verify", str(files["fp"]), str(files["owner"]), "--decoys", "digits",
                  "--decoy-seed", "3", "--batch-size", "16"])
-    assert code == 1 and "100.0%" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert code == 1 and "100.0%" in out
+    num_points = re.search(r"\((\d+) points, owner", out).group(1)
+    assert re.search(rf"decoys +{num_points} natural inputs mixed into the queries", out)
+    assert main(["verify", str(files["fp"]), str(files["owner"]), "--decoys", "digits",
+                 "--decoy-ratio", "2", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["decoys"]["sent"] == 2 * report["num_points"]
 
 
 @pytest.mark.parametrize("case", ["missing fingerprints", "missing suspect", "corrupt",

@@ -374,6 +374,10 @@ def test_every_http_request_mixes_decoys(owner, fp, natural, tmp_path):
         assert len(server.requests) == 10  # 80 queries in requests of at most 8
         assert all(0 < hits < n <= 8 for hits, n in server.requests)
         assert suspect.points_sent == 2 * len(fp)
+        assert verdict.num_decoys == len(fp) and f"among {len(fp)} decoys" in str(verdict)
+        assert ipg.verify(fp, owner).num_decoys == 0
+        half = ipg.verify(fp, owner, decoys=natural, decoy_ratio=0.5, key=3)
+        assert half.num_decoys == round(0.5 * len(fp)) and half.matching_rate == 1.0
         # the same key cuts the same requests: a rerun is answered from the resume file
         again = HTTPSuspect(server.url, batch_size=8, resume_path=tmp_path / "resume.json")
         assert ipg.verify(fp, again, decoys=natural, key=3).matching_rate == 1.0
