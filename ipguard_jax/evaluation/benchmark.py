@@ -454,8 +454,11 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
     build_s: dict[str, float | None] = {}  # what each model cost when it was built
 
     def note_cost(name: str, recipe: dict[str, Any]) -> None:
+        # The wall time of the build; for a training run resumed across calls, the time of
+        # all its epochs if that is more (the wall time then covers the last call only).
         info = cache.info(recipe) or {}
-        build_s[name] = info.get("train_s", info.get("build_s"))
+        known = [info[k] for k in ("build_s", "train_s") if info.get(k) is not None]
+        build_s[name] = max(known) if known else None
 
     def trained(name: str, arch: str, kwargs: dict[str, Any], ds, data_name: str, seed: int):
         config = _train_config(setting, seed, len(ds))
@@ -794,11 +797,15 @@ def _cold_cost(result: dict[str, Any]) -> str:
     """What the run costs with the model cache empty, from the times the cache recorded."""
     costs = result["model_build_s"]
     known = [v for v in costs.values() if v is not None]
-    fingerprint_s = result["timings_s"]["fingerprint_and_verify_s"]
-    text = (f"With the model cache empty: building the {len(known)} models took "
-            f"{sum(known) / 3600:.2f} h (training time recorded in the cache, summed over runs "
-            f"that stopped and resumed), plus {fingerprint_s / 60:.1f} min of fingerprinting and "
-            f"verification in this call.")
+    t = result["timings_s"]
+    fingerprint_s = t["fingerprint_and_verify_s"]
+    other_s = t["total_s"] - fingerprint_s - t["owner_s"] - t["pirated_s"] - t["independent_s"]
+    text = (f"With the model cache empty this run needs about "
+            f"{(sum(known) + fingerprint_s + other_s) / 3600:.2f} h: building the {len(known)} "
+            f"models took {sum(known) / 3600:.2f} h (the times the cache recorded when each was "
+            f"built; a training run that stopped and resumed counts all its epochs), "
+            f"fingerprinting and verification {fingerprint_s / 60:.1f} min and the rest "
+            f"(loading data, test accuracies) {other_s / 60:.1f} min in this call.")
     missing = sorted(n for n, v in costs.items() if v is None)
     if missing:
         text += f" No time recorded for {', '.join(missing)} (cached by an older version)."
