@@ -1,0 +1,87 @@
+"""The training and step-cost benchmark scripts, at toy sizes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _script(name: str, monkeypatch):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 48), ("test", 16)):
+        for c in range(2):
+            folder = tmp_path / "images" / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for k in range(n // 2):
+                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                pixels[..., c] //= 4  # a colour cue, so there is something to learn
+                Image.fromarray(pixels).save(folder / f"{k}.png")
+    return tmp_path / "images"
+
+
+def test_train_script_warm_restart_resumes_both_phases(image_folder, tmp_path, monkeypatch):
+    module = _script("train_cifar10", monkeypatch)
+    args = ["--data", str(image_folder), "--model", "mlp", "--epochs", "2", "--batch-size", "16",
+            "--restart-epochs", "2", "--restart-lr", "0.01",
+            "--checkpoint-dir", str(tmp_path / "ck")]
+    assert module.main([*args, "--out", str(tmp_path / "a.json")]) == 0
+    first = json.loads((tmp_path / "a.json").read_text())
+    assert first["epochs"] == 4 and len(first["history"]["epoch"]) == 2
+    restart = first["restart"]
+    assert restart["epochs"] == 2 and restart["lr"] == 0.01
+    assert len(restart["history"]["epoch"]) == 2 and restart["resumed_from_epoch"] == 0
+    assert restart["history"]["lr"][-1] < restart["history"]["lr"][0] <= 0.01  # its own cosine
+    assert Path(restart["checkpoint_dir"]).is_dir()
+    assert first["images_per_s_median_epoch"] > 0
+
+    # The same command again: both phases come back from their checkpoints, nothing retrains.
+    assert module.main([*args, "--out", str(tmp_path / "b.json")]) == 0
+    again = json.loads((tmp_path / "b.json").read_text())
+    assert again["resumed_from_epoch"] == 2 and again["restart"]["resumed_from_epoch"] == 2
+    assert again["test_accuracy"] == first["test_accuracy"]
+    assert again["restart"]["history"] == restart["history"]
+    assert again["restart"]["test_accuracy_before"] == restart["test_accuracy_before"]
+
+
+@pytest.mark.parametrize("bad", [["--restart-epochs", "-1"], ["--restart-lr", "0"]])
+def test_train_script_rejects_bad_restart_options(bad, image_folder, monkeypatch, capsys):
+    module = _script("train_cifar10", monkeypatch)
+    with pytest.raises(SystemExit) as exc:
+        module.main(["--data", str(image_folder), *bad])
+    assert exc.value.code == 2
+    assert "--restart-epochs must be >= 0 and --restart-lr > 0" in capsys.readouterr().err
+
+
+def test_step_batch_reports_every_batch_size(tmp_path, monkeypatch, capsys):
+    module = _script("step_batch", monkeypatch)
+    result = module.main(["--models", "cnn", "--batches", "2", "3", "--reps", "2",
+                          "--out", str(tmp_path / "sb")])
+    res = result["models"]["cnn"]
+    assert set(res["ms_per_point_step"]) == {"2", "3"}
+    assert all(len(times) == 2 and min(times) > 0 for times in res["times_ms"].values())
+    md = (tmp_path / "sb.md").read_text()
+    assert md.count("| 2 |") == 1 and md.count("| 3 |") == 1 and "1.00x" in md
+    assert json.loads((tmp_path / "sb.json").read_text())["models"]["cnn"] == res
+    for bad, message in ((["--batches", "0"], "batch sizes and --reps must be >= 1"),
+                         (["--models", "nope"], "unknown model 'nope'")):
+        with pytest.raises(SystemExit):
+            module.main([*bad, "--out", str(tmp_path / "x")])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
