@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,6 +48,20 @@ def train_mlp(x, y, seed, hidden=64, num_classes=10, steps=300, lr=1e-2):
         return params
 
     return fit(params)
+
+
+@pytest.fixture
+def benchmark_script(monkeypatch):
+    """``load(name)`` imports ``benchmarks/<name>.py`` as a module, registered for the test only."""
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(scope="session")

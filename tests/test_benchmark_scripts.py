@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _script(name: str, monkeypatch):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, name, module)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture
 def image_folder(tmp_path):
@@ -36,8 +23,9 @@ def image_folder(tmp_path):
     return tmp_path / "images"
 
 
-def test_train_script_warm_restart_resumes_both_phases(image_folder, tmp_path, monkeypatch):
-    module = _script("train_cifar10", monkeypatch)
+def test_train_script_warm_restart_resumes_both_phases(image_folder, tmp_path,
+                                                      benchmark_script):
+    module = benchmark_script("train_cifar10")
     args = ["--data", str(image_folder), "--model", "mlp", "--epochs", "2", "--batch-size", "16",
             "--restart-epochs", "2", "--restart-lr", "0.01",
             "--checkpoint-dir", str(tmp_path / "ck")]
@@ -61,16 +49,16 @@ def test_train_script_warm_restart_resumes_both_phases(image_folder, tmp_path, m
 
 
 @pytest.mark.parametrize("bad", [["--restart-epochs", "-1"], ["--restart-lr", "0"]])
-def test_train_script_rejects_bad_restart_options(bad, image_folder, monkeypatch, capsys):
-    module = _script("train_cifar10", monkeypatch)
+def test_train_script_rejects_bad_restart_options(bad, image_folder, benchmark_script, capsys):
+    module = benchmark_script("train_cifar10")
     with pytest.raises(SystemExit) as exc:
         module.main(["--data", str(image_folder), *bad])
     assert exc.value.code == 2
     assert "--restart-epochs must be >= 0 and --restart-lr > 0" in capsys.readouterr().err
 
 
-def test_step_batch_reports_every_batch_size(tmp_path, monkeypatch, capsys):
-    module = _script("step_batch", monkeypatch)
+def test_step_batch_reports_every_batch_size(tmp_path, benchmark_script, capsys):
+    module = benchmark_script("step_batch")
     result = module.main(["--models", "cnn", "--batches", "2", "3", "--reps", "2",
                           "--out", str(tmp_path / "sb")])
     res = result["models"]["cnn"]

@@ -302,25 +302,12 @@ def test_evaluate_validates_inputs(linear_setup):
         ev.summarize({"a": 0.5}, {"b": 0.1}, num_points=0)
 
 
-def _load_benchmark_script(monkeypatch):
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "aruc_cifar10.py"
-    spec = importlib.util.spec_from_file_location("aruc_cifar10", path)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "aruc_cifar10", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_benchmark_settings_match_the_recorded_run(monkeypatch):
+def test_benchmark_settings_match_the_recorded_run(benchmark_script):
     from pathlib import Path
 
     from ipguard_jax.evaluation import benchmark
 
-    script = _load_benchmark_script(monkeypatch)
+    script = benchmark_script("aruc_cifar10")
     recorded = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
     recorded = json.loads((recorded / "aruc_digits_quick.json").read_text())
     assert recorded["command"] == "python benchmarks/aruc_cifar10.py --quick"
@@ -374,10 +361,10 @@ def test_smoke_benchmark_writes_its_reports(tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_benchmark_runs(tmp_path, monkeypatch, capsys):
+def test_quick_benchmark_runs(tmp_path, benchmark_script, capsys):
     from ipguard_jax.cli import main
 
-    module = _load_benchmark_script(monkeypatch)
+    module = benchmark_script("aruc_cifar10")
     args = ["--quick", "--ks", "3", "--inits", "data", "--targets", "random",
             "--cache-dir", str(tmp_path / "cache")]
     result = module.main([*args, "--out", str(tmp_path / "q")])
