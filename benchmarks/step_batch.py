@@ -50,19 +50,17 @@ def sweep(model_name: str, batches: list[int], reps: int, seed: int = 0) -> dict
     clf = Classifier.from_nnx(model, input_shape=(32, 32, 3))
     rng = np.random.default_rng(seed)
     optimizer = optax.adam(0.01)
+    @functools.partial(jax.jit, static_argnames="num_steps")
+    def block(params, state, i, j, num_steps):  # compiled once per batch shape
+        return engine.run_steps(clf.apply_fn, params, state, i, j, k=3.0, optimizer=optimizer,
+                                num_steps=num_steps, max_steps=10 ** 6)
+
     blocks, compile_s = {}, {}
     for batch in batches:
         x = jnp.asarray(rng.uniform(0, 1, (batch, 32, 32, 3)).astype(np.float32))
         i = jnp.asarray(rng.integers(0, 10, batch))
         j = (i + 1 + jnp.asarray(rng.integers(0, 9, batch))) % 10
         state = engine.init_points(optimizer, x)
-
-        @functools.partial(jax.jit, static_argnames="num_steps")
-        def block(params, state, i, j, num_steps):
-            return engine.run_steps(clf.apply_fn, params, state, i, j, k=3.0,
-                                    optimizer=optimizer, num_steps=num_steps,
-                                    max_steps=10 ** 6)
-
         run = functools.partial(block, clf.params, state, i, j, STEPS_PER_BLOCK)
         start = time.perf_counter()
         jax.block_until_ready(run())
