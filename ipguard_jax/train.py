@@ -568,6 +568,35 @@ class _Checkpointer:
         self._manager.close()
 
 
+def checkpoint_history(directory: str | os.PathLike) -> dict[str, list[float]] | None:
+    """The per-epoch history stored with the latest checkpoint :func:`fit` wrote in ``directory``.
+
+    It covers every epoch up to that checkpoint, also those of calls that stopped and resumed
+    (so ``sum(history["seconds"])`` is a run's whole training time).
+
+    Args:
+      directory: a ``TrainConfig.checkpoint_dir``.
+
+    Returns:
+      ``{"epoch": [...], "loss": [...], ..., "seconds": [...]}``, or ``None`` when the
+      directory holds no checkpoint (or does not exist).
+
+    Example:
+      >>> checkpoint_history("/nonexistent/checkpoints") is None
+      True
+    """
+    if not os.path.isdir(directory):
+        return None
+    checkpointer = _Checkpointer(directory)
+    try:
+        latest = checkpointer.latest()
+        if latest is None:
+            return None
+        return {k: list(v) for k, v in checkpointer.restore_meta(latest)["history"].items()}
+    finally:
+        checkpointer.close()
+
+
 def _new_history() -> dict[str, list[float]]:
     return {k: [] for k in ("epoch", "loss", "accuracy", "val_accuracy", "lr", "seconds")}
 

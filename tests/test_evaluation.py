@@ -159,6 +159,43 @@ def test_make_pirate_rejects_unknown_kind(mlp_owner, digits):
         pp.prune(mlp_owner, 1.5)
 
 
+@pytest.mark.parametrize("kind,params", [("ftll", {}), ("prune_ft", {"rate": 0.5}),
+                                         ("distill", {"temperature": 4.0})])
+def test_a_pirate_stopped_part_way_resumes_to_the_same_weights(mlp_owner, digits, tmp_path,
+                                                                kind, params):
+    x, y = digits[1].x, digits[1].y
+    reference = pp.make_pirate(kind, mlp_owner, x, y, FAST, **params)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(epoch, metrics):
+        if epoch == 2:
+            raise Stop
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(Stop):
+        pp.make_pirate(kind, mlp_owner, x, y, dataclasses.replace(
+            FAST, checkpoint_dir=ckpt, on_epoch_end=stop_after_two), **params)
+    assert train.checkpoint_history(ckpt)["epoch"] == [1, 2]
+    epochs_run = []
+    resumed = pp.make_pirate(kind, mlp_owner, x, y, dataclasses.replace(
+        FAST, checkpoint_dir=ckpt, on_epoch_end=lambda e, m: epochs_run.append(e)), **params)
+    assert epochs_run == [3]
+    assert ev.model_hash(resumed) == ev.model_hash(reference)
+    history = train.checkpoint_history(ckpt)
+    assert history["epoch"] == [1, 2, 3] and all(s > 0 for s in history["seconds"])
+
+
+def test_pirate_checkpoints_are_not_part_of_the_recipe(tmp_path):
+    plain = pp.PirateConfig(epochs=3)
+    with_ckpt = dataclasses.replace(plain, checkpoint_dir=tmp_path, on_epoch_end=print)
+    assert with_ckpt.to_dict() == plain.to_dict() and with_ckpt == plain
+    assert with_ckpt.train_config(100).checkpoint_dir == tmp_path
+    assert train.checkpoint_history(tmp_path) is None  # an empty directory: no checkpoint
+    assert train.checkpoint_history(tmp_path / "absent") is None
+
+
 # --- model cache -----------------------------------------------------------------------------
 
 
@@ -358,6 +395,8 @@ def test_smoke_benchmark_writes_its_reports(tmp_path):
     assert float(cold.group(1)) >= float(cold.group(3)) == pytest.approx(
         sum(result["model_build_s"].values()) / 3600, abs=0.006)
     assert (tmp_path / "s.png").exists() == bool(result["reports"])
+    # Every trained model's epoch checkpoints are gone once it is cached.
+    assert not any((tmp_path / "cache" / "training").glob("*"))
 
 
 @pytest.mark.slow

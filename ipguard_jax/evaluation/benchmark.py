@@ -34,6 +34,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 import warnings
@@ -317,11 +318,9 @@ def train_cached(cache, recipe: dict[str, Any], build, ds, config, *,
     Returns:
         The trained model.
     """
-    import shutil
-
     from ipguard_jax import train
 
-    partial = cache.root / "training" / cache.path(recipe).name
+    partial = _training_dir(cache, recipe)
     history: dict[str, list[float]] = {}
 
     def make():
@@ -338,6 +337,20 @@ def train_cached(cache, recipe: dict[str, Any], build, ds, config, *,
     model = cache.get_or_create(recipe, make, build, meta)
     shutil.rmtree(partial, ignore_errors=True)
     return model
+
+
+def _training_dir(cache, recipe: dict[str, Any]) -> Path:
+    """Where the model of ``recipe`` checkpoints while it trains (removed once it is cached)."""
+    return cache.root / "training" / cache.path(recipe).name
+
+
+def _epoch_reporter(name: str, epochs: int):
+    """An ``on_epoch_end`` that prints one line per finished epoch of model ``name``."""
+    def report(epoch: int, metrics: dict[str, float]) -> None:
+        print(f"  {name} epoch {epoch}/{epochs}: loss {metrics['loss']:.3f}, "
+              f"train accuracy {metrics['accuracy']:.3f}, {metrics['seconds']:.0f} s",
+              flush=True)
+    return report
 
 
 def _pirate_recipe(owner_hash: str, kind: str, params: dict[str, Any], data_hash: str,
@@ -466,15 +479,9 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
         if recipe not in cache:
             print(f"training {name} ({arch}, {len(ds)} images of the {data_name}, "
                   f"{config.epochs} epochs)", flush=True)
-
-        def report_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            print(f"  {name} epoch {epoch}/{config.epochs}: loss {metrics['loss']:.3f}, "
-                  f"train accuracy {metrics['accuracy']:.3f}, {metrics['seconds']:.0f} s",
-                  flush=True)
-
         model = train_cached(cache, recipe, lambda: pp.build_model(arch, num_classes, seed,
                                                                    **kwargs), ds, config,
-                             on_epoch_end=report_epoch)
+                             on_epoch_end=_epoch_reporter(name, config.epochs))
         note_cost(name, recipe)
         return model
 
@@ -507,9 +514,19 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
             like = like_owner
         if recipe not in cache:
             print(f"making the pirated copy {name} ({kind})", flush=True)
+        # A pirate that trains checkpoints every epoch, so a stopped run resumes it.
+        partial = _training_dir(cache, recipe)
+        config = dataclasses.replace(pirate_config, checkpoint_dir=partial,
+                                     on_epoch_end=_epoch_reporter(name, pirate_config.epochs))
+
+        def pirate_meta(partial=partial):  # all epochs' time, also those of stopped calls
+            history = train.checkpoint_history(partial)
+            return {"train_s": round(sum(history["seconds"]), 3)} if history else {}
+
         pirated_models[name] = cache.get_or_create(
-            recipe, lambda k=kind, p=params: pp.make_pirate(k, owner, pirate_ds.x, pirate_ds.y,
-                                                            pirate_config, **p), like)
+            recipe, lambda k=kind, p=params, c=config: pp.make_pirate(
+                k, owner, pirate_ds.x, pirate_ds.y, c, **p), like, pirate_meta)
+        shutil.rmtree(partial, ignore_errors=True)
         note_cost(name, recipe)
     timings["pirated_s"] = time.perf_counter() - t0
 

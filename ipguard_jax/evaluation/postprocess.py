@@ -44,6 +44,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -88,6 +89,11 @@ class PirateConfig:
         weight_decay: decoupled (Adam) or L2 (SGD) decay of kernels.
         random_crop: pad-and-crop augmentation (whole-model training only).
         horizontal_flip: flip augmentation (whole-model training only).
+        checkpoint_dir: where the pirate's training checkpoints every epoch; a later call with
+            the same settings and data resumes there and ends with the same weights. Not part of
+            the recipe (:meth:`to_dict`); ``None`` keeps no checkpoints.
+        on_epoch_end: passed to :func:`~ipguard_jax.train.fit` (progress reports). Not part of
+            the recipe either.
 
     Example:
         >>> PirateConfig(epochs=3, lr=1e-3).train_config(n=500).batch_size
@@ -104,6 +110,9 @@ class PirateConfig:
     weight_decay: float = 0.0
     random_crop: bool = False
     horizontal_flip: bool = False
+    checkpoint_dir: str | os.PathLike | None = dataclasses.field(default=None, compare=False)
+    on_epoch_end: Callable[[int, dict[str, float]], bool | None] | None = dataclasses.field(
+        default=None, compare=False, repr=False)
 
     def train_config(self, n: int, *, augment: bool = True) -> TrainConfig:
         """The :class:`TrainConfig` for ``n`` training examples.
@@ -125,16 +134,37 @@ class PirateConfig:
             random_crop=self.random_crop and augment,
             horizontal_flip=self.horizontal_flip and augment,
             seed=self.seed,
+            checkpoint_dir=self.checkpoint_dir,
+            checkpoint_every=1,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as plain JSON values.
+        """The fields that decide the pirate, as plain JSON values (a cache key).
 
         Example:
             >>> PirateConfig(epochs=3).to_dict()["epochs"]
             3
+            >>> "checkpoint_dir" in PirateConfig(checkpoint_dir="/tmp/c").to_dict()
+            False
         """
-        return dataclasses.asdict(self)
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in _NOT_IN_RECIPE}
+
+    def fit(self, model: nnx.Module, x: np.ndarray, y: np.ndarray, *,
+            augment: bool = True) -> None:
+        """Trains ``model`` in place on ``(x, y)`` with these settings (no progress bar).
+
+        Args:
+            model: the NNX module to train.
+            x: training images.
+            y: their labels.
+            augment: see :meth:`train_config`.
+        """
+        fit(model, x, y, self.train_config(len(x), augment=augment), progress=False,
+            on_epoch_end=self.on_epoch_end)
+
+
+_NOT_IN_RECIPE = ("checkpoint_dir", "on_epoch_end")
 
 
 # --- graph utilities ---------------------------------------------------------------------------
@@ -322,8 +352,7 @@ def _train_head(owner: nnx.Module, x: np.ndarray, y: np.ndarray, config: PirateC
     if reinit:
         head = _reinit_linear(head, config.seed)
     wrapper = _HeadOnly(head)
-    fit(wrapper, feats.reshape(len(feats), 1, 1, -1), y,
-        config.train_config(len(x), augment=False), progress=False)
+    config.fit(wrapper, feats.reshape(len(feats), 1, 1, -1), y, augment=False)
     _set(model, path, wrapper.head)
     model.eval()
     return model
@@ -399,7 +428,7 @@ def fine_tune_all_layers(owner: nnx.Module, x: Any, y: Any,
     """
     x, y = _check_xy(x, y)
     model = nnx.clone(owner)
-    fit(model, x, y, config.train_config(len(x)), progress=False)
+    config.fit(model, x, y)
     return model
 
 
@@ -428,7 +457,7 @@ def retrain_all_layers(owner: nnx.Module, x: Any, y: Any, config: PirateConfig =
     model = nnx.clone(owner)
     path = head_path or find_head(model, _num_classes(model, x))
     _set(model, path, _reinit_linear(_get(model, path), config.seed))
-    fit(model, x, y, config.train_config(len(x)), progress=False)
+    config.fit(model, x, y)
     return model
 
 
@@ -555,7 +584,7 @@ def prune_and_fine_tune(owner: nnx.Module, x: Any, y: Any, rate: float,
     masks = _prune_masks(model, rate, scope)
     _apply_masks(model, masks)
     wrapper = _Masked(model, masks)
-    fit(wrapper, x, y, config.train_config(len(x)), progress=False)
+    config.fit(wrapper, x, y)
     # Masked weights got zero gradients; multiplying again makes it hold by construction too.
     _apply_masks(wrapper.model, masks)
     wrapper.model.eval()
@@ -624,7 +653,7 @@ def distill(owner: nnx.Module, x: Any, config: PirateConfig = PirateConfig(), *,
     xs = np.concatenate([x] * label_copies)
     ys = labels.reshape(-1).astype(np.int32)
     wrapper = _Tempered(model, temperature)
-    fit(wrapper, xs, ys, config.train_config(len(xs)), progress=False)
+    config.fit(wrapper, xs, ys)
     wrapper.model.eval()
     return wrapper.model
 
