@@ -8,7 +8,10 @@ Layout of a fingerprint directory ``path``::
 
 A save builds a complete new version beside the old one, flushes it to disk and then switches
 ``CURRENT`` with an atomic rename, so a reader (or a crash, even a ``SIGKILL``) sees either the
-old set or the new one, never a mixture. No pickle is written or read.
+old set or the new one, never a mixture. What a killed save leaves behind (a version that
+never went live, a hidden ``.<name>.<hex>.partial`` or ``.tmp`` sibling) is removed by the next
+save of the same path; each live save holds an ``flock`` on its temporary files, so concurrent
+saves never remove each other's. No pickle is written or read.
 
 Sealed files (``save(..., passphrase=...)``) are single files, encrypted and authenticated, for
 fingerprints kept on shared storage or sent to a court or an escrow agent. Layout::
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import hmac
 import json
@@ -55,7 +59,7 @@ import struct
 import unicodedata
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -87,16 +91,88 @@ class FingerprintFileError(ValueError):
 
 # -- small file helpers -------------------------------------------------------------------------
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
+def _write_bytes_atomic(path: Path, data: bytes, *, claim: bool = False) -> None:
+    """Writes ``data`` to a temporary sibling of ``path``, flushes it and renames it into place.
+
+    With ``claim`` the temporary file is made by :func:`_claimed`, which first removes the
+    temporary files of earlier writes of ``path`` that were killed part-way. Only for paths
+    whose parent no caller holds a lock on (not for ``CURRENT`` inside a directory).
+    """
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with contextlib.ExitStack() as stack:
+        if claim:
+            stack.enter_context(_claimed(tmp, lambda item: item.touch(exist_ok=False),
+                                         _leftovers(path, ".tmp")))
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _leftovers(path: Path, suffix: str) -> Callable[[], Iterable[Path]]:
+    """The temporary siblings ``.<name>.<hex><suffix>`` that writes of ``path`` make."""
+    pattern = glob.escape(f".{path.name}.") + "*" + suffix
+    return lambda: path.parent.glob(pattern)
+
+
+@contextlib.contextmanager
+def _claimed(item: Path, make: Callable[[Path], None],
+             leftovers: Callable[[], Iterable[Path]]) -> Iterator[None]:
+    """Makes the temporary file or directory ``item`` and holds a lock on it until the end.
+
+    A save killed part-way (``SIGKILL``, power loss) leaves its temporary items behind. Under an
+    exclusive lock on ``item``'s parent this first removes those of ``leftovers()`` that no
+    live save holds, then makes ``item`` with ``make(item)`` and locks it, so a concurrent save
+    never takes a live item for a leftover. Where ``flock`` is missing (Windows, some network
+    mounts) nothing is removed: a live item cannot be told from a leftover there.
+    """
+    with contextlib.ExitStack() as stack:
+        with _locked(item.parent, exclusive=True):
+            for entry in leftovers():
+                if entry != item:
+                    _remove_if_abandoned(entry)
+            make(item)
+            try:
+                fd = os.open(item, os.O_RDONLY)
+            except OSError:  # cannot be locked: it is only not protected from cleanup
+                fd = None
+            if fd is not None:
+                stack.callback(os.close, fd)
+                _flock(fd, nonblocking=False)
+        yield
+
+
+def _flock(fd: int, *, nonblocking: bool) -> bool:
+    """An exclusive ``flock`` on ``fd``; whether it was taken (False where there is none)."""
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if nonblocking else 0))
+    except OSError:  # held by a live save (EWOULDBLOCK), or a file system without flock
+        return False
+    return True
+
+
+def _remove_if_abandoned(entry: Path) -> None:
+    """Removes the temporary ``entry`` if no live save holds its lock (see :func:`_claimed`)."""
+    try:
+        fd = os.open(entry, os.O_RDONLY)
+    except OSError:  # gone already, or not ours to read: leave it
+        return
+    try:
+        if _flock(fd, nonblocking=True):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
     finally:
-        tmp.unlink(missing_ok=True)
+        os.close(fd)
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -167,7 +243,6 @@ def _check_json_keys(value: Any) -> None:
 def _write_version(fingerprints: Fingerprints, version_dir: Path) -> None:
     import orbax.checkpoint as ocp
 
-    version_dir.mkdir()
     arrays = fingerprints.arrays()
     if len(fingerprints):
         ocp.PyTreeCheckpointer().save(version_dir / "arrays", arrays)
@@ -235,16 +310,26 @@ def _save_directory(fingerprints: Fingerprints, path: Path, overwrite: bool) -> 
             raise FingerprintFileError(
                 f"{path} exists and is not a fingerprint directory; refusing to overwrite it"
             )
+        def abandoned_versions():  # never the live version, nor any if that is unreadable
+            current = _current_version_or_none(path)
+            return [] if current is None else [
+                p for p in path.glob("v-*") if p.name != current and p.is_dir()]
+
         try:
-            _write_version(fingerprints, path / version)
-            # Readers hold a shared lock while they read a version: the old one is deleted
-            # only once none is reading it. Concurrent writers switch one at a time.
-            with _locked(path, exclusive=True):
-                old = _current_version(path)
-                _write_text_atomic(path / _CURRENT, version)  # the switch: atomic
-                _fsync_dir(path)
-                if old != version and _is_version_name(old):
-                    shutil.rmtree(path / old, ignore_errors=True)
+            with _claimed(path / version, Path.mkdir, abandoned_versions):
+                _write_version(fingerprints, path / version)
+                # Readers hold a shared lock while they read a version: the old one is deleted
+                # only once none is reading it. Concurrent writers switch one at a time.
+                with _locked(path, exclusive=True):
+                    old = _current_version(path)
+                    _write_text_atomic(path / _CURRENT, version)  # the switch: atomic
+                    _fsync_dir(path)
+                    if old != version and _is_version_name(old):
+                        shutil.rmtree(path / old, ignore_errors=True)
+                    # CURRENT is only written under this lock: any other temporary copy of
+                    # it is left by a killed save.
+                    for leftover in _leftovers(path / _CURRENT, ".tmp")():
+                        leftover.unlink(missing_ok=True)
         except BaseException:
             if _current_version_or_none(path) != version:
                 shutil.rmtree(path / version, ignore_errors=True)
@@ -253,12 +338,13 @@ def _save_directory(fingerprints: Fingerprints, path: Path, overwrite: bool) -> 
     # A new set is built in a hidden sibling and renamed into place once complete.
     staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
     try:
-        staging.mkdir()
-        _write_version(fingerprints, staging / version)
-        _write_text_atomic(staging / _CURRENT, version)
-        _fsync_dir(staging)
-        os.rename(staging, path)
-        _fsync_dir(path.parent)
+        with _claimed(staging, Path.mkdir, _leftovers(path, ".partial")):
+            (staging / version).mkdir()
+            _write_version(fingerprints, staging / version)
+            _write_text_atomic(staging / _CURRENT, version)
+            _fsync_dir(staging)
+            os.rename(staging, path)
+            _fsync_dir(path.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -749,5 +835,5 @@ def _save_sealed(fingerprints: Fingerprints, path: Path, overwrite: bool,
                 f"{path} exists and is not a sealed fingerprint file; refusing to overwrite it"
             )
     data = seal(fingerprints, passphrase)
-    _write_bytes_atomic(path, data)
+    _write_bytes_atomic(path, data, claim=True)
     _fsync_dir(path.parent)

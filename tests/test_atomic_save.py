@@ -151,6 +151,11 @@ def test_sigkill_during_overwrite_leaves_old_or_new(server, tmp_path, sealed):
     # and the interrupted saves still leave a path a new save can replace
     assert server.wait(server.start(1 - current, target)) == 0, server.errors()
     assert _content(target, **kwargs) == digests[1 - current]
+    # which also removes what the killed saves left behind
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    if not sealed:
+        names = sorted(os.listdir(target))
+        assert len(names) == 2 and names[0] == "CURRENT" and names[1].startswith("v-"), names
     print(f"{trials} kills, {interrupted} mid-save, {kept_old} kept the old set")
 
 
@@ -175,6 +180,51 @@ def _finished(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
     except OSError:
         return True
+
+
+needs_flock = pytest.mark.skipif(sys.platform == "win32", reason="needs flock (POSIX)")
+
+
+@needs_flock
+def test_leftovers_of_killed_saves_are_removed_but_not_live_ones(tmp_path, monkeypatch):
+    import fcntl
+
+    from ipguard_jax import io as fio
+
+    pytest.importorskip("cryptography")
+    monkeypatch.setattr(fio, "SCRYPT_N", 2 ** 10)
+    fp = _fingerprints()
+    path = ipg.save(fp, tmp_path / "fp")
+    # What killed saves leave: a version that never went live, a temporary CURRENT, a staging
+    # directory of a new set, a temporary sealed file; and the same kinds held by live saves.
+    dead = {path / "v-dead", path / ".CURRENT.0a.tmp", tmp_path / ".new.0b.partial",
+            tmp_path / ".s.sealed.0c.tmp"}
+    live = {path / "v-live", tmp_path / ".new.1b.partial", tmp_path / ".s.sealed.1c.tmp"}
+    other = {tmp_path / ".new2.0d.partial", tmp_path / ".news.0e.tmp"}  # other paths' files
+    fds = []
+    try:
+        for item in dead | live | other:
+            if item.suffix == ".tmp":
+                item.write_bytes(b"half")
+            else:
+                item.mkdir()
+                (item / "part").write_bytes(b"half")
+            if item in live:
+                fds.append(os.open(item, os.O_RDONLY))
+                fcntl.flock(fds[-1], fcntl.LOCK_EX)
+        ipg.save(fp[:5], path, overwrite=True)
+        ipg.save(fp, tmp_path / "new")
+        ipg.save(fp, tmp_path / "s.sealed", passphrase="pw")
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert not [p for p in dead if p.exists()]
+    assert all(p.exists() for p in live | other)
+    assert len(ipg.load(path)) == 5 and len(ipg.load(tmp_path / "new")) == len(fp)
+    assert ipg.load(tmp_path / "s.sealed", passphrase="pw").digest() == fp.digest()
+    # the live version of a set is never taken for a leftover
+    assert sorted(os.listdir(path)) == sorted(["CURRENT", "v-live",
+                                               (path / "CURRENT").read_text()])
 
 
 # -- damaged, odd or unwritable fingerprint files ------------------------------------------------
