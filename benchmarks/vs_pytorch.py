@@ -70,49 +70,8 @@ def _torch_models():
     """The torch module classes (defined lazily so that importing this file needs no torch)."""
     import torch
     from torch import nn
-    from torch.nn import functional as F
 
-    class CifarBlock(nn.Module):
-        """CIFAR ResNet basic block with a 1x1 conv + BN projection shortcut (option B)."""
-
-        def __init__(self, cin: int, cout: int, stride: int):
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(cout)
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.shortcut = nn.Sequential()
-            if stride != 1 or cin != cout:
-                self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                              nn.BatchNorm2d(cout))
-
-        def forward(self, x):
-            out = F.relu(self.bn1(self.conv1(x)))
-            out = self.bn2(self.conv2(out))
-            return F.relu(out + self.shortcut(x))
-
-    class CifarResNet(nn.Module):
-        """The common CIFAR ResNet layout (depth 6n + 2; widths 16/32/64; ``linear`` head)."""
-
-        def __init__(self, depth: int = 20, num_classes: int = 10):
-            super().__init__()
-            n = (depth - 2) // 6
-            self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(16)
-            cin, stages = 16, []
-            for s, width in enumerate((16, 32, 64)):
-                blocks = []
-                for b in range(n):
-                    blocks.append(CifarBlock(cin, width, 2 if s > 0 and b == 0 else 1))
-                    cin = width
-                stages.append(nn.Sequential(*blocks))
-            self.layer1, self.layer2, self.layer3 = stages
-            self.linear = nn.Linear(cin, num_classes)
-
-        def forward(self, x):
-            out = F.relu(self.bn1(self.conv1(x)))
-            out = self.layer3(self.layer2(self.layer1(out)))
-            return self.linear(out.mean(dim=(2, 3)))
+    from ipguard_jax.convert.torch_reference import CifarResNet
 
     class Normalized(nn.Module):
         """Takes raw [0, 1] images: normalises, then runs the network (as the JAX model does)."""

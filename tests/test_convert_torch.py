@@ -13,105 +13,13 @@ torchvision = pytest.importorskip("torchvision")
 
 import ipguard_jax as ipg  # noqa: E402
 from ipguard_jax.convert import TorchSuspect, from_torch, nnx_from_torch  # noqa: E402
+from ipguard_jax.convert.torch_reference import CifarResNet, TorchCNN  # noqa: E402
 from ipguard_jax.models._common import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 nn = torch.nn
 F = torch.nn.functional
 
 pytestmark = [pytest.mark.torch]
-
-
-# --- torch reference models for the layouts torchvision lacks ---------------------------------
-
-
-class CifarBlock(nn.Module):
-    """CIFAR ResNet basic block; option "B": 1x1 conv + BN shortcut, "A": zero-padded identity."""
-
-    def __init__(self, cin: int, cout: int, stride: int, option: str = "B"):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            if option == "B":
-                self.shortcut = nn.Sequential(
-                    nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-            else:
-                self.shortcut = PadShortcut(cout - cin)
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
-
-
-class PadShortcut(nn.Module):
-    """akamaster's option A: subsample by 2 and zero-pad the channels."""
-
-    def __init__(self, extra: int):
-        super().__init__()
-        self.extra = extra
-
-    def forward(self, x):
-        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.extra // 2, self.extra // 2))
-
-
-class CifarResNet(nn.Module):
-    """The common CIFAR ResNet layout (akamaster/pytorch_resnet_cifar10 names)."""
-
-    def __init__(self, depth: int = 20, num_classes: int = 10, widths=(16, 32, 64),
-                 option: str = "B"):
-        super().__init__()
-        n = (depth - 2) // 6
-        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
-        cin, stages = widths[0], []
-        for i, w in enumerate(widths):
-            blocks = []
-            for b in range(n):
-                blocks.append(CifarBlock(cin, w, 2 if i > 0 and b == 0 else 1, option))
-                cin = w
-            stages.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = stages
-        self.linear = nn.Linear(cin, num_classes)
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer3(self.layer2(self.layer1(out)))
-        return self.linear(out.mean(dim=(2, 3)))
-
-
-class ConvBNReLU(nn.Module):
-    def __init__(self, cin: int, cout: int):
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
-        self.bn = nn.BatchNorm2d(cout)
-
-    def forward(self, x):
-        return F.relu(self.bn(self.conv(x)))
-
-
-class TorchCNN(nn.Module):
-    """The zoo's ``cnn`` layout in torch: conv-BN-ReLU stages with 2x2 max pools, GAP, head."""
-
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, widths=(16, 32, 64)):
-        super().__init__()
-        stages, cin = [], in_channels
-        for w in widths:
-            stages.append(nn.ModuleList([ConvBNReLU(cin, w)]))
-            cin = w
-        self.stages = nn.ModuleList(stages)
-        self.head = nn.Linear(cin, num_classes)
-
-    def forward(self, x):
-        for stage in self.stages:
-            for block in stage:
-                x = block(x)
-            if min(x.shape[2], x.shape[3]) >= 2:
-                x = F.max_pool2d(x, 2)
-        return self.head(x.mean(dim=(2, 3)))
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -309,6 +217,13 @@ def test_unsupported_layer_is_named():
     model.layer1[0].relu = nn.GELU()
     with pytest.raises(TypeError, match="GELU.*layer1.0.relu"):
         from_torch(model, input_shape=(32, 32, 3))
+
+
+def test_reference_layouts_check_their_arguments():
+    with pytest.raises(ValueError, match="depth must be 6n"):
+        CifarResNet(21)
+    with pytest.raises(ValueError, match="option must be 'A' or 'B'"):
+        CifarResNet(20, option="C")
 
 
 def test_option_a_cifar_resnet_is_rejected():

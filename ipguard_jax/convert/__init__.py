@@ -3,6 +3,8 @@
 :func:`from_torch` maps a PyTorch model (torchvision ResNet/VGG/MobileNetV2, CIFAR ResNets, the
 zoo's small CNN layout) onto the matching Flax NNX zoo model; :class:`TorchSuspect` queries a
 local PyTorch model label-only. Both need the ``torch`` extra, imported only when called.
+:mod:`ipguard_jax.convert.torch_reference` defines in PyTorch the layouts torchvision lacks (the
+CIFAR ResNet, the small CNN), to train there and convert.
 
 Example:
     >>> import torchvision
