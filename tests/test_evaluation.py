@@ -486,9 +486,29 @@ def test_plan_lists_every_model_of_the_run_and_sees_the_cache(tmp_path, capsys):
         ev.model_hash(owner), "int8", {}, ev.array_digest(pirate_ds.x, pirate_ds.y),
         benchmark._pirate_config(setting, 0))
     cache.get_or_create(pirate_recipe, lambda: pp.make_pirate("int8", owner, None, None), build)
+    # and a pirate stopped after its first epoch: the plan counts only the epochs left
+    pirate_config = benchmark._pirate_config(setting, 0)
+    ftal_recipe = benchmark._pirate_recipe(
+        ev.model_hash(owner), "ftal", {}, ev.array_digest(pirate_ds.x, pirate_ds.y),
+        pirate_config)
+
+    class Stop(Exception):
+        pass
+
+    def stop(epoch, metrics):
+        raise Stop
+
+    with pytest.raises(Stop):
+        pp.make_pirate("ftal", owner, pirate_ds.x, pirate_ds.y, dataclasses.replace(
+            pirate_config, checkpoint_dir=benchmark._training_dir(cache, ftal_recipe),
+            on_epoch_end=stop))
     again = benchmark.plan(setting, cache_dir=cache_dir, probe_batches=1)
     cached = {r["name"] for r in again["models"] if r["cached"]}
     assert cached == {"owner", "int8"}
+    rows = {r["name"]: r for r in again["models"]}
+    assert rows["FTAL"]["epochs_done"] == 1 and rows["FTAL"]["epochs"] == setting.pirate_epochs
+    assert rows["FTAL"]["estimated_s"] < rows["RTAL"]["estimated_s"]  # same model, fewer epochs
+    assert all(r["epochs_done"] == 0 for r in again["models"] if r["name"] != "FTAL")
     # Cached models cost nothing; the rest is re-probed, so compare no times across probes.
     assert all(r["estimated_s"] == 0 for r in again["models"] if r["cached"])
     assert again["estimated_uncached_s"] == pytest.approx(
@@ -498,6 +518,7 @@ def test_plan_lists_every_model_of_the_run_and_sees_the_cache(tmp_path, capsys):
                  "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "| owner | owner | mlp |" in out and "To train: 22 of 24 models" in out
+    assert f"| no, 1/{setting.pirate_epochs} epochs done |" in out
     assert not (tmp_path / "out").exists()
 
 

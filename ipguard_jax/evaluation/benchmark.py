@@ -644,10 +644,12 @@ def plan(setting: Setting, *, seed: int = 0, cache_dir: str | os.PathLike | None
          probe_batches: int = 2) -> dict[str, Any]:
     """What a run would train, what the model cache already holds, and how long the rest takes.
 
-    Nothing is trained or written. The time estimate comes from a short probe of each
-    architecture that still has to train (``probe_batches`` batches, timed on a second,
-    compiled epoch of :func:`ipguard_jax.train.fit`); a pirate counts as training its model for
-    the pirate epochs (fine-tuning the last layer costs less, so that is an upper bound).
+    Nothing is trained or written. A model stopped part-way (its epoch checkpoints are in the
+    cache's ``training`` directory) counts only the epochs it has left. The time estimate comes
+    from a short probe of each architecture that still has to train (``probe_batches`` batches,
+    timed on a second, compiled epoch of :func:`ipguard_jax.train.fit`); a pirate counts as
+    training its model for the pirate epochs (fine-tuning the last layer costs less, so that is
+    an upper bound).
     Fingerprinting and queries come on top.
 
     Args:
@@ -659,8 +661,9 @@ def plan(setting: Setting, *, seed: int = 0, cache_dir: str | os.PathLike | None
     Returns:
         ``{"models": [...], "train_images_per_s": {...}, "compile_s": {...},
         "estimated_s": ..., "estimated_uncached_s": ...}``; each model row has ``role``,
-        ``name``, ``arch``, ``kwargs``, ``train_images``, ``epochs``, ``cached`` and
-        ``estimated_s`` (training plus one compilation; 0 for cached models).
+        ``name``, ``arch``, ``kwargs``, ``train_images``, ``epochs``, ``epochs_done`` (those
+        checkpointed by a run that stopped), ``cached`` and ``estimated_s`` (the remaining
+        training plus one compilation; 0 for cached models).
 
     Example:
         >>> p = plan(make_setting(parse_args(["--quick"])),
@@ -676,12 +679,17 @@ def plan(setting: Setting, *, seed: int = 0, cache_dir: str | os.PathLike | None
     cache = ev.ModelCache(cache_dir)
     rows = []
 
+    def epochs_done(recipe, cached: bool) -> int:
+        history = None if cached else train.checkpoint_history(_training_dir(cache, recipe))
+        return len(history["epoch"]) if history else 0
+
     def trained_row(role, name, arch, kwargs, ds, data_name, model_seed):
         config = _train_config(setting, model_seed, len(ds))
         recipe = _trained_recipe(arch, kwargs, num_classes, ds, data_name, model_seed, config)
+        cached = recipe in cache
         rows.append({"role": role, "name": name, "arch": arch, "kwargs": kwargs,
                      "train_images": len(ds), "epochs": setting.epochs,
-                     "cached": recipe in cache})
+                     "epochs_done": epochs_done(recipe, cached), "cached": cached})
         return recipe
 
     owner_recipe = trained_row("owner", "owner", setting.owner, setting.owner_kwargs, owner_ds,
@@ -699,12 +707,14 @@ def plan(setting: Setting, *, seed: int = 0, cache_dir: str | os.PathLike | None
     for name, kind, params in pirate_specs(setting):
         recipe = _pirate_recipe(owner_hash or "", kind, params, pirate_hash, pirate_config)
         student = "student" in params
+        cached = owner_hash is not None and recipe in cache
         rows.append({"role": "pirated", "name": name,
                      "arch": params["student"] if student else setting.owner,
                      "kwargs": params["student_kwargs"] if student else setting.owner_kwargs,
                      "train_images": len(pirate_ds),
                      "epochs": 0 if kind in _NO_TRAINING else setting.pirate_epochs,
-                     "cached": owner_hash is not None and recipe in cache})
+                     "epochs_done": epochs_done(recipe, cached or owner_hash is None),
+                     "cached": cached})
     for name, arch, kwargs, ds, data_name, model_seed in independent_specs(
             setting, owner_ds, indep_ds, seed):
         trained_row("independent", name, arch, kwargs, ds, data_name, model_seed)
@@ -715,7 +725,7 @@ def plan(setting: Setting, *, seed: int = 0, cache_dir: str | os.PathLike | None
     for row in rows:
         label = row["arch"] + (json.dumps(row["kwargs"], sort_keys=True) if row["kwargs"] else "")
         row["estimated_s"] = 0.0
-        if row["cached"] or row["epochs"] == 0:
+        if row["cached"] or row["epochs"] <= row["epochs_done"]:
             continue
         if label not in rates:
             model = pp.build_model(row["arch"], num_classes, 0, **row["kwargs"])
@@ -724,7 +734,8 @@ def plan(setting: Setting, *, seed: int = 0, cache_dir: str | os.PathLike | None
                                 progress=False).history["seconds"]
             rates[label] = n // config.batch_size * config.batch_size / seconds[-1]
             compile_s[label] = max(0.0, seconds[0] - seconds[-1])
-        row["estimated_s"] = row["train_images"] * row["epochs"] / rates[label] + compile_s[label]
+        left = row["epochs"] - row["epochs_done"]
+        row["estimated_s"] = row["train_images"] * left / rates[label] + compile_s[label]
     return {"setting": dataclasses.asdict(setting), "seed": seed,
             "train_images_per_s": rates, "compile_s": compile_s,
             "estimated_s": sum(r["estimated_s"] for r in rows),
@@ -737,11 +748,12 @@ def format_plan(p: dict[str, Any]) -> str:
 
     Example:
         >>> print(format_plan({"models": [{"role": "owner", "name": "owner", "arch": "mlp",
-        ...     "train_images": 700, "epochs": 30, "cached": False, "estimated_s": 90.0}],
+        ...     "train_images": 700, "epochs": 30, "epochs_done": 10, "cached": False,
+        ...     "estimated_s": 90.0}],
         ...     "estimated_uncached_s": 90.0, "train_images_per_s": {"mlp": 233.3}}))
         | role | model | arch | images | epochs | cached | est. training |
         |---|---|---|---|---|---|---|
-        | owner | owner | mlp | 700 | 30 | no | 1.5 min |
+        | owner | owner | mlp | 700 | 30 | no, 10/30 epochs done | 1.5 min |
         <BLANKLINE>
         To train: 1 of 1 models, about 1.5 min on this machine, plus fingerprinting.
     """
@@ -754,8 +766,11 @@ def format_plan(p: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in p["models"]:
         est = "-" if r["cached"] or not r["estimated_s"] else duration(r["estimated_s"])
+        done = r.get("epochs_done", 0)
+        cached = ("yes" if r["cached"] else f"no, {done}/{r['epochs']} epochs done" if done
+                  else "no")
         lines.append(f"| {r['role']} | {r['name']} | {r['arch']} | {r['train_images']} | "
-                     f"{r['epochs']} | {'yes' if r['cached'] else 'no'} | {est} |")
+                     f"{r['epochs']} | {cached} | {est} |")
     todo = [r for r in p["models"] if not r["cached"]]
     lines += ["", f"To train: {len(todo)} of {len(p['models'])} models, about "
                   f"{duration(p['estimated_uncached_s'])} on this machine, plus fingerprinting."]
