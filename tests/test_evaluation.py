@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -524,6 +527,24 @@ def test_plan_lists_every_model_of_the_run_and_sees_the_cache(tmp_path, capsys):
     assert "| owner | owner | mlp |" in out and "To train: 22 of 24 models" in out
     assert f"| no, 1/{setting.pirate_epochs} epochs done |" in out
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc/stat (Linux)")
+def test_plan_says_when_other_processes_slowed_its_probe(tmp_path):
+    from ipguard_jax.evaluation import benchmark
+
+    setting = benchmark.make_setting(benchmark.parse_args(["--quick"]))
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        p = benchmark.plan(setting, cache_dir=tmp_path / "cache", probe_batches=1)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    # a busy loop takes most of a core from the probe (and the compiles are single-threaded)
+    assert p["other_cores_while_probing"] >= 0.25, p["other_cores_while_probing"]
+    text = benchmark.format_plan(p)
+    assert re.search(r"Other processes kept \d\.\d of \d+ cores busy", text), text
+    assert "Other processes" not in benchmark.format_plan({**p, "other_cores_while_probing": 0.1})
 
 
 def test_a_benchmark_model_stopped_part_way_resumes_to_the_same_parameters(tmp_path):

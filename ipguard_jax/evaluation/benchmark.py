@@ -663,7 +663,9 @@ def plan(setting: Setting, *, seed: int = 0, cache_dir: str | os.PathLike | None
         "estimated_s": ..., "estimated_uncached_s": ...}``; each model row has ``role``,
         ``name``, ``arch``, ``kwargs``, ``train_images``, ``epochs``, ``epochs_done`` (those
         checkpointed by a run that stopped), ``cached`` and ``estimated_s`` (the remaining
-        training plus one compilation; 0 for cached models).
+        training plus one compilation; 0 for cached models). ``other_cores_while_probing`` is
+        how many cores other processes kept busy during the probes (``None`` where that cannot
+        be read, as off Linux, or when the probes took less than a second).
 
     Example:
         >>> p = plan(make_setting(parse_args(["--quick"])),
@@ -722,6 +724,7 @@ def plan(setting: Setting, *, seed: int = 0, cache_dir: str | os.PathLike | None
     rates: dict[str, float] = {}
     compile_s: dict[str, float] = {}
     n = min(len(owner_ds), setting.batch_size * probe_batches)
+    wall0, busy0, own0 = time.perf_counter(), _system_busy_s(), _own_cpu_s()
     for row in rows:
         label = row["arch"] + (json.dumps(row["kwargs"], sort_keys=True) if row["kwargs"] else "")
         row["estimated_s"] = 0.0
@@ -736,8 +739,15 @@ def plan(setting: Setting, *, seed: int = 0, cache_dir: str | os.PathLike | None
             compile_s[label] = max(0.0, seconds[0] - seconds[-1])
         left = row["epochs"] - row["epochs_done"]
         row["estimated_s"] = row["train_images"] * left / rates[label] + compile_s[label]
+    # What other processes took of the machine while it was probed: a busy machine makes the
+    # probe slow and the estimate pessimistic.
+    wall, busy1 = time.perf_counter() - wall0, _system_busy_s()
+    other_cores = None
+    if rates and busy0 is not None and busy1 is not None and wall >= 1.0:
+        other_cores = round(max(0.0, (busy1 - busy0) - (_own_cpu_s() - own0)) / wall, 2)
     return {"setting": dataclasses.asdict(setting), "seed": seed,
             "train_images_per_s": rates, "compile_s": compile_s,
+            "other_cores_while_probing": other_cores, "cpu_count": os.cpu_count(),
             "estimated_s": sum(r["estimated_s"] for r in rows),
             "estimated_uncached_s": sum(r["estimated_s"] for r in rows if not r["cached"]),
             "models": rows}
@@ -774,7 +784,31 @@ def format_plan(p: dict[str, Any]) -> str:
     todo = [r for r in p["models"] if not r["cached"]]
     lines += ["", f"To train: {len(todo)} of {len(p['models'])} models, about "
                   f"{duration(p['estimated_uncached_s'])} on this machine, plus fingerprinting."]
+    other = p.get("other_cores_while_probing")
+    if other is not None and other >= 0.25:
+        lines.append(f"Other processes kept {other:.1f} of {p.get('cpu_count') or '?'} cores "
+                     f"busy while the throughput was probed: the estimate is pessimistic if "
+                     f"the run gets the machine to itself.")
     return "\n".join(lines)
+
+
+def _system_busy_s() -> float | None:
+    """CPU seconds all processes have spent busy since boot (Linux ``/proc/stat``), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 5:
+        return None
+    idle = fields[3] + fields[4]  # idle and iowait
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds this process has used (user and system)."""
+    times = os.times()
+    return times.user + times.system
 
 
 def main(argv: list[str] | None = None, *, results_dir: str | os.PathLike | None = None,
