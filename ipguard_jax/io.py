@@ -310,6 +310,7 @@ def _save_directory(fingerprints: Fingerprints, path: Path, overwrite: bool) -> 
             raise FingerprintFileError(
                 f"{path} exists and is not a fingerprint directory; refusing to overwrite it"
             )
+
         def abandoned_versions():  # never the live version, nor any if that is unreadable
             current = _current_version_or_none(path)
             return [] if current is None else [
