@@ -320,21 +320,33 @@ def train_cached(cache, recipe: dict[str, Any], build, ds, config, *,
     """
     from ipguard_jax import train
 
-    partial = _training_dir(cache, recipe)
-    history: dict[str, list[float]] = {}
-
-    def make():
+    def make(partial: Path):
         model = build()
-        history.update(train.fit(
-            model, ds.x, ds.y, dataclasses.replace(config, checkpoint_dir=partial,
-                                                   checkpoint_every=1),
-            progress=False, on_epoch_end=on_epoch_end).history)
+        train.fit(model, ds.x, ds.y,
+                  dataclasses.replace(config, checkpoint_dir=partial, checkpoint_every=1),
+                  progress=False, on_epoch_end=on_epoch_end)
         return model
 
-    def meta():  # every epoch's time, also those of runs that stopped part-way
-        return {"train_s": round(sum(history["seconds"]), 3)}
+    return _cached_resumable(cache, recipe, make, build)
 
-    model = cache.get_or_create(recipe, make, build, meta)
+
+def _cached_resumable(cache, recipe: dict[str, Any], make, like):
+    """``cache.get_or_create`` for a model that trains with epoch checkpoints.
+
+    ``make(partial)`` trains it, checkpointing every epoch in ``partial`` (see
+    :func:`_training_dir`), so a call stopped part-way resumes there. The cache records the
+    time of all its epochs, also those of stopped calls (``train_s``), and the checkpoints go
+    once the model is cached.
+    """
+    from ipguard_jax import train
+
+    partial = _training_dir(cache, recipe)
+
+    def meta():
+        history = train.checkpoint_history(partial)
+        return {"train_s": round(sum(history["seconds"]), 3)} if history else {}
+
+    model = cache.get_or_create(recipe, lambda: make(partial), like, meta)
     shutil.rmtree(partial, ignore_errors=True)
     return model
 
@@ -514,19 +526,14 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
             like = like_owner
         if recipe not in cache:
             print(f"making the pirated copy {name} ({kind})", flush=True)
+
+        def make(partial, k=kind, p=params, report=_epoch_reporter(name, pirate_config.epochs)):
+            config = dataclasses.replace(pirate_config, checkpoint_dir=partial,
+                                         on_epoch_end=report)
+            return pp.make_pirate(k, owner, pirate_ds.x, pirate_ds.y, config, **p)
+
         # A pirate that trains checkpoints every epoch, so a stopped run resumes it.
-        partial = _training_dir(cache, recipe)
-        config = dataclasses.replace(pirate_config, checkpoint_dir=partial,
-                                     on_epoch_end=_epoch_reporter(name, pirate_config.epochs))
-
-        def pirate_meta(partial=partial):  # all epochs' time, also those of stopped calls
-            history = train.checkpoint_history(partial)
-            return {"train_s": round(sum(history["seconds"]), 3)} if history else {}
-
-        pirated_models[name] = cache.get_or_create(
-            recipe, lambda k=kind, p=params, c=config: pp.make_pirate(
-                k, owner, pirate_ds.x, pirate_ds.y, c, **p), like, pirate_meta)
-        shutil.rmtree(partial, ignore_errors=True)
+        pirated_models[name] = _cached_resumable(cache, recipe, make, like)
         note_cost(name, recipe)
     timings["pirated_s"] = time.perf_counter() - t0
 
