@@ -65,6 +65,18 @@ def _agreement(a, b, x):
     return float(np.mean(pp._apply_batched(a, x).argmax(-1) == pp._apply_batched(b, x).argmax(-1)))
 
 
+class Stop(Exception):
+    """Raised from ``on_epoch_end`` to stop training part-way, as a killed job would."""
+
+
+def stop_after(last_epoch: int):
+    """An ``on_epoch_end`` that stops training once epoch ``last_epoch`` is checkpointed."""
+    def on_epoch_end(epoch, metrics):
+        if epoch == last_epoch:
+            raise Stop
+    return on_epoch_end
+
+
 # --- post-processing -------------------------------------------------------------------------
 
 
@@ -169,17 +181,10 @@ def test_a_pirate_stopped_part_way_resumes_to_the_same_weights(mlp_owner, digits
     x, y = digits[1].x, digits[1].y
     reference = pp.make_pirate(kind, mlp_owner, x, y, FAST, **params)
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_two(epoch, metrics):
-        if epoch == 2:
-            raise Stop
-
     ckpt = tmp_path / "ckpt"
     with pytest.raises(Stop):
         pp.make_pirate(kind, mlp_owner, x, y, dataclasses.replace(
-            FAST, checkpoint_dir=ckpt, on_epoch_end=stop_after_two), **params)
+            FAST, checkpoint_dir=ckpt, on_epoch_end=stop_after(2)), **params)
     assert train.checkpoint_history(ckpt)["epoch"] == [1, 2]
     epochs_run = []
     resumed = pp.make_pirate(kind, mlp_owner, x, y, dataclasses.replace(
@@ -498,17 +503,10 @@ def test_plan_lists_every_model_of_the_run_and_sees_the_cache(tmp_path, capsys):
     ftal_recipe = benchmark._pirate_recipe(
         ev.model_hash(owner), "ftal", {}, ev.array_digest(pirate_ds.x, pirate_ds.y),
         pirate_config)
-
-    class Stop(Exception):
-        pass
-
-    def stop(epoch, metrics):
-        raise Stop
-
     with pytest.raises(Stop):
         pp.make_pirate("ftal", owner, pirate_ds.x, pirate_ds.y, dataclasses.replace(
             pirate_config, checkpoint_dir=benchmark._training_dir(cache, ftal_recipe),
-            on_epoch_end=stop))
+            on_epoch_end=stop_after(1)))
     again = benchmark.plan(setting, cache_dir=cache_dir, probe_batches=1)
     cached = {r["name"] for r in again["models"] if r["cached"]}
     assert cached == {"owner", "int8"}
@@ -562,15 +560,11 @@ def test_a_benchmark_model_stopped_part_way_resumes_to_the_same_parameters(tmp_p
 
     reference = benchmark.train_cached(ev.ModelCache(tmp_path / "a"), recipe, build, ds, config)
 
-    class Stop(Exception):
-        pass
-
     seconds = []
 
     def stop_after_two(epoch, metrics):
         seconds.append(metrics["seconds"])
-        if epoch == 2:
-            raise Stop
+        stop_after(2)(epoch, metrics)
 
     cache = ev.ModelCache(tmp_path / "b")
     with pytest.raises(Stop):
