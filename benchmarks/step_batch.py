@@ -50,6 +50,7 @@ def sweep(model_name: str, batches: list[int], reps: int, seed: int = 0) -> dict
     clf = Classifier.from_nnx(model, input_shape=(32, 32, 3))
     rng = np.random.default_rng(seed)
     optimizer = optax.adam(0.01)
+
     @functools.partial(jax.jit, static_argnames="num_steps")
     def block(params, state, i, j, num_steps):  # compiled once per batch shape
         return engine.run_steps(clf.apply_fn, params, state, i, j, k=3.0, optimizer=optimizer,
