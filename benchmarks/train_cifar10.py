@@ -7,11 +7,15 @@ throughput are written to ``benchmarks/results/train_<model>_cifar10.json``.
     python benchmarks/train_cifar10.py --model cnn --epochs 15
     python benchmarks/train_cifar10.py --model resnet20 --epochs 160 --lr 0.1
 
-``--restart-epochs N`` adds a warm restart (SGDR): once the first schedule is done, a second
-cosine schedule of N epochs from ``--restart-lr`` continues from its weights (fresh optimizer
-state, another data order), with its own checkpoints; the same command resumes either phase.
+``--restart-epochs N [M ...]`` adds warm restarts (SGDR): once the first schedule is done, a
+cosine schedule of N epochs from the first ``--restart-lr`` continues from its weights (fresh
+optimizer state, another data order), then one of M epochs from the second, and so on. Every
+phase has its own checkpoints, named after the phases before it, so the same command resumes any
+phase, and a longer chain reuses the phases it shares with a shorter one.
 
     python benchmarks/train_cifar10.py --model resnet20 --epochs 30 --restart-epochs 10
+    python benchmarks/train_cifar10.py --model resnet20 --epochs 30 \
+        --restart-epochs 15 60 --restart-lr 0.05 0.1
 """
 
 from __future__ import annotations
@@ -48,16 +52,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-dir", type=Path, default=None,
                         help="default: ~/.cache/ipguard_jax/train/<model>-cifar10-seed<seed>")
-    parser.add_argument("--restart-epochs", type=int, default=0,
-                        help="epochs of a second cosine schedule from the first one's weights")
-    parser.add_argument("--restart-lr", type=float, default=0.02,
-                        help="peak learning rate of the warm restart")
+    parser.add_argument("--restart-epochs", type=int, nargs="+", default=[],
+                        help="epochs of each warm restart, a cosine schedule that starts from "
+                             "the weights of the phase before it")
+    parser.add_argument("--restart-lr", type=float, nargs="+", default=None,
+                        help="peak learning rate of each warm restart (default 0.02 each)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if not args.data.exists():
         parser.error(f"no CIFAR-10 data at {args.data}")
-    if args.restart_epochs < 0 or args.restart_lr <= 0:
-        parser.error("--restart-epochs must be >= 0 and --restart-lr > 0")
+    restart_lrs = args.restart_lr or [0.02] * len(args.restart_epochs)
+    if len(restart_lrs) != len(args.restart_epochs):
+        parser.error(f"--restart-lr needs one value per warm restart: got {len(restart_lrs)} "
+                     f"for {len(args.restart_epochs)} --restart-epochs")
+    if any(n <= 0 for n in args.restart_epochs) or any(lr <= 0 for lr in restart_lrs):
+        parser.error("--restart-epochs and --restart-lr must be > 0")
 
     cache = Path(os.environ.get("IPGUARD_JAX_CACHE", Path.home() / ".cache" / "ipguard_jax"))
     checkpoint_dir = args.checkpoint_dir or (
@@ -81,23 +90,27 @@ def main(argv: list[str] | None = None) -> int:
                        y_val=test_set.y)
     accuracy = train.evaluate(model, test_set.x, test_set.y)
     phases = [result]
-    if args.restart_epochs:
-        first_accuracy = accuracy
-        restart = dataclasses.replace(
-            config, epochs=args.restart_epochs, lr=args.restart_lr, seed=args.seed + 1,
-            checkpoint_dir=Path(f"{checkpoint_dir}-restart{args.restart_epochs}"
-                                f"-lr{args.restart_lr:g}"))
-        print(f"first schedule: test accuracy {accuracy:.4f}; warm restart for "
-              f"{args.restart_epochs} epochs from lr {args.restart_lr:g}", flush=True)
-        phases.append(train.fit(model, train_set.x, train_set.y, restart, x_val=test_set.x,
-                                y_val=test_set.y))
+    restarts = []
+    phase_config = config
+    for seed_offset, (epochs, lr) in enumerate(zip(args.restart_epochs, restart_lrs), 1):
+        phase_config = dataclasses.replace(
+            phase_config, epochs=epochs, lr=lr, seed=args.seed + seed_offset,
+            checkpoint_dir=Path(f"{phase_config.checkpoint_dir}-restart{epochs}-lr{lr:g}"))
+        print(f"test accuracy {accuracy:.4f}; warm restart {seed_offset} for {epochs} epochs "
+              f"from lr {lr:g}", flush=True)
+        phase = train.fit(model, train_set.x, train_set.y, phase_config, x_val=test_set.x,
+                          y_val=test_set.y)
+        phases.append(phase)
+        restarts.append({"epochs": epochs, "lr": lr, "test_accuracy_before": accuracy,
+                         "resumed_from_epoch": phase.start_epoch, "history": phase.history,
+                         "checkpoint_dir": str(phase_config.checkpoint_dir)})
         accuracy = train.evaluate(model, test_set.x, test_set.y)
     report = {
         "command": "python benchmarks/train_cifar10.py " + " ".join(
             sys.argv[1:] if argv is None else argv),
         "model": args.model,
         "test_accuracy": accuracy,
-        "epochs": args.epochs + args.restart_epochs,
+        "epochs": args.epochs + sum(args.restart_epochs),
         "resumed_from_epoch": result.start_epoch,
         "wall_time_s_this_call": round(sum(r.wall_time_s for r in phases), 1),
         "train_seconds_all_epochs": round(sum(sum(r.history["seconds"]) for r in phases), 1),
@@ -109,12 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         "environment": {"jax": jax.__version__, "backend": jax.default_backend(),
                         "cpu_count": os.cpu_count(), "python": platform.python_version()},
     }
-    if args.restart_epochs:
-        report["restart"] = {"epochs": args.restart_epochs, "lr": args.restart_lr,
-                             "test_accuracy_before": first_accuracy,
-                             "resumed_from_epoch": phases[1].start_epoch,
-                             "history": phases[1].history,
-                             "checkpoint_dir": str(restart.checkpoint_dir)}
+    if restarts:
+        report["restarts"] = restarts
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"test accuracy {accuracy:.4f}; wrote {out}")
     return 0

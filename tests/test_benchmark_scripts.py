@@ -23,38 +23,61 @@ def image_folder(tmp_path):
     return tmp_path / "images"
 
 
-def test_train_script_warm_restart_resumes_both_phases(image_folder, tmp_path,
+def test_train_script_warm_restarts_resume_every_phase(image_folder, tmp_path,
                                                       benchmark_script):
     module = benchmark_script("train_cifar10")
     args = ["--data", str(image_folder), "--model", "mlp", "--epochs", "2", "--batch-size", "16",
-            "--restart-epochs", "2", "--restart-lr", "0.01",
             "--checkpoint-dir", str(tmp_path / "ck")]
-    assert module.main([*args, "--out", str(tmp_path / "a.json")]) == 0
+    one = [*args, "--restart-epochs", "2", "--restart-lr", "0.01"]
+    assert module.main([*one, "--out", str(tmp_path / "a.json")]) == 0
     first = json.loads((tmp_path / "a.json").read_text())
     assert first["epochs"] == 4 and len(first["history"]["epoch"]) == 2
-    restart = first["restart"]
+    [restart] = first["restarts"]
     assert restart["epochs"] == 2 and restart["lr"] == 0.01
     assert len(restart["history"]["epoch"]) == 2 and restart["resumed_from_epoch"] == 0
     assert restart["history"]["lr"][-1] < restart["history"]["lr"][0] <= 0.01  # its own cosine
+    assert Path(restart["checkpoint_dir"]) == tmp_path / "ck-restart2-lr0.01"
     assert Path(restart["checkpoint_dir"]).is_dir()
     assert first["images_per_s_median_epoch"] > 0
 
     # The same command again: both phases come back from their checkpoints, nothing retrains.
-    assert module.main([*args, "--out", str(tmp_path / "b.json")]) == 0
+    assert module.main([*one, "--out", str(tmp_path / "b.json")]) == 0
     again = json.loads((tmp_path / "b.json").read_text())
-    assert again["resumed_from_epoch"] == 2 and again["restart"]["resumed_from_epoch"] == 2
+    assert again["resumed_from_epoch"] == 2 and again["restarts"][0]["resumed_from_epoch"] == 2
     assert again["test_accuracy"] == first["test_accuracy"]
-    assert again["restart"]["history"] == restart["history"]
-    assert again["restart"]["test_accuracy_before"] == restart["test_accuracy_before"]
+    assert again["restarts"][0]["history"] == restart["history"]
+    assert again["restarts"][0]["test_accuracy_before"] == restart["test_accuracy_before"]
+
+    # A second restart continues the chain: the first two phases come from their checkpoints,
+    # the new one starts from their weights, with its own directory named after the chain.
+    two = [*args, "--restart-epochs", "2", "3", "--restart-lr", "0.01", "0.005"]
+    assert module.main([*two, "--out", str(tmp_path / "c.json")]) == 0
+    longer = json.loads((tmp_path / "c.json").read_text())
+    assert longer["epochs"] == 7 and longer["resumed_from_epoch"] == 2
+    reused, new = longer["restarts"]
+    assert reused["resumed_from_epoch"] == 2 and reused["history"] == restart["history"]
+    assert new["resumed_from_epoch"] == 0 and len(new["history"]["epoch"]) == 3
+    assert new["test_accuracy_before"] == first["test_accuracy"]
+    assert new["lr"] == 0.005 and new["history"]["lr"][-1] < new["history"]["lr"][0] <= 0.005
+    assert Path(new["checkpoint_dir"]) == tmp_path / "ck-restart2-lr0.01-restart3-lr0.005"
 
 
-@pytest.mark.parametrize("bad", [["--restart-epochs", "-1"], ["--restart-lr", "0"]])
-def test_train_script_rejects_bad_restart_options(bad, image_folder, benchmark_script, capsys):
+NOT_POSITIVE = "--restart-epochs and --restart-lr must be > 0"
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--restart-epochs", "-1"], NOT_POSITIVE),
+    (["--restart-epochs", "2", "--restart-lr", "0"], NOT_POSITIVE),
+    (["--restart-epochs", "2", "3", "--restart-lr", "0.1"],
+     "--restart-lr needs one value per warm restart: got 1 for 2 --restart-epochs"),
+])
+def test_train_script_rejects_bad_restart_options(bad, message, image_folder, benchmark_script,
+                                                  capsys):
     module = benchmark_script("train_cifar10")
     with pytest.raises(SystemExit) as exc:
         module.main(["--data", str(image_folder), *bad])
     assert exc.value.code == 2
-    assert "--restart-epochs must be >= 0 and --restart-lr > 0" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_step_batch_reports_every_batch_size(tmp_path, benchmark_script, capsys):
