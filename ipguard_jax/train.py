@@ -20,9 +20,10 @@ Choices, each fixed and documented:
 
 Speed on a 2-core CPU (batch 128, 32x32x3): the default ``CNN`` trains at
 ~500 images/s, ResNet-20 at ~120-150 images/s. XLA:CPU's own convolution
-kernel gradients were the largest cost (ResNet-20 ran at ~90-120 images/s
-with them); the zoo's convolutions compute them as one matmul instead (see
-``ipguard_jax.models._common.conv_general_dilated``).
+kernel gradients were the largest cost (a ResNet-20 gradient ran 1.7x
+slower with them); the zoo's convolutions compute them as matrix products
+instead (see ``ipguard_jax.models._common.conv_general_dilated`` and
+``benchmarks/results/conv_grad.md``).
 Host overhead per step is ~0.3 ms (ResNet-20) to ~1 ms (ResNet-50).
 
 Runs are deterministic given ``TrainConfig.seed`` (data order, augmentation)

@@ -96,3 +96,25 @@ def test_step_batch_reports_every_batch_size(tmp_path, benchmark_script, capsys)
             module.main([*bad, "--out", str(tmp_path / "x")])
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_conv_grad_variants_give_the_same_gradient(tmp_path, benchmark_script, capsys):
+    module = benchmark_script("conv_grad")
+    from ipguard_jax.models import _common
+    zoo_conv = _common.conv_general_dilated
+    result = module.main(["--models", "cnn", "--batch", "4", "--reps", "2",
+                          "--out", str(tmp_path / "cg")])
+    assert _common.conv_general_dilated is zoo_conv and _common.WGRAD_ROW_BLOCKS == 2  # restored
+    res = result["models"]["cnn"]
+    assert result["variants"] == ["native", "taps", "taps_blocks2"]
+    assert all(len(t) == 2 and min(t) > 0 for t in res["times_s"].values())
+    # Every rewrite computes XLA's kernel gradient, up to float rounding.
+    assert res["max_rel_diff_vs_first"]["native"] == 0.0
+    assert 0 < max(res["max_rel_diff_vs_first"].values()) < 1e-4
+    md = (tmp_path / "cg.md").read_text()
+    assert "## cnn" in md and md.count("| taps") == 2 and "1.00x" in md
+    assert json.loads((tmp_path / "cg.json").read_text())["models"]["cnn"] == res
+    with pytest.raises(SystemExit):
+        module.main(["--models", "nope", "--out", str(tmp_path / "x")])
+    assert "unknown model 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
