@@ -92,19 +92,30 @@ def normalize(x: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.
 SMALL_OUTPUT_PIXELS = 16
 
 
-def _patches(x: jax.Array, kh: int, kw: int, strides, padding) -> jax.Array:
-    """im2col of an NHWC batch: ``(b * oh * ow, kh * kw * cin)``, taps major, channels minor."""
+def _tap_slices(x: jax.Array, kh: int, kw: int, strides,
+                padding) -> tuple[list[jax.Array], int, int]:
+    """The ``kh * kw`` strided slices of the padded NHWC batch that each kernel tap sees.
+
+    Returns:
+      ``(slices, oh, ow)``: one ``(b, oh, ow, cin)`` slice per tap, taps in row-major order.
+    """
     b, h, w, cin = x.shape
     sh, sw = strides
     (top, bottom), (left, right) = padding
     oh, ow = (h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1
     padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    cols = [jax.lax.slice(padded, (0, i, j, 0),
-                          (b, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, cin),
-                          (1, sh, sw, 1))
-            for i in range(kh) for j in range(kw)]
+    slices = [jax.lax.slice(padded, (0, i, j, 0),
+                            (b, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, cin),
+                            (1, sh, sw, 1))
+              for i in range(kh) for j in range(kw)]
+    return slices, oh, ow
+
+
+def _patches(x: jax.Array, kh: int, kw: int, strides, padding) -> jax.Array:
+    """im2col of an NHWC batch: ``(b * oh * ow, kh * kw * cin)``, taps major, channels minor."""
+    cols, oh, ow = _tap_slices(x, kh, kw, strides, padding)
     cols = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
-    return cols.reshape(b * oh * ow, kh * kw * cin)
+    return cols.reshape(x.shape[0] * oh * ow, kh * kw * x.shape[-1])
 
 
 def _native_nhwc(x, w, strides, padding, precision):
@@ -127,26 +138,17 @@ def _tap_products(x: jax.Array, w_dot: jax.Array, strides, padding, precision,
     a tiny output and a long contraction on one thread, but the blocks of a batched product in
     parallel.
     """
-    b, h, w, cin = x.shape
+    b, _, _, cin = x.shape
     kh, kw, _, cout = w_dot.shape
-    sh, sw = strides
-    (top, bottom), (left, right) = padding
-    oh, ow = (h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1
+    taps, oh, ow = _tap_slices(x, kh, kw, strides, padding)
     rows = b * oh * ow
     blocks = WGRAD_ROW_BLOCKS if rows % WGRAD_ROW_BLOCKS == 0 else 1
-    padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
     out = None
-    for i in range(kh):
-        for j in range(kw):
-            tap = jax.lax.slice(padded, (0, i, j, 0),
-                                (b, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, cin),
-                                (1, sh, sw, 1))
-            term = jax.lax.dot_general(
-                tap.reshape(blocks, rows // blocks, cin),
-                jnp.broadcast_to(w_dot[i, j], (blocks, cin, cout)),
-                (((2,), (1,)), ((0,), (0,))), precision=precision,
-                preferred_element_type=out_dtype)
-            out = term if out is None else out + term
+    for tap, w_tap in zip(taps, w_dot.reshape(kh * kw, cin, cout)):
+        term = jax.lax.dot_general(
+            tap.reshape(blocks, rows // blocks, cin), jnp.broadcast_to(w_tap, (blocks, cin, cout)),
+            (((2,), (1,)), ((0,), (0,))), precision=precision, preferred_element_type=out_dtype)
+        out = term if out is None else out + term
     return out.reshape(b, oh, ow, cout)
 
 
