@@ -114,7 +114,10 @@ def test_conv_grad_variants_give_the_same_gradient(tmp_path, benchmark_script, c
     md = (tmp_path / "cg.md").read_text()
     assert "## cnn" in md and md.count("| taps") == 2 and "1.00x" in md
     assert json.loads((tmp_path / "cg.json").read_text())["models"]["cnn"] == res
-    with pytest.raises(SystemExit):
-        module.main(["--models", "nope", "--out", str(tmp_path / "x")])
-    assert "unknown model 'nope'" in capsys.readouterr().err
+    for bad, message in ((["--batch", "0"], "--batch and --reps must be >= 1"),
+                         (["--reps", "0"], "--batch and --reps must be >= 1"),
+                         (["--models", "nope"], "unknown model 'nope'")):
+        with pytest.raises(SystemExit):
+            module.main([*bad, "--out", str(tmp_path / "x")])
+        assert message in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
