@@ -20,7 +20,7 @@ Choices, each fixed and documented:
 
 Speed on a 2-core CPU (batch 128, 32x32x3): the default ``CNN`` trains at
 ~500 images/s, ResNet-20 at ~120-150 images/s. XLA:CPU's own convolution
-kernel gradients were the largest cost (a ResNet-20 gradient ran 1.7x
+kernel gradients were the largest cost (a ResNet-20 gradient ran 1.5-1.7x
 slower with them); the zoo's convolutions compute them as matrix products
 instead (see ``ipguard_jax.models._common.conv_general_dilated`` and
 ``benchmarks/results/conv_grad.md``).

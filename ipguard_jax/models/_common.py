@@ -203,8 +203,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
       at most :data:`SMALL_OUTPUT_PIXELS` pixels is computed as patches (strided slices of the
       padded input) times the flattened kernel.
     * Otherwise the kernel gradient is one product ``tap.T @ dy`` per kernel tap (see
-      ``_conv_matmul_wgrad``): a ResNet-20 training gradient at batch 128 ran 1.7x faster
-      than with XLA's own kernel gradient on 2 CPU cores, the small CNN's 1.4x
+      ``_conv_matmul_wgrad``): a ResNet-20 training gradient at batch 128 ran 1.5-1.7x faster
+      than with XLA's own kernel gradient on 2 CPU cores, the small CNN's 1.4-1.5x
       (``benchmarks/results/conv_grad.md``). The forward pass and the input gradient are the
       native ones, bit for bit, and forward-mode autodiff works.
     """
