@@ -411,6 +411,22 @@ def test_smoke_benchmark_writes_its_reports(tmp_path):
     assert not any((tmp_path / "cache" / "training").glob("*"))
 
 
+def test_benchmark_report_title_names_the_data_file_not_its_folder():
+    from ipguard_jax.evaluation import benchmark
+
+    timings = {"total_s": 10.0, "fingerprint_and_verify_s": 4.0, "owner_s": 1.0,
+               "pirated_s": 1.0, "independent_s": 1.0}
+    result = {"setting": {"data": "/home/me/datasets/cifar10-jpeg.tar.gz", "owner": "resnet20"},
+              "command": "python benchmarks/aruc_cifar10.py", "pirated": {}, "independent": {},
+              "cache": {"hits": 0, "misses": 1}, "timings_s": timings,
+              "model_build_s": {"owner": 60.0}, "configs": [], "accuracy": {"owner": 0.8}}
+    md = benchmark._markdown(result, {})
+    title = "# ARUC of IPGuard fingerprints (cifar10-jpeg.tar.gz, owner resnet20)"
+    assert md.splitlines()[0] == title
+    assert "/home/me" not in md
+    assert "Owner test accuracy: 0.800, trained in 1.0 min." in md
+
+
 @pytest.mark.slow
 def test_quick_benchmark_runs(tmp_path, benchmark_script, capsys):
     from ipguard_jax.cli import main

@@ -887,7 +887,7 @@ def _cold_cost(result: dict[str, Any]) -> str:
 
 def _markdown(result: dict[str, Any], reports: dict[str, Any]) -> str:
     lines = [
-        f"# ARUC of IPGuard fingerprints ({result['setting']['data']}, owner "
+        f"# ARUC of IPGuard fingerprints ({Path(result['setting']['data']).name}, owner "
         f"{result['setting']['owner']})", "",
         f"Command: `{result['command']}`", "",
         f"Models: {len(result['pirated'])} pirated, {len(result['independent'])} independent; "
