@@ -411,7 +411,7 @@ def test_smoke_benchmark_writes_its_reports(tmp_path):
     assert not any((tmp_path / "cache" / "training").glob("*"))
 
 
-def test_benchmark_report_title_names_the_data_file_not_its_folder():
+def test_benchmark_report_title_names_the_data_not_its_folder():
     from ipguard_jax.evaluation import benchmark
 
     timings = {"total_s": 10.0, "fingerprint_and_verify_s": 4.0, "owner_s": 1.0,
@@ -425,6 +425,8 @@ def test_benchmark_report_title_names_the_data_file_not_its_folder():
     assert md.splitlines()[0] == title
     assert "/home/me" not in md
     assert "Owner test accuracy: 0.800, trained in 1.0 min." in md
+    result["setting"]["data"] = "tfds:imagenette/160px"
+    assert "fingerprints (tfds:imagenette/160px, owner" in benchmark._markdown(result, {})
 
 
 @pytest.mark.slow

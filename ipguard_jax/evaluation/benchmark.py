@@ -886,8 +886,11 @@ def _cold_cost(result: dict[str, Any]) -> str:
 
 
 def _markdown(result: dict[str, Any], reports: dict[str, Any]) -> str:
+    data = result["setting"]["data"]
+    if not data.startswith("tfds:"):  # a TFDS name may hold a "/" before its config
+        data = Path(data).name  # the file, not where it sat on the machine that ran
     lines = [
-        f"# ARUC of IPGuard fingerprints ({Path(result['setting']['data']).name}, owner "
+        f"# ARUC of IPGuard fingerprints ({data}, owner "
         f"{result['setting']['owner']})", "",
         f"Command: `{result['command']}`", "",
         f"Models: {len(result['pirated'])} pirated, {len(result['independent'])} independent; "
