@@ -638,7 +638,8 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
     out.with_suffix(".md").write_text(_markdown(result, reports))
     if reports:
         best = max(reports, key=lambda lb: (reports[lb].aruc_roc, reports[lb].aruc_min))
-        reports[best].plot(out.with_suffix(".png"), title=f"{setting.data}: best config, {best}")
+        reports[best].plot(out.with_suffix(".png"),
+                           title=f"{_data_label(setting.data)}: best config, {best}")
     print(f"wrote {out}.{{json,md,png}} in {timings['total_s']:.0f} s")
     return result
 
@@ -885,12 +886,16 @@ def _cold_cost(result: dict[str, Any]) -> str:
     return text
 
 
+def _data_label(data: str) -> str:
+    """The data as report titles name it: an archive or folder without the path it had."""
+    if data.startswith("tfds:"):  # a TFDS name may hold a "/" before its config
+        return data
+    return Path(data).name
+
+
 def _markdown(result: dict[str, Any], reports: dict[str, Any]) -> str:
-    data = result["setting"]["data"]
-    if not data.startswith("tfds:"):  # a TFDS name may hold a "/" before its config
-        data = Path(data).name  # the file, not where it sat on the machine that ran
     lines = [
-        f"# ARUC of IPGuard fingerprints ({data}, owner "
+        f"# ARUC of IPGuard fingerprints ({_data_label(result['setting']['data'])}, owner "
         f"{result['setting']['owner']})", "",
         f"Command: `{result['command']}`", "",
         f"Models: {len(result['pirated'])} pirated, {len(result['independent'])} independent; "
