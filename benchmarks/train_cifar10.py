@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         cache / "train" / f"{args.model}-cifar10-seed{args.seed}-e{args.epochs}")
     out = args.out or ROOT / "benchmarks" / "results" / f"train_{args.model}_cifar10.json"
 
+    if (hint := train.malloc_hint()) is not None:
+        print(f"note: {hint}", flush=True)
     start = time.perf_counter()
     train_set = data.load_image_folder(args.data, split="train")
     test_set = data.load_image_folder(args.data, split="test")
@@ -120,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         "history": result.history,
         "checkpoint_dir": str(checkpoint_dir),
         "environment": {"jax": jax.__version__, "backend": jax.default_backend(),
-                        "cpu_count": os.cpu_count(), "python": platform.python_version()},
+                        "cpu_count": os.cpu_count(), "python": platform.python_version(),
+                        "malloc": train.malloc_in_use()},
     }
     if restarts:
         report["restarts"] = restarts

@@ -121,3 +121,25 @@ def test_conv_grad_variants_give_the_same_gradient(tmp_path, benchmark_script, c
             module.main([*bad, "--out", str(tmp_path / "x")])
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_allocator_script_times_each_workload_in_its_own_process(tmp_path, benchmark_script,
+                                                                 capsys):
+    module = benchmark_script("allocator")
+    result = module.main(["--models", "cnn", "--workloads", "fingerprint", "--allocators",
+                          "glibc", "--rounds", "2", "--steps", "1", "--warmup", "0",
+                          "--out", str(tmp_path / "al")])
+    [run_a, run_b] = result["runs"]["fingerprint-cnn"]["glibc"]
+    assert run_a["allocator"] == run_b["allocator"] == "glibc"  # checked in the child itself
+    assert len(run_a["step_s"]) == 1 and run_a["median_step_s"] > 0
+    row = result["summary"]["fingerprint-cnn"]["glibc"]
+    assert row["speedup_over_glibc"] == 1.0
+    assert row["median_step_s"] == pytest.approx(
+        np.median([run_a["median_step_s"], run_b["median_step_s"]]), abs=1e-4)
+    md = (tmp_path / "al.md").read_text()
+    assert "## fingerprint-cnn" in md and "| glibc |" in md and "point-steps/s" in md
+    assert json.loads((tmp_path / "al.json").read_text())["summary"] == result["summary"]
+    with pytest.raises(SystemExit):
+        module.main(["--models", "nope", "--out", str(tmp_path / "x")])
+    assert "unknown model 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()

@@ -233,3 +233,39 @@ def test_batchnorm_statistics_update_in_training_and_serve_in_eval(uninterrupted
     evaluate(model, x_test[:10], y_test[:10])
     assert not model.stages[0][0].bn.use_running_average
     model.eval()
+
+
+MAPS_LINE = "7f0000000000-7f0000001000 r-xp 00000000 08:01 123 {}\n"
+
+
+@pytest.mark.parametrize("libraries, expected", [
+    (["/usr/lib/x86_64-linux-gnu/libc.so.6"], "glibc"),
+    (["/usr/lib/x86_64-linux-gnu/libc.so.6",
+      "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4.5.10"], "tcmalloc"),
+    (["/opt/lib/libjemalloc.so.2", "/usr/lib/x86_64-linux-gnu/libc.so.6"], "jemalloc"),
+    # A file that merely mentions an allocator is not one.
+    (["/home/me/site-packages/tcmalloc_stats/plugin.so"], "glibc"),
+])
+def test_malloc_in_use_reads_the_memory_map(libraries, expected, tmp_path):
+    from ipguard_jax.train import malloc_in_use
+
+    maps = tmp_path / "maps"
+    maps.write_text("".join(MAPS_LINE.format(lib) for lib in libraries))
+    assert malloc_in_use(maps) == expected
+    assert malloc_in_use(tmp_path / "missing") == "unknown"
+
+
+def test_malloc_in_use_sees_a_preloaded_tcmalloc():
+    import ctypes.util
+    import subprocess
+    import sys
+
+    library = ctypes.util.find_library("tcmalloc_minimal")
+    if library is None:
+        pytest.skip("tcmalloc is not installed (apt install libtcmalloc-minimal4)")
+    code = "from ipguard_jax.train import malloc_in_use; print(malloc_in_use())"
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    seen = [subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True,
+                           check=True).stdout.strip()
+            for e in (env, {**env, "LD_PRELOAD": library})]
+    assert seen == ["glibc", "tcmalloc"]

@@ -469,6 +469,8 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
     from ipguard_jax import train
     from ipguard_jax.evaluation import postprocess as pp
 
+    if (hint := train.malloc_hint()) is not None:
+        print(f"note: {hint}", flush=True)
     owner_ds, pirate_ds, indep_ds, test_ds = load_data(setting, seed)
     num_classes = owner_ds.num_classes
     input_shape = tuple(owner_ds.x.shape[1:])
@@ -617,7 +619,8 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
         "command": command,
         "setting": dataclasses.asdict(setting),
         "platform": {"python": platform.python_version(), "jax": jax.__version__,
-                     "devices": [str(d) for d in jax.devices()], "cpus": os.cpu_count()},
+                     "devices": [str(d) for d in jax.devices()], "cpus": os.cpu_count(),
+                     "malloc": train.malloc_in_use()},
         "version": ipg.__version__,
         "data_sizes": {"owner": len(owner_ds), "pirate": len(pirate_ds),
                        "independent": len(indep_ds), "test": len(test_ds)},
