@@ -19,8 +19,8 @@ Choices, each fixed and documented:
 * an epoch drops its last partial batch (fixed shapes, one compilation).
 
 Speed on a 2-core CPU (batch 128, 32x32x3): the default ``CNN`` trains at
-~500-650 images/s, ResNet-20 at ~120-160 images/s; with tcmalloc preloaded
-(``LD_PRELOAD=libtcmalloc_minimal.so.4``) ~1,000 and ~220-260 images/s, since
+~500-700 images/s, ResNet-20 at ~120-170 images/s; with tcmalloc preloaded
+(``LD_PRELOAD=libtcmalloc_minimal.so.4``) ~1,000-1,150 and ~250-275 images/s, since
 glibc's malloc serves XLA's large per-step buffers slowly (see
 :func:`malloc_in_use` and ``benchmarks/results/allocator.md``). XLA:CPU's own convolution
 kernel gradients were the largest cost (a ResNet-20 gradient ran 1.5-1.7x
@@ -830,7 +830,7 @@ def malloc_in_use(maps: str | os.PathLike = "/proc/self/maps") -> str:
 
     Training on XLA's CPU backend allocates and frees large buffers on every step, which
     glibc's malloc serves slowly: on a 2-core x86-64 machine a ResNet-20 training step (batch
-    128) ran 1.6x faster and the small CNN's 1.55x with tcmalloc preloaded
+    128) ran 1.61x faster and the small CNN's 1.52x with tcmalloc preloaded
     (``LD_PRELOAD=libtcmalloc_minimal.so.4``; Debian/Ubuntu package ``libtcmalloc-minimal4``);
     fingerprint generation ran at the same speed (``benchmarks/results/allocator.md``).
 

@@ -269,3 +269,4 @@ def test_malloc_in_use_sees_a_preloaded_tcmalloc():
                            check=True).stdout.strip()
             for e in (env, {**env, "LD_PRELOAD": library})]
     assert seen == ["glibc", "tcmalloc"]
+
