@@ -139,7 +139,10 @@ def test_allocator_script_times_each_workload_in_its_own_process(tmp_path, bench
     md = (tmp_path / "al.md").read_text()
     assert "## fingerprint-cnn" in md and "| glibc |" in md and "point-steps/s" in md
     assert json.loads((tmp_path / "al.json").read_text())["summary"] == result["summary"]
-    with pytest.raises(SystemExit):
-        module.main(["--models", "nope", "--out", str(tmp_path / "x")])
-    assert "unknown model 'nope'" in capsys.readouterr().err
+    for bad, message in ((["--models", "nope"], "unknown model 'nope'"),
+                         (["--rounds", "0"], "--rounds and --steps must be >= 1, --warmup >= 0"),
+                         (["--warmup", "-1"], "--rounds and --steps must be >= 1, --warmup >= 0")):
+        with pytest.raises(SystemExit):
+            module.main([*bad, "--out", str(tmp_path / "x")])
+        assert message in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
