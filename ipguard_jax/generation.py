@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 import os
+import secrets
 import time
 import warnings
 from collections.abc import Callable
@@ -42,15 +43,20 @@ class ConvergenceWarning(RuntimeWarning):
 def as_key(key: Any) -> jax.Array:
     """Accepts an int seed, a typed PRNG key or a raw ``uint32[2]`` key; returns a typed key.
 
+    An int seed ``s`` in ``[0, 2**64)`` becomes the default (threefry) key whose data is the
+    two 32-bit halves of ``s``: ``jax.random.key(s)`` for ``s < 2**32``, and all 64 bits
+    count above that (``jax.random.key`` alone keeps only the low 32 bits without x64).
+
     Args:
-        key: an int seed, a scalar typed key (``jax.random.key``) or a raw ``uint32[2]`` key
-            (``jax.random.PRNGKey``).
+        key: an int seed in ``[0, 2**64)``, a scalar typed key (``jax.random.key``) or a raw
+            ``uint32[2]`` key (``jax.random.PRNGKey``).
 
     Returns:
         A scalar typed PRNG key.
 
     Raises:
-        ValueError: a typed key array with more than one key.
+        ValueError: a typed key array with more than one key, or an int seed outside
+            ``[0, 2**64)``.
         TypeError: anything else.
 
     Example:
@@ -58,11 +64,17 @@ def as_key(key: Any) -> jax.Array:
         >>> from ipguard_jax.generation import as_key
         >>> jax.random.key_data(as_key(0)).tolist()
         [0, 0]
+        >>> jax.random.key_data(as_key(2**32 + 5)).tolist()
+        [1, 5]
         >>> as_key(jax.random.PRNGKey(0)).shape
         ()
     """
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        return jax.random.key(int(key))
+        seed = int(key)
+        if not 0 <= seed < 2**64:
+            raise ValueError(f"an int key (seed) must be in [0, 2**64), got {seed}")
+        return jax.random.wrap_key_data(np.array([seed >> 32, seed & 0xFFFFFFFF], np.uint32),
+                                        impl="threefry2x32")
     if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.shape != ():
             raise ValueError(f"key must be a single PRNG key, got a key array of shape {key.shape}")
@@ -71,6 +83,26 @@ def as_key(key: Any) -> jax.Array:
     if raw.dtype == np.uint32 and raw.shape == (2,):
         return jax.random.wrap_key_data(raw)
     raise TypeError(f"key must be an int seed or a jax.random.key, got {type(key).__name__}")
+
+
+def secret_key() -> jax.Array:
+    """A fresh PRNG key of 64 bits drawn from the operating system (:mod:`secrets`).
+
+    What :func:`generate` uses when no key is given: a set made from a public seed (``0``,
+    the default of many tools) can be regenerated bit for bit by whoever holds the stolen
+    weights and the start data. The key drawn is recorded in the set's metadata (inside the
+    sealed file when sealed), so the set stays reproducible by its owner.
+
+    Returns:
+        A scalar typed (threefry) key.
+
+    Example:
+        >>> import jax
+        >>> from ipguard_jax.generation import secret_key
+        >>> bool((jax.random.key_data(secret_key()) != jax.random.key_data(secret_key())).any())
+        True
+    """
+    return as_key(secrets.randbits(64))
 
 
 def _key_record(key: jax.Array) -> dict[str, Any]:
@@ -284,38 +316,106 @@ class _Checkpoint:
     renamed when complete; the previous checkpoint stays until then). Each candidate's path
     depends only on its index and the key, so a resumed run skips what is saved, restarts the
     candidates that were in flight and yields the same fingerprints as an uninterrupted one.
+
+    A checkpoint is bound to its run (config, method, key, owner parameter hash, input spec,
+    data digest, budget): another run's is refused. What it restores is checked against the
+    run (fields, shapes, dtypes, ids, finite values in the bounds) before it is used, and the
+    final points are labelled again by the owner (see :func:`generate`), so an edited file
+    cannot put labels into a set that its owner does not give.
     """
 
-    def __init__(self, directory: str | os.PathLike, identity: dict[str, Any], every: int):
+    _ARRAYS = ("x", "labels", "i", "j", "loss", "converged", "steps", "source", "id")
+
+    def __init__(self, directory: str | os.PathLike, every: int):
         self.directory = os.path.abspath(os.fspath(directory))
         if os.path.exists(self.directory) and not os.path.isdir(self.directory):
             raise ValueError(f"checkpoint must be a directory, but {self.directory} is a file")
-        self.identity, self.every = identity, every
+        self.every = every
+        self.identity: dict[str, Any] = {}
         self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=2, enable_async_checkpointing=False, cleanup_tmp_directories=True))
         self.step = 0
         self.resume: tuple[list[int], int] | None = None
 
-    def load(self, collector: _Collector) -> None:
-        """Restores the latest checkpoint of this run into ``collector``, if there is one."""
+    def _meta(self, step: int) -> dict[str, Any]:
+        try:
+            meta = self.manager.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore())).meta
+        except Exception as e:  # orbax raises many types for a damaged directory
+            raise ValueError(f"checkpoint directory {self.directory} cannot be read "
+                             f"({type(e).__name__}); delete it to start afresh") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("identity"), dict):
+            raise ValueError(f"checkpoint directory {self.directory} is not a generation "
+                             f"checkpoint; pass another directory or delete it")
+        return meta
+
+    def saved_key(self) -> dict[str, Any] | None:
+        """The key record of the run saved here, or ``None`` when nothing is saved."""
+        step = self.manager.latest_step()
+        return None if step is None else self._meta(step)["identity"].get("key")
+
+    def load(self, collector: _Collector, identity: dict[str, Any], budget: int,
+             expect: dict[str, tuple[tuple[int, ...], np.dtype]], bounds: tuple[Any, Any]
+             ) -> None:
+        """Binds the checkpoint to this run's ``identity`` and restores its latest state, if
+        there is one, into ``collector`` after checking it (``expect``: per-point shape and
+        dtype of each array)."""
+        self.identity = identity
         step = self.manager.latest_step()
         if step is None:
             return
-        meta = self.manager.restore(step, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore())).meta
-        if meta.get("identity") != self.identity:
-            saved = meta.get("identity") or {}
-            differ = sorted(name for name in set(saved) | set(self.identity)
-                            if saved.get(name) != self.identity.get(name))
+        meta = self._meta(step)
+        if meta["identity"] != identity:
+            saved = meta["identity"]
+            differ = sorted(name for name in set(saved) | set(identity)
+                            if saved.get(name) != identity.get(name))
             raise ValueError(
                 f"checkpoint directory {self.directory} holds another generation run "
                 f"(different {', '.join(differ) or 'format'}); pass another directory or "
                 f"delete it to start afresh")
-        arrays = self.manager.restore(step, args=ocp.args.Composite(
-            arrays=ocp.args.StandardRestore())).arrays
-        collector.restore({name: np.asarray(v) for name, v in arrays.items()})
+        try:
+            arrays = self.manager.restore(step, args=ocp.args.Composite(
+                arrays=ocp.args.StandardRestore())).arrays
+        except Exception as e:
+            raise ValueError(f"checkpoint directory {self.directory}: its arrays cannot be "
+                             f"read ({type(e).__name__}); delete it to start afresh") from None
+        arrays = {name: np.asarray(v) for name, v in dict(arrays).items()}
+        self._check(arrays, meta, budget, expect, bounds)
+        collector.restore(arrays)
         self.step = step
-        self.resume = (list(meta["pending"]), int(meta["next_id"]))
+        self.resume = ([int(p) for p in meta["pending"]], int(meta["next_id"]))
+
+    def _check(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], budget: int,
+               expect: dict[str, tuple[tuple[int, ...], np.dtype]],
+               bounds: tuple[Any, Any]) -> None:
+        def bad(what: str) -> ValueError:
+            return ValueError(f"checkpoint directory {self.directory} is invalid: {what}; "
+                              f"delete it to start afresh")
+
+        if sorted(arrays) != sorted(self._ARRAYS):
+            raise bad(f"arrays {sorted(arrays)}, expected {sorted(self._ARRAYS)}")
+        n = len(arrays["id"])
+        for name, (shape, dtype) in expect.items():
+            a = arrays[name]
+            if a.shape != (n, *shape) or a.dtype != dtype:
+                raise bad(f"{name} has shape {a.shape} and dtype {a.dtype}, expected "
+                          f"{(n, *shape)} and {np.dtype(dtype)}")
+        ids = arrays["id"]
+        if n and (ids.min() < 0 or ids.max() >= budget or len(np.unique(ids)) != n):
+            raise bad(f"candidate ids must be distinct and in [0, {budget})")
+        if not np.isfinite(arrays["x"]).all():
+            raise bad("x holds NaN or inf")
+        lo, hi = (np.asarray(b, arrays["x"].dtype) for b in bounds)
+        if n and ((arrays["x"] < lo).any() or (arrays["x"] > hi).any()):
+            raise bad("x has values outside the owner's bounds")
+        next_id, pending = meta.get("next_id"), meta.get("pending")
+        if not (isinstance(next_id, int) and not isinstance(next_id, bool)
+                and 0 <= next_id <= budget):
+            raise bad(f"next_id must be an int in [0, {budget}]")
+        if not (isinstance(pending, list) and all(
+                isinstance(p, int) and not isinstance(p, bool) and 0 <= p < next_id
+                for p in pending)):
+            raise bad(f"pending must be a list of candidate ids below next_id")
 
     def resume_point(self) -> tuple[list[int], int] | None:
         """``(pending ids, next id)`` saved by the restored checkpoint, or ``None``."""
@@ -337,6 +437,16 @@ class _Checkpoint:
 
     def close(self) -> None:
         self.manager.close()
+
+    def remove(self) -> None:
+        """Deletes every saved step, then the directory if nothing else is left in it."""
+        for step in self.manager.all_steps():
+            self.manager.delete(step)
+        self.manager.close()
+        try:
+            os.rmdir(self.directory)
+        except OSError:  # something else lives there: leave it
+            pass
 
 
 def _data_digest(data: np.ndarray | None) -> str | None:
@@ -592,13 +702,14 @@ def _run_compacted(run: _Run) -> None:
 def generate(
     classifier: Classifier,
     config: FingerprintConfig = FingerprintConfig(),
-    key: Any = 0,
+    key: Any = None,
     data: Any = None,
     *,
     method: str | baselines.Method = "ipguard",
     mesh: Mesh | str | None = "auto",
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 1,
+    keep_checkpoint: bool = False,
     progress: bool = True,
 ) -> Fingerprints:
     """Generates IPGuard fingerprints (or a baseline's) for an owner classifier.
@@ -619,7 +730,14 @@ def generate(
     Args:
         classifier: the owner model.
         config: how to generate (see :class:`FingerprintConfig`).
-        key: an int seed or a ``jax.random.key``; the same key gives the same fingerprints.
+        key: ``None`` (default): a fresh 64-bit key from the operating system
+            (:func:`secret_key`), so that nobody holding the owner's weights can regenerate
+            the set; it is recorded in ``metadata["key"]`` with ``"source": "os"`` (inside the
+            sealed file when sealed). Or an int seed in ``[0, 2**64)`` or a
+            ``jax.random.key``: the same key gives the same fingerprints (``"source":
+            "explicit"``); anyone who learns it and holds the weights and the start data can
+            regenerate the set too. A resumed ``checkpoint`` run without a key takes the
+            key saved there.
         data: start images ``(N, *input_shape)`` in the bounds, for ``init="data"``; a random
             permutation of them (by ``key``) is used as candidates.
         method: ``"ipguard"`` (default), or a baseline on the same engine: ``"random"``,
@@ -635,20 +753,25 @@ def generate(
         checkpoint: a directory where progress is saved (orbax) every ``checkpoint_every``
             chunks; a run killed part-way and started again with the same arguments resumes
             from it and returns the same fingerprints. A directory holding another run's
-            checkpoint is refused.
+            checkpoint (another config, method, key, owner or data) is refused, and what is
+            restored is checked first. The checkpoint holds the candidate points in
+            plaintext: it is deleted when the run succeeds, unless ``keep_checkpoint``.
         checkpoint_every: chunks (or refills, with ``compact=True``) between checkpoints.
+        keep_checkpoint: keep the checkpoint directory after a successful run.
         progress: show a progress bar (of converged points with ``keep="converged"``, of
             candidates with ``keep="all"``).
 
     Returns:
         :class:`Fingerprints` with ``num`` points (fewer only if too few converged), in candidate
-        order, and their provenance in ``metadata``.
+        order, and their provenance in ``metadata``. Every label is the owner's prediction at
+        the final point, computed again after the run (in float32).
 
     Raises:
         ValueError: bad data (shape, NaN/inf, outside the bounds, too few), ``data`` given
             without ``init="data"``, non-finite logits, ``checkpoint_every`` not an int > 0,
             ``precision="bfloat16"`` with a baseline, an unknown ``method`` name, a bad
-            ``mesh`` string, or a ``checkpoint`` directory that holds another run.
+            ``mesh`` string, an int key outside ``[0, 2**64)``, or a ``checkpoint``
+            directory that holds another run or fails its checks.
         TypeError: a wrong type for an argument.
 
     Warns:
@@ -672,10 +795,16 @@ def generate(
         raise TypeError(f"config must be a FingerprintConfig, got {type(config).__name__}")
     method = baselines.resolve_method(method)
     plan = method.plan(config)
-    key = as_key(key)
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) \
             or checkpoint_every <= 0:
         raise ValueError(f"checkpoint_every must be an int > 0, got {checkpoint_every!r}")
+    saver = None if checkpoint is None else _Checkpoint(checkpoint, checkpoint_every)
+    key_source = "explicit"
+    if key is None:
+        saved = None if saver is None else saver.saved_key()
+        key, key_source = (_key_from_record(saved, saver.directory), "checkpoint") \
+            if saved is not None else (secret_key(), "os")
+    key = as_key(key)
     place = Placement(resolve_mesh(mesh))
     if config.precision != "float32" and not isinstance(method, baselines.IPGuard):
         raise ValueError(f"precision={config.precision!r} is for the ipguard method; the "
@@ -716,14 +845,13 @@ def generate(
 
     compact = config.compact and loop == "host" and not isinstance(method, baselines.CW)
     collector = _Collector(config, want, progress)
-    saver = None
-    if checkpoint is not None:
+    if saver is not None:
         identity = {"config": config.to_dict(), "method": method.to_dict(),
                     "key": _key_record(key), "owner": classifier.params_hash,
                     "input": classifier.input_spec,
                     "data": _data_digest(data) if config.init == "data" else None,
                     "budget": budget, "batch": batch, "compact": compact}
-        saver = _Checkpoint(checkpoint, json.loads(json.dumps(identity)), checkpoint_every)
+        identity = json.loads(json.dumps(identity))
     apply_fn, params = classifier.apply_fn, classifier.params
     if config.precision != "float32":
         apply_fn = _low_precision(apply_fn, config.precision)
@@ -734,16 +862,26 @@ def generate(
                collector=collector, checkpoint=saver)
     try:
         if saver is not None:
-            saver.load(collector)
+            saver.load(collector, identity, budget, _checkpoint_arrays(classifier), (lo, hi))
         (_run_compacted if compact else _run_chunked)(run)
-    finally:
-        collector.bar.close()
+    except BaseException:
         if saver is not None:
             saver.close()
+        raise
+    finally:
+        collector.bar.close()
     arrays, drawn, converged = collector.arrays(), collector.drawn, collector.converged
     if config.precision != "float32":
         converged -= _recheck_in_float32(classifier, arrays, config)
-
+    else:
+        relabelled = _relabel(classifier, arrays)
+        converged -= relabelled
+        if relabelled and saver is not None and saver.resume is not None:
+            warnings.warn(
+                f"{relabelled} point(s) restored from the checkpoint {saver.directory} carried "
+                f"a label the owner does not give there (an edited or damaged checkpoint): "
+                f"they now carry the owner's label and count as not converged",
+                RuntimeWarning, stacklevel=2)
     if config.keep == "converged":
         keep = np.flatnonzero(arrays["converged"])[:want]
         if keep.size < want:
@@ -762,14 +900,57 @@ def generate(
         "compact": compact,
         "devices": place.size,
         "processes": jax.process_count(),
-        "key": _key_record(key),
+        "key": {**_key_record(key), "source": key_source},
         "classifier": {"params_sha256": classifier.params_hash, **classifier.input_spec},
         "num_candidates": drawn,
         "num_converged": converged,
         "convergence_rate": converged / drawn,
         "wall_time_s": round(time.perf_counter() - start_time, 3),
     }
-    return Fingerprints(**arrays, metadata=metadata)
+    fingerprints = Fingerprints(**arrays, metadata=metadata)
+    if saver is not None:
+        if keep_checkpoint:
+            saver.close()
+        else:
+            saver.remove()
+    return fingerprints
+
+
+def _key_from_record(record: Any, where: str) -> jax.Array:
+    """The typed key of a checkpoint's key record (``{"impl": ..., "data": [...]}``)."""
+    data = record.get("data") if isinstance(record, dict) else None
+    if not (isinstance(data, list) and data and all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32 for v in data)):
+        raise ValueError(f"checkpoint directory {where} is invalid: its key record is not a "
+                         f"list of uint32 words; delete it to start afresh")
+    try:
+        return jax.random.wrap_key_data(np.asarray(data, np.uint32), impl=str(record["impl"]))
+    except Exception:
+        raise ValueError(f"checkpoint directory {where} is invalid: unknown key impl "
+                         f"{str(record.get('impl'))[:40]!r}; delete it to start afresh") from None
+
+
+def _checkpoint_arrays(classifier: Classifier) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Per-point shape and dtype of the arrays a generation checkpoint holds."""
+    scalar = {name: ((), np.dtype(np.int32)) for name in ("labels", "i", "j", "steps")}
+    return {"x": (classifier.input_shape, np.dtype(classifier.dtype)), **scalar,
+            "loss": ((), np.dtype(np.float32)), "converged": ((), np.dtype(bool))}
+
+
+def _relabel(classifier: Classifier, arrays: dict[str, np.ndarray],
+             batch_size: int = 1024) -> int:
+    """Sets every label to the owner's prediction at its point, and ``converged`` to false
+    where that changed a converged point's label; returns how many converged points lost it."""
+    labels = [np.asarray(jnp.argmax(classifier(arrays["x"][s:s + batch_size]), -1), np.int32)
+              for s in range(0, len(arrays["x"]), batch_size)]
+    if not labels:
+        return 0
+    labels = np.concatenate(labels)
+    changed = labels != arrays["labels"]
+    lost = int((changed & arrays["converged"]).sum())
+    arrays["labels"] = labels
+    arrays["converged"] = arrays["converged"] & ~changed
+    return lost
 
 
 def _recheck_in_float32(classifier: Classifier, arrays: dict[str, np.ndarray],

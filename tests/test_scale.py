@@ -130,9 +130,9 @@ def test_a_checkpoint_of_another_run_is_refused(owner, digits, tmp_path):
     config = ipg.FingerprintConfig(num=8, batch_size=4, keep="all", steps=20)
     data = digits["test"][0]
     first = ipg.generate(owner, config, key=0, data=data, progress=False,
-                         checkpoint=tmp_path / "ckpt")
+                         checkpoint=tmp_path / "ckpt", keep_checkpoint=True)
     again = ipg.generate(owner, config, key=0, data=data, progress=False,
-                         checkpoint=tmp_path / "ckpt")  # complete: nothing left to run
+                         checkpoint=tmp_path / "ckpt", keep_checkpoint=True)  # nothing to run
     np.testing.assert_array_equal(first.x, again.x)
     with pytest.raises(ValueError, match="holds another generation run .*key"):
         ipg.generate(owner, config, key=1, data=data, progress=False,
