@@ -26,13 +26,16 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shlex
 import sys
 import textwrap
+import traceback
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -81,6 +84,13 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = _non_negative_int(text)
+    if value >= 2 ** 64:
+        raise argparse.ArgumentTypeError(f"must be < 2**64 (a 64-bit seed), got {text}")
     return value
 
 
@@ -166,6 +176,18 @@ def _add_passphrase_options(parser: argparse.ArgumentParser, action: str) -> Non
                        help="read the passphrase from this environment variable")
     group.add_argument("--passphrase-file", metavar="FILE",
                        help="read the passphrase from the first line of this file")
+
+
+def _add_commitment_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "commitment (check FINGERPRINTS against a commitment published before any dispute: "
+        "ipguard_jax.commit)")
+    group.add_argument("--commitment", metavar="FILE",
+                       help="file whose first line is the published commitment (64 hex "
+                            "digits); a set that does not match it is an error")
+    group.add_argument("--nonce-env", metavar="VAR",
+                       help="environment variable holding the commitment's secret nonce (hex); "
+                            "omit for an unsalted commitment")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -255,8 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="candidate budget for --keep converged (default 4 x --num)")
     gen.add_argument("--compact", action="store_true",
                      help="swap finished points out of the working batch (CPU loop)")
-    gen.add_argument("--seed", type=_non_negative_int, default=0,
-                     help="PRNG seed (default %(default)s)")
+    gen.add_argument("--seed", type=_seed, default=None,
+                     help="PRNG seed in [0, 2**64) (default: 64 bits drawn from the OS, so "
+                          "nobody, not even a thief holding the weights, can regenerate the "
+                          "set; a seed you give makes it reproducible by anyone who knows it)")
     gen.add_argument("--method", choices=("ipguard", "random", "fgsm", "pgd", "cw"),
                      default="ipguard",
                      help="ipguard (default), or a baseline on the same engine: random start "
@@ -266,7 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="L-inf radius of --method fgsm/pgd (default 0.03)")
     gen.add_argument("--checkpoint", metavar="DIR", default=None,
                      help="save progress to DIR after every chunk; run the same command "
-                          "again after an interruption to resume")
+                          "again after an interruption to resume (DIR holds every candidate "
+                          "point in plaintext and is deleted after success)")
+    gen.add_argument("--keep-checkpoint", action="store_true",
+                     help="keep --checkpoint DIR after success")
     _add_model_options(p, "owner")
     _add_passphrase_options(p, "with a passphrase, --out is written as one sealed file")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -311,11 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="split directory inside a decoy image folder")
     decoys.add_argument("--decoy-ratio", type=_finite, default=None,
                         help="decoys per fingerprint (default 1 with --decoys)")
-    decoys.add_argument("--decoy-seed", type=_non_negative_int, default=None,
+    decoys.add_argument("--decoy-seed", type=_seed, default=None,
                         help="seed of the decoys' draw and order (default: fresh randomness; "
                              "fix it to resume an endpoint run with --resume)")
     _add_model_options(p, "suspect")
     _add_passphrase_options(p, "to read a sealed FINGERPRINTS")
+    _add_commitment_options(p)
     http = p.add_argument_group("endpoint options (http(s):// suspects only)")
     http.add_argument("--timeout", type=_finite, default=10.0,
                       help="seconds per request (default %(default)s)")
@@ -335,13 +363,19 @@ def build_parser() -> argparse.ArgumentParser:
         "inspect", help="show a fingerprint file's provenance (never its points)",
         **_help_text(
             """
-            Check a fingerprint file against its sha256 and show its provenance: the
-            generation config, the owner's parameter hash and input spec, library versions,
-            creation time, counts and convergence rate. The points and labels are never shown.
+            Check a fingerprint file's integrity (its sha256: catches damage, not deliberate
+            edits; a sealed file is also authenticated) and show its provenance: the
+            generation config, where its key came from, the owner's parameter hash and input
+            spec, library versions, creation time, counts and convergence rate. The points,
+            labels and key are never shown. With --commitment, also check the set against a
+            commitment published earlier (ipguard_jax.commit), the evidence that it was not
+            edited since.
             """,
-            ["ipguard inspect owner_fp", "ipguard inspect owner_fp --json"]))
+            ["ipguard inspect owner_fp", "ipguard inspect owner_fp --json",
+             "ipguard inspect owner_fp --commitment commitment.txt --nonce-env FP_NONCE"]))
     p.add_argument("fingerprints", metavar="FINGERPRINTS", help="a fingerprint file")
     _add_passphrase_options(p, "to read a sealed FINGERPRINTS")
+    _add_commitment_options(p)
     p.add_argument("--json", action="store_true", help="print as JSON")
     _add_common(p)
 
@@ -629,6 +663,39 @@ def _passphrase(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _check_commitment(fingerprints, args: argparse.Namespace) -> str | None:
+    """Checks ``--commitment``/``--nonce-env``; returns the commitment file, or ``None``."""
+    import ipguard_jax as ipg
+
+    file, env = getattr(args, "commitment", None), getattr(args, "nonce_env", None)
+    if file is None:
+        if env is not None:
+            raise UsageError("--nonce-env needs --commitment FILE")
+        return None
+    path = Path(file).expanduser()
+    try:
+        with path.open("r", encoding="utf-8") as f:
+            published = f.readline(256).strip()
+    except OSError as e:
+        raise UsageError(f"--commitment {file}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--commitment {file}: not a text file") from None
+    nonce = None
+    if env is not None:
+        nonce = os.environ.get(env, "").strip()
+        if not nonce:
+            raise UsageError(f"--nonce-env {env}: the environment variable is not set or empty")
+    try:
+        matches = ipg.verify_commitment(fingerprints, published, nonce)
+    except ValueError as e:  # the messages name the problem, never the nonce's value
+        raise UsageError(f"--commitment {file}: {e}") from None
+    if not matches:
+        raise UsageError(f"{args.fingerprints} does not match the commitment in {file}"
+                         + (f" with the nonce in ${env}" if env else " (unsalted; give "
+                            "--nonce-env if it was made with a nonce)"))
+    return str(path)
+
+
 def _is_sealed(path: Path) -> bool:
     from ipguard_jax.io import SEALED_MAGIC
 
@@ -705,6 +772,8 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
         max_candidates=args.max_candidates, compact=args.compact)
     if args.init == "noise" and (args.data is not None or args.split is not None):
         raise UsageError("--data and --split are for --init data; noise starts need no data")
+    if args.keep_checkpoint and args.checkpoint is None:
+        raise UsageError("--keep-checkpoint needs --checkpoint DIR")
 
     kind = _model_kind(args.model)
     dataset = None
@@ -733,8 +802,13 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
         fingerprints = ipg.generate(owner, config, key=args.seed,
                                     data=None if dataset is None else dataset.x,
                                     method=method, checkpoint=args.checkpoint,
+                                    keep_checkpoint=args.keep_checkpoint,
                                     progress=not args.quiet)
     _print_warnings(caught)
+    if args.keep_checkpoint and passphrase is not None:
+        print(f"{PROG}: warning: --checkpoint {args.checkpoint} is kept and holds every "
+              "candidate point and label in plaintext beside the sealed file; delete it once "
+              "you no longer need to resume", file=sys.stderr)
     if len(fingerprints) == 0:
         raise UsageError("no candidate point converged, nothing written; raise --steps or "
                          "--max-candidates, lower --k, or pass --keep all")
@@ -757,6 +831,7 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
         "owner_params_sha256": meta["classifier"]["params_sha256"],
         "sha256": fingerprints.digest(),
         "sealed": passphrase is not None,
+        "key_source": meta["key"]["source"],
     }
     if args.json:
         print(json.dumps(summary, indent=1))
@@ -772,6 +847,7 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
             print("  start points uniform noise")
         print(f"  converged    {meta['num_converged']} of {meta['num_candidates']} candidates "
               f"({meta['convergence_rate']:.1%}), k={config.k:g}, at most {config.steps} steps")
+        print(f"  key          {_describe_key(meta['key'])}")
         print(f"  content      sha256 {summary['sha256']}")
     return 0
 
@@ -782,6 +858,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     fingerprints = load_fingerprints(args.fingerprints, args)
     if len(fingerprints) == 0:
         raise UsageError(f"{args.fingerprints} holds no fingerprints")
+    commitment = _check_commitment(fingerprints, args)  # before any query
     decoys = None
     if args.decoys is not None:
         decoys = load_data_source(args.decoys, args.decoy_split, fingerprints.input_shape[-1],
@@ -813,11 +890,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             "decoys": None if decoys is None else {"source": args.decoys,
                                                    "ratio": args.decoy_ratio or 1.0,
                                                    "sent": verdict.num_decoys},
+            "commitment": commitment,
         }, indent=1))
     else:
         name = about.get("url") or about.get("file")
         print(f"fingerprints   {args.fingerprints} ({verdict.num_points} points, owner "
               f"parameters sha256 {str(owner_hash)[:16]}...)")
+        if commitment is not None:
+            print(f"commitment     matches {commitment}")
         print(f"suspect        {name} ({about['kind']})")
         print(f"matching rate  {verdict.matching_rate:.1%} ({verdict.num_matches} of "
               f"{verdict.num_points})")
@@ -837,19 +917,44 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_COPY if verdict.is_copy else EXIT_NOT_COPY
 
 
+_KEY_SOURCES = {
+    "os": "drawn from the OS (secret: nobody can regenerate the set)",
+    "explicit": "given explicitly (anyone who knows it and holds the weights can regenerate "
+                "the set)",
+    "checkpoint": "restored from a checkpoint",
+}
+
+
+def _describe_key(record: Any) -> str:
+    """The key's source in words, for ``fingerprint`` and ``inspect`` (never its value)."""
+    if not isinstance(record, Mapping):
+        return "not recorded (a set written before keys were recorded)"
+    source = record.get("source")
+    return _KEY_SOURCES.get(source, f"source {source!r}" if source else "source not recorded")
+
+
 def _format_config(config: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in config.items())
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    fingerprints = load_fingerprints(args.fingerprints, args)  # checks the sha256
+    fingerprints = load_fingerprints(args.fingerprints, args)  # the integrity check
+    commitment = _check_commitment(fingerprints, args)
     sealed = Path(args.fingerprints).expanduser().is_file()
     meta = dict(fingerprints.metadata)
+    if isinstance(meta.get("key"), Mapping) and "data" in meta["key"]:
+        # with the owner's weights the key regenerates every point: shown no more than they are
+        meta["key"] = {**meta["key"], "data": "(hidden)"}
     digest = fingerprints.digest()
     converged = int(fingerprints.converged.sum())
     if args.json:
+        # The sha256 catches accidental damage; whoever can edit a plain directory can also
+        # rewrite it. Evidence against deliberate edits is the sealed file's authentication
+        # tag, or a match with a commitment published earlier.
         print(json.dumps({"path": str(Path(args.fingerprints).absolute()), "sha256": digest,
-                          "sha256_verified": True, "sealed": sealed,
+                          "integrity_checked": True, "sealed": sealed,
+                          "authenticated": sealed, "commitment": commitment,
+                          "key_source": _describe_key(meta.get("key")),
                           "num_points": len(fingerprints),
                           "num_converged": converged, "metadata": meta},
                          indent=1, sort_keys=True, default=str))
@@ -859,7 +964,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     rows = [
         ("fingerprint file", str(Path(args.fingerprints).absolute())
          + (" (sealed: AES-256-GCM, authenticated)" if sealed else "")),
-        ("content sha256", f"{digest} (verified)"),
+        ("content sha256", f"{digest} (integrity check passed: catches damage, not "
+                           "deliberate edits" + ("; the seal authenticates the file)"
+                                                 if sealed else ")")),
         ("points", f"{len(fingerprints)} ({converged} converged), input shape "
                    f"{fingerprints.input_shape}, {fingerprints.x.dtype}"),
         ("owner", f"parameters sha256 {clf.get('params_sha256', '?')}"),
@@ -867,7 +974,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                         f"{tuple(clf.get('input_shape', ()))}, {clf.get('dtype', '?')} in "
                         f"{clf.get('bounds', '?')}"),
         ("config", _format_config(meta.get("config", {}))),
-        ("key", json.dumps(meta.get("key"))),
+        ("key", _describe_key(meta.get("key"))),
         ("candidates", f"{meta.get('num_candidates', '?')} drawn, "
                        f"{meta.get('num_converged', '?')} converged (rate "
                        f"{fingerprints.convergence_rate:.1%})"),
@@ -889,6 +996,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
              "origin"}
     for key in sorted(set(meta) - known):
         rows.append((key, json.dumps(meta[key], default=str)[:500]))
+    if commitment is not None:
+        rows.insert(2, ("commitment", f"matches {commitment}"))
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label:<{width}}  {value}")
@@ -913,6 +1022,35 @@ def _cmd_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+#: Loggers of the libraries underneath that report a failure (with its traceback) before
+#: raising it: orbax's writer threads through absl, asyncio's closed loops. The error itself
+#: still reaches the one ``ipguard: error:`` line.
+_LIBRARY_LOGGERS = ("absl", "orbax", "asyncio", "jax._src.distributed")
+
+
+@contextlib.contextmanager
+def _quiet_library_logs(quiet: bool):
+    if not quiet:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in _LIBRARY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
+    hook, sys.unraisablehook = sys.unraisablehook, _ignore_unraisable
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+        sys.unraisablehook = hook
+
+
+def _ignore_unraisable(unraisable: Any) -> None:
+    """Drops errors raised where nobody can catch them (callbacks from tensorstore's threads
+    into an event loop orbax already closed after a failed write)."""
+
+
 def _first_command(argv: Sequence[str]) -> int | None:
     for index, arg in enumerate(argv):
         if not arg.startswith("-"):
@@ -931,8 +1069,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         (reported as one line on stderr), 130 when interrupted (Ctrl-C). ``--help`` prints
         the help and returns 0.
 
-    Raises:
-        Exception: with ``--debug``, the error itself instead of exit status 2.
+    With ``--debug`` an error prints its traceback (and the libraries' logs stay on) instead
+    of the one line; the exit status is 2 all the same.
 
     Example:
         >>> main(["inspect", "owner_fp"])  # doctest: +SKIP
@@ -962,14 +1100,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         debug = args.debug
         commands = {"fingerprint": _cmd_fingerprint, "verify": _cmd_verify,
                     "inspect": _cmd_inspect}
-        if args.command == "evaluate":
-            return _cmd_evaluate(args, argv)
-        return commands[args.command](args)
+        with _quiet_library_logs(not debug):
+            if args.command == "evaluate":
+                return _cmd_evaluate(args, argv)
+            return commands[args.command](args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # every failure is reported as one line with exit status 2
         if debug:
-            raise
+            traceback.print_exc()
         print(f"{PROG}: error: {_error_line(e)}", file=sys.stderr)
         return EXIT_ERROR

@@ -135,7 +135,7 @@ def test_fingerprint_with_a_baseline_method_and_a_checkpoint(files, tmp_path, ca
     out, ckpt = tmp_path / "fp", tmp_path / "ckpt"
     args = ["fingerprint", str(files["owner"]), "-o", str(out), "--num", "8", "--method", "pgd",
             "--eps", "0.2", "--keep", "all", "--batch-size", "4", "--checkpoint", str(ckpt),
-            "--quiet"]
+            "--keep-checkpoint", "--quiet"]
     assert main(args) == 0
     fp = ipg.load(out)
     assert fp.metadata["method"]["name"] == "pgd" and fp.metadata["method"]["params"]["eps"] == 0.2
@@ -210,7 +210,8 @@ def test_inspect_shows_provenance_but_never_the_points(files, capsys):
     out = capsys.readouterr().out
     fp = ipg.load(files["fp"])
     owner_hash = fp.metadata["classifier"]["params_sha256"]
-    assert owner_hash in out and fp.digest() in out and "(verified)" in out
+    assert owner_hash in out and fp.digest() in out and "integrity check passed" in out
+    assert "drawn from the OS" in out and "verified" not in out
     assert "k=0.1" in out and "ipguard_jax" in out and fp.metadata["created"] in out
     values = {float(v) for v in fp.x.ravel()} - {0.0, 1.0}
     assert values
@@ -222,7 +223,11 @@ def test_inspect_shows_provenance_but_never_the_points(files, capsys):
     assert main(["inspect", str(files["fp"]), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["metadata"]["classifier"]["params_sha256"] == owner_hash
-    assert report["sha256_verified"] and "x" not in report and "labels" not in report
+    assert report["integrity_checked"] and "sha256_verified" not in report
+    assert report["authenticated"] is False and report["commitment"] is None
+    assert report["metadata"]["key"]["source"] == "os"
+    assert report["metadata"]["key"]["data"] == "(hidden)"
+    assert "x" not in report and "labels" not in report
 
 
 def test_inspect_a_corrupt_file_exits_2(files, tmp_path, capsys):
