@@ -505,7 +505,7 @@ def test_plan_lists_every_model_of_the_run_and_sees_the_cache(tmp_path, capsys):
     config = benchmark._train_config(setting, 0, len(owner_ds))
     recipe = benchmark._trained_recipe(setting.owner, setting.owner_kwargs,
                                        owner_ds.num_classes, owner_ds, "owner split", 0, config)
-    cache = ev.ModelCache(cache_dir)
+    cache = ev.ModelCache(cache_dir, precision=benchmark.PRECISION)  # as the run rounds
 
     def build():
         return pp.build_model(setting.owner, owner_ds.num_classes, 0, **setting.owner_kwargs)

@@ -40,6 +40,8 @@ from ipguard_jax.evaluation.report import min_integral as min_integral
 from ipguard_jax.evaluation.report import roc_auc as roc_auc
 from ipguard_jax.evaluation.report import summarize as summarize
 from ipguard_jax.evaluation.zoo import ModelCache as ModelCache
+from ipguard_jax.evaluation.zoo import ModelZoo as ModelZoo
+from ipguard_jax.evaluation.zoo import round_model as round_model
 from ipguard_jax.evaluation.zoo import array_digest as array_digest
 from ipguard_jax.evaluation.zoo import default_model_dir as default_model_dir
 from ipguard_jax.evaluation.zoo import model_hash as model_hash

@@ -39,6 +39,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -138,6 +139,13 @@ def add_arguments(parser: argparse.ArgumentParser, *,
     p.add_argument("--subset", type=int, default=None,
                    help="use only this many training (and test) images, for smoke runs")
     p.add_argument("--cache-dir", default=None, help="model cache (default: ModelCache())")
+    p.add_argument("--zoo", default=None, metavar="DIR",
+                   help="a model zoo (ModelZoo) to keep across machines: models it holds are "
+                        "not trained, models trained are added to it (float16, compressed, "
+                        "with recipe, test accuracy and training time)")
+    p.add_argument("--from-zoo", action="store_true",
+                   help="train nothing: every model comes from the cache or the zoo (an "
+                        "absent one is an error)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", choices=PRESETS, default="cpu",
                    help="image data: 'cpu' (default) sizes the model zoo for hours, not days, "
@@ -432,8 +440,23 @@ def independent_specs(setting: Setting, owner_ds, indep_ds, seed: int) -> list[t
     return specs
 
 
+#: Every model of a run is rounded to this precision as it is made (or loaded), so the models a
+#: run evaluates are exactly those a :class:`~ipguard_jax.evaluation.ModelZoo` keeps.
+PRECISION = "float16"
+
+
+def _model_cache(cache_dir, zoo, from_zoo: bool):
+    from ipguard_jax import evaluation as ev
+
+    if from_zoo and zoo is None:
+        raise ValueError("from_zoo needs a zoo directory")
+    return ev.ModelCache(cache_dir, precision=PRECISION,
+                         zoo=None if zoo is None else ev.ModelZoo(zoo), build=not from_zoo)
+
+
 def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0,
-        cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+        cache_dir: str | os.PathLike | None = None, zoo: str | os.PathLike | None = None,
+        from_zoo: bool = False) -> dict[str, Any]:
     """Trains (or loads) the models, fingerprints, verifies and writes the reports.
 
     Args:
@@ -444,6 +467,10 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
         seed: seed of the data splits, the owner, the pirates and the fingerprints.
         cache_dir: model cache directory (default
             :func:`~ipguard_jax.evaluation.default_model_dir`).
+        zoo: a :class:`~ipguard_jax.evaluation.ModelZoo` directory: models found there are
+            loaded instead of trained, and each model the run obtains otherwise is added to
+            it with its test accuracy and training time.
+        from_zoo: train nothing (every model must be in the cache or the zoo).
 
     Returns:
         The results, as written to ``<out>.json`` (NaN as null there).
@@ -451,6 +478,7 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
     Raises:
         ValueError: model names that repeat (an independent architecture label that clashes
             with another model's), or errors of the data loaders.
+        LookupError: ``from_zoo`` and a model the zoo does not hold.
 
     Example:
         >>> result = run(make_setting(parse_args(["--quick"])), out="/tmp/aruc",
@@ -474,7 +502,7 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
     owner_ds, pirate_ds, indep_ds, test_ds = load_data(setting, seed)
     num_classes = owner_ds.num_classes
     input_shape = tuple(owner_ds.x.shape[1:])
-    cache = ev.ModelCache(cache_dir)
+    cache = _model_cache(cache_dir, zoo, from_zoo)
     digests = {name: ev.array_digest(d.x, d.y) for name, d in
                (("owner", owner_ds), ("pirate", pirate_ds), ("independent", indep_ds))}
 
@@ -487,6 +515,18 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
         known = [info[k] for k in ("build_s", "train_s") if info.get(k) is not None]
         build_s[name] = max(known) if known else None
 
+    accuracy: dict[str, float] = {}
+
+    def keep(name: str, recipe: dict[str, Any], model, arch: str) -> None:
+        # The test accuracy, and the model into the zoo if it is not there yet.
+        accuracy[name] = train.evaluate(model, test_ds.x, test_ds.y)
+        if cache.zoo is not None and recipe not in cache.zoo:
+            path = cache.zoo.add(name, recipe, model, {
+                "arch": arch, "test_accuracy": accuracy[name], "train_s": build_s[name],
+                "data": _data_label(setting.data), "machine": f"{os.cpu_count()} CPUs, "
+                f"{platform.machine()}", "malloc": train.malloc_in_use()})
+            print(f"  added {name} to the zoo: {path.name}", flush=True)
+
     def trained(name: str, arch: str, kwargs: dict[str, Any], ds, data_name: str, seed: int):
         config = _train_config(setting, seed, len(ds))
         recipe = _trained_recipe(arch, kwargs, num_classes, ds, data_name, seed, config)
@@ -497,6 +537,7 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
                                                                    **kwargs), ds, config,
                              on_epoch_end=_epoch_reporter(name, config.epochs))
         note_cost(name, recipe)
+        keep(name, recipe, model, arch)
         return model
 
     pirates = pirate_specs(setting)
@@ -537,6 +578,8 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
         # A pirate that trains checkpoints every epoch, so a stopped run resumes it.
         pirated_models[name] = _cached_resumable(cache, recipe, make, like)
         note_cost(name, recipe)
+        keep(name, recipe, pirated_models[name],
+             params["student"] if "student" in params else setting.owner)
     timings["pirated_s"] = time.perf_counter() - t0
 
     independent_models = {}
@@ -551,9 +594,6 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
     owner_clf = clf(owner)
     pirated = {n: clf(m) for n, m in pirated_models.items()}
     independent = {n: clf(m) for n, m in independent_models.items()}
-    accuracy = {"owner": train.evaluate(owner, test_ds.x, test_ds.y)}
-    for n, m in {**pirated_models, **independent_models}.items():
-        accuracy[n] = train.evaluate(m, test_ds.x, test_ds.y)
 
     rows, reports = [], {}
     t0 = time.perf_counter()
@@ -624,7 +664,9 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
         "version": ipg.__version__,
         "data_sizes": {"owner": len(owner_ds), "pirate": len(pirate_ds),
                        "independent": len(indep_ds), "test": len(test_ds)},
-        "cache": {"root": str(cache.root), "hits": cache.hits, "misses": cache.misses},
+        "cache": {"root": str(cache.root), "hits": cache.hits, "misses": cache.misses,
+                  "zoo": None if cache.zoo is None else str(zoo), "zoo_hits": cache.zoo_hits,
+                  "precision": PRECISION},
         "timings_s": timings,
         "model_build_s": build_s,
         "accuracy": accuracy,
@@ -652,7 +694,7 @@ _NO_TRAINING = ("prune", "int8")
 
 
 def plan(setting: Setting, *, seed: int = 0, cache_dir: str | os.PathLike | None = None,
-         probe_batches: int = 2) -> dict[str, Any]:
+         probe_batches: int = 2, zoo: str | os.PathLike | None = None) -> dict[str, Any]:
     """What a run would train, what the model cache already holds, and how long the rest takes.
 
     Nothing is trained or written. A model stopped part-way (its epoch checkpoints are in the
@@ -668,6 +710,7 @@ def plan(setting: Setting, *, seed: int = 0, cache_dir: str | os.PathLike | None
         seed: the run's seed (the splits and the cache keys depend on it).
         cache_dir: the model cache (default :func:`~ipguard_jax.evaluation.default_model_dir`).
         probe_batches: batches per probe epoch.
+        zoo: a :class:`~ipguard_jax.evaluation.ModelZoo` directory; its models count as cached.
 
     Returns:
         ``{"models": [...], "train_images_per_s": {...}, "compile_s": {...},
@@ -689,7 +732,7 @@ def plan(setting: Setting, *, seed: int = 0, cache_dir: str | os.PathLike | None
 
     owner_ds, pirate_ds, indep_ds, _ = load_data(setting, seed)
     num_classes = owner_ds.num_classes
-    cache = ev.ModelCache(cache_dir)
+    cache = _model_cache(cache_dir, zoo, False)
     rows = []
 
     def epochs_done(recipe, cached: bool) -> int:
@@ -824,7 +867,9 @@ def _own_cpu_s() -> float:
 
 def main(argv: list[str] | None = None, *, results_dir: str | os.PathLike | None = None,
          default_data: str | os.PathLike | None = None,
-         script: str = "benchmarks/aruc_cifar10.py") -> dict[str, Any]:
+         script: str = "benchmarks/aruc_cifar10.py",
+         default_zoo: Callable[[Setting, argparse.Namespace], str | os.PathLike | None]
+         | None = None) -> dict[str, Any]:
     """The ``benchmarks/aruc_cifar10.py`` command line: parse, run, write.
 
     Args:
@@ -833,6 +878,8 @@ def main(argv: list[str] | None = None, *, results_dir: str | os.PathLike | None
             directory).
         default_data: the data used without ``--quick`` and ``--data``.
         script: the script name recorded in the command when ``argv`` is given.
+        default_zoo: gives the model zoo used without ``--zoo`` for a setting and the parsed
+            arguments (``None``, or returning ``None``: no zoo).
 
     Returns:
         The results (see :func:`run`).
@@ -848,15 +895,20 @@ def main(argv: list[str] | None = None, *, results_dir: str | os.PathLike | None
     """
     args = parse_args(argv)
     setting = make_setting(args, default_data)
+    zoo = args.zoo if args.zoo is not None else (
+        default_zoo(setting, args) if default_zoo is not None else None)
+    if args.from_zoo and zoo is None:
+        raise ValueError("--from-zoo needs --zoo DIR")
     if args.plan:
-        result = plan(setting, seed=args.seed, cache_dir=args.cache_dir)
+        result = plan(setting, seed=args.seed, cache_dir=args.cache_dir, zoo=zoo)
         print(format_plan(result), flush=True)
         return result
     out = Path(args.out) if args.out else Path(results_dir or ".") / (
         QUICK_NAME if args.quick else FULL_NAME)
     command = " ".join(["python", *([sys.argv[0]] if argv is None else [script]),
                         *(sys.argv[1:] if argv is None else argv)])
-    return run(setting, out=out, command=command, seed=args.seed, cache_dir=args.cache_dir)
+    return run(setting, out=out, command=command, seed=args.seed, cache_dir=args.cache_dir,
+               zoo=zoo, from_zoo=args.from_zoo)
 
 
 def _strict_json(value: Any) -> Any:
@@ -902,8 +954,11 @@ def _markdown(result: dict[str, Any], reports: dict[str, Any]) -> str:
         f"{result['setting']['owner']})", "",
         f"Command: `{result['command']}`", "",
         f"Models: {len(result['pirated'])} pirated, {len(result['independent'])} independent; "
-        f"cache hits {result['cache']['hits']}, misses {result['cache']['misses']}; total "
-        f"{result['timings_s']['total_s']:.0f} s.", "",
+        f"cache hits {result['cache']['hits']}, zoo hits {result['cache'].get('zoo_hits', 0)}, "
+        f"misses {result['cache']['misses']}"
+        + (f" (weights rounded to {result['cache']['precision']})"
+           if result["cache"].get("precision") else "")
+        + f"; total {result['timings_s']['total_s']:.0f} s.", "",
         _cold_cost(result), "",
         "ARUC (roc) = ROC-AUC of pirated vs independent matching rates, ties half. "
         "ARUC (min) = integral over t of min(robustness(t), uniqueness(t)). "
