@@ -562,7 +562,9 @@ def load_model_source(source: str, args: argparse.Namespace, *,
         suspect = ipg.HTTPSuspect(
             source, batch_size=args.batch_size, timeout=args.timeout, max_retries=args.retries,
             query_budget=args.query_budget, log_path=args.query_log, resume_path=args.resume)
-        return suspect, {"kind": "http endpoint", "url": source}
+        from ipguard_jax.suspects import redact_url
+
+        return suspect, {"kind": "http endpoint", "url": redact_url(source)}
     path = Path(source).expanduser()
     if kind == "bundle":
         if given := _spec_options(args):

@@ -21,6 +21,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import numbers
 from typing import Any, Callable
@@ -30,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ipguard_jax.classifier import Classifier
-from ipguard_jax.fingerprints import Fingerprints
+from ipguard_jax.fingerprints import Fingerprints, content_digest
 from ipguard_jax.sharding import Placement, resolve_mesh
 from ipguard_jax.suspects import HTTPSuspect
 
@@ -192,6 +194,27 @@ def _interleave(n: int, num_decoy_pool: int, decoy_ratio: Any, batch_size: int,
     return batches, picks
 
 
+def _rng_sha256(rng: np.random.Generator) -> str:
+    """sha256 of a generator's state: the same for generators that will draw the same."""
+    state = json.dumps(rng.bit_generator.state, sort_keys=True,
+                       default=lambda value: np.asarray(value).tolist())
+    return hashlib.sha256(state.encode()).hexdigest()
+
+
+def _bind(suspect: Suspect, fingerprints: Fingerprints, num_classes: int | None,
+          decoys: np.ndarray | None = None, ratio: float | None = None,
+          order: str | None = None) -> None:
+    """Ties an :class:`HTTPSuspect` (and its resume file) to this run before it is queried:
+    the fingerprints' points and labels and the decoy settings (the pool, the ratio and
+    ``order``, the key's state; ``None`` for fresh randomness). Other suspects are left alone."""
+    if not isinstance(suspect, HTTPSuspect):
+        return
+    settings = None if decoys is None else {"sha256": content_digest({"decoys": decoys}, {}),
+                                             "ratio": float(ratio), "key": order}
+    points = content_digest({"x": fingerprints.x, "labels": fingerprints.labels}, {})
+    suspect.bind({"fingerprints": points, "decoys": settings}, num_classes=num_classes)
+
+
 def _asker(suspect: Suspect, num_classes: int | None,
            mesh: Any) -> Callable[[np.ndarray], np.ndarray]:
     """A function from a numpy batch to the suspect's labels; a :class:`Classifier` suspect
@@ -245,7 +268,9 @@ def query_labels(fingerprints: Fingerprints, suspect: Suspect, batch_size: int =
         key: seeds the draw and the order of the decoys: ``None`` (fresh OS randomness, the
             safe choice against an adaptive suspect), an int seed, a ``jax.random.key`` or a
             ``numpy.random.Generator``. Use a fixed key to repeat the same queries (e.g. to
-            resume an interrupted :class:`~ipguard_jax.HTTPSuspect` run).
+            resume an interrupted :class:`~ipguard_jax.HTTPSuspect` run: its resume file is
+            bound, through :meth:`~ipguard_jax.HTTPSuspect.bind`, to these fingerprints and
+            to the decoys, ``decoy_ratio`` and key).
         mesh: for a :class:`Classifier` suspect, where it runs: ``"auto"`` (default) shards
             each batch over all devices when there are several (parameters replicated;
             multi-host under ``jax.distributed``), ``None`` uses the default device, or a
@@ -256,8 +281,9 @@ def query_labels(fingerprints: Fingerprints, suspect: Suspect, batch_size: int =
 
     Raises:
         TypeError: a wrong type for an argument.
-        ValueError: no fingerprints, mismatched shapes or classes, too few decoys, or a
-            suspect answer of the wrong shape.
+        ValueError: no fingerprints, mismatched shapes or classes, too few decoys, a
+            suspect answer of the wrong shape, or an :class:`~ipguard_jax.HTTPSuspect`
+            resume file of another run (:class:`~ipguard_jax.suspects.ResumeFileError`).
 
     Example:
         A hand-made set of three points and a label-only suspect:
@@ -293,14 +319,18 @@ def _query(fingerprints: Fingerprints, suspect: Suspect, batch_size: Any, decoys
     if decoys is None:
         if decoy_ratio is not None:
             raise ValueError("decoy_ratio needs decoys: pass decoys=... (natural inputs)")
+        _bind(suspect, fingerprints, num_classes)
         return np.concatenate([ask(fingerprints.x[s:s + batch_size])
                                for s in range(0, n, batch_size)]), 0
     decoys = _check_decoys(fingerprints, decoys)
     if isinstance(suspect, HTTPSuspect):  # it cuts batches into requests: each must mix too
         batch_size = min(batch_size, suspect.batch_size)
     rng = _rng(key)
-    batches, picks = _interleave(n, decoys.shape[0], 1.0 if decoy_ratio is None else decoy_ratio,
-                                 batch_size, rng)
+    # the key's state names the draw; key=None draws afresh every run and binds as None
+    order = None if key is None else _rng_sha256(rng)
+    ratio = 1.0 if decoy_ratio is None else decoy_ratio
+    batches, picks = _interleave(n, decoys.shape[0], ratio, batch_size, rng)
+    _bind(suspect, fingerprints, num_classes, decoys, ratio, order)
     pool = decoys[picks]
     labels = np.full(n, -1, np.int64)
     for items in batches:

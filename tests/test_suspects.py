@@ -237,35 +237,37 @@ def test_query_budget_is_never_exceeded(fingerprints, tmp_path):
 
 def test_resume_after_interruption_sends_no_batch_twice(fingerprints, tmp_path):
     resume = tmp_path / "resume.json"
+    # One endpoint (the resume file is bound to its URL) that fails, then recovers.
+    outage = {"from": 3}
 
     def dies_after_three(index, body):
-        return "ok" if index < 3 else ("status", 502, {}, "bad gateway")
+        return "ok" if index < outage["from"] else ("status", 502, {}, "bad gateway")
 
-    with ModelServer(dies_after_three) as first:
-        suspect = HTTPSuspect(first.url, batch_size=8, max_retries=2, query_budget=200,
+    with ModelServer(dies_after_three) as server:
+        suspect = HTTPSuspect(server.url, batch_size=8, max_retries=2, query_budget=200,
                               resume_path=resume, **FAST)
         with pytest.raises(SuspectQueryError, match="failed batch 3 3 times"):
             ipg.query_labels(fingerprints, suspect, batch_size=32)
-    assert len(first.answered) == 3
-    state = json.loads(resume.read_text())
-    assert len(state["answers"]) == 3 and state["points_sent"] == 3 * 8 + 3 * 8
+        first = list(server.answered)
+        assert len(first) == 3 and server.requests == 6
+        state = json.loads(resume.read_text())
+        assert len(state["answers"]) == 3 and state["points_sent"] == 3 * 8 + 3 * 8
 
-    with ModelServer() as second:
-        resumed = HTTPSuspect(second.url, batch_size=8, query_budget=200, resume_path=resume,
+        outage["from"] = 10 ** 9  # the API is back
+        resumed = HTTPSuspect(server.url, batch_size=8, query_budget=200, resume_path=resume,
                               **FAST)
         labels = ipg.query_labels(fingerprints, resumed, batch_size=32)
-    np.testing.assert_array_equal(labels, suspect_logits(fingerprints.x).argmax(axis=1))
-    assert len(second.answered) == 5 == second.requests  # only the 5 unanswered batches
-    assert not set(first.answered) & set(second.answered)
-    assert len(set(first.answered) | set(second.answered)) == 8
-    assert resumed.points_sent == 48 + 36  # the budget counts both runs
+        np.testing.assert_array_equal(labels, suspect_logits(fingerprints.x).argmax(axis=1))
+        second = server.answered[3:]
+        assert len(second) == 5 and server.requests == 6 + 5  # only the 5 unanswered batches
+        assert not set(first) & set(second) and len(set(first) | set(second)) == 8
+        assert resumed.points_sent == 48 + 36  # the budget counts both runs
 
-    # a third run answers everything from the file, sending nothing
-    with ModelServer() as third:
-        again = HTTPSuspect(third.url, batch_size=8, resume_path=resume, **FAST)
+        # a third run answers everything from the file, sending nothing
+        again = HTTPSuspect(server.url, batch_size=8, resume_path=resume, **FAST)
         np.testing.assert_array_equal(ipg.query_labels(fingerprints, again, batch_size=32),
                                       labels)
-    assert third.requests == 0
+        assert server.requests == 11
 
 
 def test_log_has_no_raw_points(fingerprints, tmp_path):
