@@ -64,6 +64,44 @@ def _check_shape(input_shape: Any) -> tuple[int, ...]:
     return shape
 
 
+def labels_from_logits(logits: Any, offset: int = 0) -> np.ndarray:
+    """Argmax labels of a batch of logits, refusing inputs whose label is undefined.
+
+    The label of an input is undefined where its logits hold a NaN, or where none of them is
+    finite (all ``+inf``/``-inf``): ``argmax`` would still give a label there, an arbitrary
+    one (the first NaN or the first of the tied infinities).
+
+    Args:
+        logits: ``(N, num_classes)`` logits.
+        offset: index of the first row in the whole batch, for the error message.
+
+    Returns:
+        A NumPy int32 array ``(N,)`` of labels.
+
+    Raises:
+        ValueError: some input's label is undefined (the first such input is named by index).
+
+    Example:
+        >>> import numpy as np
+        >>> labels_from_logits(np.array([[0.0, 2.0], [np.inf, 0.0]])).tolist()
+        [1, 0]
+        >>> labels_from_logits(np.array([[0.0, 2.0], [np.nan, 1.0]]))
+        Traceback (most recent call last):
+        ...
+        ValueError: the classifier returned NaN logits, or no finite logit, for 1 of 2 inputs ...
+    """
+    logits = np.asarray(logits)
+    undefined = np.isnan(logits).any(axis=-1) | ~np.isfinite(logits).any(axis=-1)
+    if undefined.any():
+        rows = np.flatnonzero(undefined)
+        raise ValueError(
+            f"the classifier returned NaN logits, or no finite logit, for {len(rows)} of "
+            f"{len(logits)} inputs (the first is input {offset + int(rows[0])}): their labels "
+            f"are undefined"
+        )
+    return logits.argmax(axis=-1).astype(np.int32)
+
+
 def params_hash(params: Any) -> str:
     """A stable sha256 of a parameter pytree: its structure, leaf paths, dtypes, shapes and bytes.
 
@@ -366,7 +404,9 @@ class Classifier:
             A NumPy int32 array of the argmax labels.
 
         Raises:
-            ValueError: ``batch_size`` is not an int > 0, or a bad ``x``.
+            ValueError: ``batch_size`` is not an int > 0, a bad ``x``, or logits that leave
+                some label undefined: a NaN logit, or no finite one (see
+                :func:`labels_from_logits`).
             TypeError: ``x`` is not a floating array.
 
         Example:
@@ -381,11 +421,9 @@ class Classifier:
             raise ValueError(f"batch_size must be an int > 0, got {batch_size!r}")
         batch_size = int(batch_size)
         x = self.check_input(x)
-        labels = [
-            np.asarray(jnp.argmax(self._jit_apply(self.params, x[s:s + batch_size]), axis=-1))
-            for s in range(0, x.shape[0], batch_size)
-        ]
-        return np.concatenate(labels).astype(np.int32)
+        labels = [labels_from_logits(self._jit_apply(self.params, x[s:s + batch_size]), s)
+                  for s in range(0, x.shape[0], batch_size)]
+        return np.concatenate(labels)
 
     def __repr__(self) -> str:
         return (f"Classifier(input_shape={self.input_shape}, num_classes={self.num_classes}, "

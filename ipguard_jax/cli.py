@@ -37,6 +37,7 @@ import sys
 import textwrap
 import traceback
 import warnings
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,21 @@ def _add_model_options(parser: argparse.ArgumentParser, role: str) -> None:
                        help="per-channel std the PyTorch model's inputs were normalised with")
 
 
+def _add_data_limits(parser: argparse.ArgumentParser) -> None:
+    from ipguard_jax.data import _folder
+
+    group = parser.add_argument_group(
+        "input limits (a small hostile file must not exhaust memory or disk; raise them for "
+        "larger data you trust)")
+    group.add_argument("--max-input-bytes", type=_positive_int,
+                       default=_folder.DEFAULT_MAX_ARCHIVE_BYTES, metavar="N",
+                       help="most bytes an archive extracts to, or an .npz array unpacks to "
+                            "(default %(default)s)")
+    group.add_argument("--max-image-pixels", type=_positive_int,
+                       default=_folder.DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
+                       help="most pixels of one image (default %(default)s)")
+
+
 def _add_passphrase_options(parser: argparse.ArgumentParser, action: str) -> None:
     group = parser.add_argument_group(
         f"sealed fingerprint files (encrypted; {action}; needs the cryptography package)")
@@ -295,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--keep-checkpoint", action="store_true",
                      help="keep --checkpoint DIR after success")
     _add_model_options(p, "owner")
+    _add_data_limits(p)
     _add_passphrase_options(p, "with a passphrase, --out is written as one sealed file")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -341,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     decoys.add_argument("--decoy-seed", type=_seed, default=None,
                         help="seed of the decoys' draw and order (default: fresh randomness; "
                              "fix it to resume an endpoint run with --resume)")
+    _add_data_limits(p)
     _add_model_options(p, "suspect")
     _add_passphrase_options(p, "to read a sealed FINGERPRINTS")
     _add_commitment_options(p)
@@ -584,7 +602,8 @@ def load_model_source(source: str, args: argparse.Namespace, *,
 
 
 def load_data_source(source: str | None, split: str | None = None, channels: int | None = None,
-                     option: str = "--data"):
+                     option: str = "--data", *, max_bytes: int | None = None,
+                     max_pixels: int | None = None):
     """Loads start images given on the command line.
 
     Args:
@@ -596,19 +615,25 @@ def load_data_source(source: str | None, split: str | None = None, channels: int
             ``"test"``).
         channels: the model's input channels: 1 loads image folders as grey, else RGB.
         option: the option that named the source, for messages.
+        max_bytes: most bytes an archive extracts to or an ``.npz`` array unpacks to
+            (default: :func:`~ipguard_jax.data.load_image_folder`'s).
+        max_pixels: most pixels of one image (default: ``load_image_folder``'s).
 
     Returns:
         A :class:`ipguard_jax.data.Dataset`.
 
     Raises:
-        UsageError: a missing or unreadable source.
+        UsageError: a missing or unreadable source, or one beyond the limits.
 
     Example:
         >>> load_data_source("digits").x.shape
         (1797, 8, 8, 1)
     """
     from ipguard_jax import data
+    from ipguard_jax.data import _folder
 
+    max_bytes = _folder.DEFAULT_MAX_ARCHIVE_BYTES if max_bytes is None else max_bytes
+    max_pixels = _folder.DEFAULT_MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     if source is None or source == "digits":
         return data.load_digits()
     if source.startswith("tfds:"):
@@ -627,6 +652,11 @@ def load_data_source(source: str | None, split: str | None = None, channels: int
         if split is not None:
             raise UsageError(f"{option}: a split applies to image folders only")
         try:
+            with zipfile.ZipFile(path) as archive:  # sizes checked before anything inflates
+                unpacked = sum(member.file_size for member in archive.infolist())
+            if unpacked > max_bytes:
+                raise UsageError(f"{option} {source} unpacks to {unpacked} bytes, more than "
+                                 f"--max-input-bytes {max_bytes}")
             with np.load(path, allow_pickle=False) as arrays:
                 names = list(arrays.files)
                 if "x" not in names:
@@ -640,7 +670,12 @@ def load_data_source(source: str | None, split: str | None = None, channels: int
             raise UsageError(f"{option} {source}: cannot read it as an .npz file of arrays "
                              f"({type(e).__name__}: {e})") from None
         return data.from_arrays(x, y, name=path.name)
-    return data.load_image_folder(path, split, mode="L" if channels == 1 else "RGB")
+    return data.load_image_folder(path, split, mode="L" if channels == 1 else "RGB",
+                                  max_archive_bytes=max_bytes, max_image_pixels=max_pixels)
+
+
+def _limits(args: argparse.Namespace) -> dict[str, int]:
+    return {"max_bytes": args.max_input_bytes, "max_pixels": args.max_image_pixels}
 
 
 def _passphrase(args: argparse.Namespace) -> str | None:
@@ -781,13 +816,14 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
     dataset = None
     if args.init == "data" and kind == "torch":  # its input shape may come from the data
         channels = args.input_shape[-1] if args.input_shape else None
-        dataset = load_data_source(args.data, args.split, channels)
+        dataset = load_data_source(args.data, args.split, channels, **_limits(args))
         owner, about = load_model_source(args.model, args,
                                          input_shape=tuple(dataset.x.shape[1:]))
     else:
         owner, about = load_model_source(args.model, args)
         if args.init == "data":
-            dataset = load_data_source(args.data, args.split, owner.input_shape[-1])
+            dataset = load_data_source(args.data, args.split, owner.input_shape[-1],
+                                       **_limits(args))
     if dataset is not None and tuple(dataset.x.shape[1:]) != owner.input_shape:
         raise UsageError(f"--data {args.data or 'digits'} holds images of shape "
                          f"{tuple(dataset.x.shape[1:])}, the model takes {owner.input_shape}")
@@ -864,6 +900,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     decoys = None
     if args.decoys is not None:
         decoys = load_data_source(args.decoys, args.decoy_split, fingerprints.input_shape[-1],
+                                  **_limits(args),
                                   option="--decoys").x
     elif args.decoy_ratio is not None or args.decoy_seed is not None:
         raise UsageError("--decoy-ratio and --decoy-seed need --decoys")

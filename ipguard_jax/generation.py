@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ipguard_jax import baselines, engine
 from ipguard_jax._version import __version__
-from ipguard_jax.classifier import Classifier
+from ipguard_jax.classifier import Classifier, labels_from_logits
 from ipguard_jax.config import FingerprintConfig
 from ipguard_jax.fingerprints import Fingerprints
 from ipguard_jax.sharding import Placement, resolve_mesh
@@ -941,11 +941,9 @@ def _relabel(classifier: Classifier, arrays: dict[str, np.ndarray],
              batch_size: int = 1024) -> int:
     """Sets every label to the owner's prediction at its point, and ``converged`` to false
     where that changed a converged point's label; returns how many converged points lost it."""
-    labels = [np.asarray(jnp.argmax(classifier(arrays["x"][s:s + batch_size]), -1), np.int32)
-              for s in range(0, len(arrays["x"]), batch_size)]
-    if not labels:
+    if not len(arrays["x"]):
         return 0
-    labels = np.concatenate(labels)
+    labels = classifier.predict(arrays["x"], batch_size)  # refuses undefined labels
     changed = labels != arrays["labels"]
     lost = int((changed & arrays["converged"]).sum())
     arrays["labels"] = labels
@@ -964,7 +962,7 @@ def _recheck_in_float32(classifier: Classifier, arrays: dict[str, np.ndarray],
         losses.append(np.asarray(engine.batched_ipguard_loss(
             logits, jnp.asarray(arrays["i"][s:s + batch_size]),
             jnp.asarray(arrays["j"][s:s + batch_size]), jnp.float32(config.k))))
-        labels.append(np.asarray(jnp.argmax(logits, -1), np.int32))
+        labels.append(labels_from_logits(logits, s))
     before = int(arrays["converged"].sum())
     if labels:
         arrays["loss"] = np.concatenate(losses)

@@ -11,7 +11,15 @@ A save builds a complete new version beside the old one, flushes it to disk and 
 old set or the new one, never a mixture. What a killed save leaves behind (a version that
 never went live, a hidden ``.<name>.<hex>.partial`` or ``.tmp`` sibling) is removed by the next
 save of the same path; each live save holds an ``flock`` on its temporary files, so concurrent
-saves never remove each other's. No pickle is written or read.
+saves never remove each other's. Of two saves that create the same new directory at once, one
+wins and the other raises :class:`FileExistsError`. No pickle is written or read.
+
+A fingerprint file may come from someone else, so loading bounds what it reads and allocates:
+every file of a directory is opened as a regular file only (a symbolic link, FIFO or device
+is refused, never read or waited on), ``CURRENT`` and the manifest have size caps, and the
+arrays the manifest declares are checked against the array store's metadata and against the
+size of its files (at most :data:`ipguard_jax._fileutil.MAX_EXPANSION` times their bytes, or
+64 MiB) before anything is allocated.
 
 Sealed files (``save(..., passphrase=...)``) are single files, encrypted and authenticated, for
 fingerprints kept on shared storage or sent to a court or an escrow agent. Layout::
@@ -63,12 +71,19 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from ipguard_jax._fileutil import (UnsafeFileError, array_nbytes, check_expansion, check_tree,
+                                   open_regular, orbax_array_specs, read_regular, rename_new,
+                                   sha256_regular)
 from ipguard_jax.fingerprints import ARRAY_FIELDS, Fingerprints, content_digest
 
 FORMAT = "ipguard_jax.fingerprints"
 FORMAT_VERSION = 1
 _CURRENT = "CURRENT"
 _MANIFEST = "fingerprints.json"
+# Size caps of the small files of a directory: CURRENT holds a version name; a manifest holds
+# array specs, sha256s and the metadata (kilobytes in practice).
+_MAX_CURRENT_BYTES = 4096
+_MAX_MANIFEST_BYTES = 64 << 20
 
 #: First bytes of a sealed fingerprint file.
 SEALED_MAGIC = b"IPGJSEAL"
@@ -201,9 +216,9 @@ def _fsync_tree(root: Path) -> None:
 
 def _is_sealed_file(path: Path) -> bool:
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(open_regular(path, follow_symlinks=True), "rb") as f:
             return f.read(len(SEALED_MAGIC)) == SEALED_MAGIC
-    except OSError:
+    except (OSError, UnsafeFileError):  # a FIFO or device is no sealed file (and is not read)
         return False
 
 
@@ -240,12 +255,25 @@ def _check_json_keys(value: Any) -> None:
 
 # -- fingerprint directories --------------------------------------------------------------------
 
-def _write_version(fingerprints: Fingerprints, version_dir: Path) -> None:
+def _orbax_save(directory: Path, arrays: dict[str, np.ndarray], target: Path) -> None:
+    """orbax's save, with a full disk (a ``ValueError`` from tensorstore, ``RESOURCE_EXHAUSTED``
+    and a page of paths) reported as the ``OSError`` it is, naming ``target``."""
     import orbax.checkpoint as ocp
 
+    try:
+        ocp.PyTreeCheckpointer().save(directory, arrays)
+    except ValueError as e:
+        text = str(e)
+        for code in (errno.ENOSPC, errno.EDQUOT):
+            if os.strerror(code) in text:
+                raise OSError(code, os.strerror(code), str(target)) from None
+        raise
+
+
+def _write_version(fingerprints: Fingerprints, version_dir: Path, target: Path) -> None:
     arrays = fingerprints.arrays()
     if len(fingerprints):
-        ocp.PyTreeCheckpointer().save(version_dir / "arrays", arrays)
+        _orbax_save(version_dir / "arrays", arrays, target)
     else:  # orbax stores no zero-size arrays; the manifest's specs say all there is
         (version_dir / "arrays").mkdir()
     manifest = {
@@ -255,7 +283,7 @@ def _write_version(fingerprints: Fingerprints, version_dir: Path) -> None:
         "arrays": {name: {"dtype": a.dtype.str, "name": a.dtype.name, "shape": list(a.shape)}
                    for name, a in arrays.items()},
         # Every file of the array store, checked before the store reads any of them.
-        "files": {p.relative_to(version_dir).as_posix(): _file_sha256(p)
+        "files": {p.relative_to(version_dir).as_posix(): sha256_regular(p)
                   for p in sorted((version_dir / "arrays").rglob("*")) if p.is_file()},
         "metadata": fingerprints.metadata,
     }
@@ -263,16 +291,12 @@ def _write_version(fingerprints: Fingerprints, version_dir: Path) -> None:
     _fsync_tree(version_dir)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _check_files(path: Path, version_dir: Path, files: Any) -> None:
-    """Checks the array store's files against the manifest's sha256s (if it lists them)."""
+    """Checks the array store's files against the manifest's sha256s (if it lists them).
+
+    Each is opened as a regular file only (see :func:`ipguard_jax._fileutil.open_regular`): a
+    symbolic link, FIFO or device in its place is refused, not followed, read or waited on.
+    """
     if files is None:  # written before the manifest listed its files
         return
     if not isinstance(files, dict) or not all(
@@ -283,9 +307,13 @@ def _check_files(path: Path, version_dir: Path, files: Any) -> None:
         if not parts or parts[0] != "arrays" or ".." in parts or Path(name).is_absolute():
             raise FingerprintFileError(f"{path}: the manifest lists an odd file {name!r}")
         try:
-            actual = _file_sha256(version_dir / name)
+            actual = sha256_regular(version_dir / name)
         except FileNotFoundError:
             raise FingerprintFileError(f"{path}: part {name} is missing") from None
+        except UnsafeFileError:
+            raise FingerprintFileError(
+                f"{path}: part {name} is not a regular file (a link, FIFO or device); refusing "
+                f"to read it") from None
         except OSError as e:
             raise FingerprintFileError(f"{path}: part {name} cannot be read ({e.strerror})"
                                        ) from None
@@ -318,7 +346,7 @@ def _save_directory(fingerprints: Fingerprints, path: Path, overwrite: bool) -> 
 
         try:
             with _claimed(path / version, Path.mkdir, abandoned_versions):
-                _write_version(fingerprints, path / version)
+                _write_version(fingerprints, path / version, path)
                 # Readers hold a shared lock while they read a version: the old one is deleted
                 # only once none is reading it. Concurrent writers switch one at a time.
                 with _locked(path, exclusive=True):
@@ -341,10 +369,10 @@ def _save_directory(fingerprints: Fingerprints, path: Path, overwrite: bool) -> 
     try:
         with _claimed(staging, Path.mkdir, _leftovers(path, ".partial")):
             (staging / version).mkdir()
-            _write_version(fingerprints, staging / version)
+            _write_version(fingerprints, staging / version, path)
             _write_text_atomic(staging / _CURRENT, version)
             _fsync_dir(staging)
-            os.rename(staging, path)
+            rename_new(staging, path, "fingerprint directory")
             _fsync_dir(path.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -412,7 +440,8 @@ def save(fingerprints: Fingerprints, path: str | os.PathLike, overwrite: bool = 
         ValueError: metadata that is not JSON-serialisable (with string keys), or an empty
             passphrase.
         FileNotFoundError: the parent directory of ``path`` does not exist.
-        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        FileExistsError: ``path`` exists and ``overwrite`` is False, or another process created
+            it while this save was writing a new directory there.
         FingerprintFileError: ``path`` exists but is not a fingerprint file of the kind saved.
         PermissionError: the location is not writable.
         ImportError: a passphrase without the ``cryptography`` package.
@@ -452,10 +481,13 @@ def save(fingerprints: Fingerprints, path: str | os.PathLike, overwrite: bool = 
 
 def _current_version(path: Path) -> str:
     try:
-        return (path / _CURRENT).read_text(encoding="utf-8").strip()
-    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError):
+        data = read_regular(path / _CURRENT, max_bytes=_MAX_CURRENT_BYTES)
+        return data.decode("utf-8").strip()
+    except (FileNotFoundError, NotADirectoryError, UnicodeDecodeError, UnsafeFileError) as e:
+        why = f": {e}" if isinstance(e, UnsafeFileError) else ""
         raise FingerprintFileError(
-            f"{path} is not a fingerprint directory (its {_CURRENT} file is missing or unreadable)"
+            f"{path} is not a fingerprint directory (its {_CURRENT} file is missing or "
+            f"unreadable{why})"
         ) from None
 
 
@@ -477,6 +509,12 @@ def _check_manifest(path: Path, manifest: Any) -> dict[str, Any]:
                                    f"expected {sorted(ARRAY_FIELDS)}")
     if not all(isinstance(spec, dict) for spec in expected.values()):
         raise FingerprintFileError(f"{path}: the manifest's array specs are not objects")
+    for name, spec in expected.items():
+        try:
+            _spec_nbytes(spec)
+        except (KeyError, TypeError, ValueError) as e:
+            raise FingerprintFileError(
+                f"{path}: the manifest's spec of array {name!r} is malformed ({e})") from None
     if not isinstance(manifest.get("metadata", {}), dict):
         raise FingerprintFileError(f"{path}: the manifest's metadata is not an object")
     return expected
@@ -507,41 +545,81 @@ def _spec_dtype(spec: dict[str, Any]) -> np.dtype:
     return jnp.dtype(spec.get("name") or spec["dtype"])
 
 
+def _spec_nbytes(spec: dict[str, Any]) -> int:
+    """Bytes of the array a manifest spec declares (exact: no overflow on crafted shapes)."""
+    return array_nbytes(_spec_dtype(spec), spec.get("shape"))
+
+
+def _read_manifest(path: Path, version_dir: Path) -> Any:
+    try:
+        return json.loads(read_regular(version_dir / _MANIFEST, max_bytes=_MAX_MANIFEST_BYTES
+                                       ).decode("utf-8"))
+    except FileNotFoundError:
+        raise FingerprintFileError(f"{path}: {_MANIFEST} is missing") from None
+    except UnsafeFileError as e:
+        raise FingerprintFileError(f"{path}: refusing to read {_MANIFEST}: {e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise FingerprintFileError(f"{path}: {_MANIFEST} is corrupt ({e})") from None
+
+
+@contextlib.contextmanager
+def _array_store_errors(path: Path) -> Iterator[None]:
+    """Any failure of the array store means the same to the user: a corrupt file."""
+    try:
+        yield
+    except Exception as e:
+        raise FingerprintFileError(
+            f"{path}: the arrays cannot be read, the file is corrupt or incomplete "
+            f"({type(e).__name__}: {str(e)[:200]})"
+        ) from None
+
+
+def _check_arrays(path: Path, expected: dict[str, Any],
+                  found: dict[str, tuple[np.dtype, tuple[int, ...]]]) -> None:
+    """Checks the dtype and shape of each array (stored or restored) against the manifest."""
+    for name, spec in expected.items():
+        if name not in found:
+            raise FingerprintFileError(f"{path}: the array store lacks array {name!r}")
+        dtype, shape = found[name]
+        if np.dtype(dtype).str != spec.get("dtype") or list(shape) != spec.get("shape"):
+            raise FingerprintFileError(
+                f"{path}: array {name!r} has dtype {np.dtype(dtype).str} and shape "
+                f"{list(shape)}, the manifest says {spec.get('dtype')} and {spec.get('shape')}"
+            )
+
+
 def _load_version(path: Path, version: str) -> Fingerprints:
     import orbax.checkpoint as ocp
 
     version_dir = path / version
     if not _is_version_name(version) or not version_dir.is_dir():
         raise FingerprintFileError(f"{path}: version {version!r} named by {_CURRENT} is missing")
-    try:
-        manifest = json.loads((version_dir / _MANIFEST).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FingerprintFileError(f"{path}: {_MANIFEST} is missing") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FingerprintFileError(f"{path}: {_MANIFEST} is corrupt ({e})") from None
+    manifest = _read_manifest(path, version_dir)
     expected = _check_manifest(path, manifest)
-    if not (version_dir / "arrays").is_dir():
+    store = version_dir / "arrays"
+    if not store.is_dir():
         raise FingerprintFileError(f"{path}: the arrays directory is missing")
-    _check_files(path, version_dir, manifest.get("files"))
     try:
-        if _empty_set(expected):
-            arrays = {name: np.zeros(spec["shape"], _spec_dtype(spec))
-                      for name, spec in expected.items()}
-        else:
-            arrays = ocp.PyTreeCheckpointer().restore(version_dir / "arrays")
-            arrays = {name: np.asarray(arrays[name]) for name in ARRAY_FIELDS}
-    except Exception as e:  # any failure of the array store means the same to the user
-        raise FingerprintFileError(
-            f"{path}: the arrays cannot be read, the file is corrupt or incomplete "
-            f"({type(e).__name__}: {str(e)[:200]})"
-        ) from None
-    for name, spec in expected.items():
-        a = arrays[name]
-        if a.dtype.str != spec.get("dtype") or list(a.shape) != spec.get("shape"):
-            raise FingerprintFileError(
-                f"{path}: array {name!r} has dtype {a.dtype.str} and shape {list(a.shape)}, the "
-                f"manifest says {spec.get('dtype')} and {spec.get('shape')}"
-            )
+        stored_bytes = check_tree(store)  # no link, FIFO or device for orbax to open
+    except UnsafeFileError as e:
+        raise FingerprintFileError(f"{path}: refusing to read the arrays: {e}") from None
+    _check_files(path, version_dir, manifest.get("files"))
+    try:  # before anything is allocated
+        check_expansion(sum(_spec_nbytes(spec) for spec in expected.values()), stored_bytes,
+                        "the arrays its manifest declares")
+    except UnsafeFileError as e:
+        raise FingerprintFileError(f"{path}: {e}") from None
+    if _empty_set(expected):
+        arrays = {name: np.zeros(spec["shape"], _spec_dtype(spec))
+                  for name, spec in expected.items()}
+    else:
+        with _array_store_errors(path):
+            stored = orbax_array_specs(store)
+        _check_arrays(path, expected, stored)  # the store allocates what it declares
+        with _array_store_errors(path):
+            restored = ocp.PyTreeCheckpointer().restore(store)
+            arrays = {name: np.asarray(restored[name]) for name in ARRAY_FIELDS}
+    _check_arrays(path, expected, {name: (a.dtype, a.shape) for name, a in arrays.items()})
     return _build(path, arrays, manifest)
 
 
@@ -557,10 +635,11 @@ def load(path: str | os.PathLike, *, passphrase: str | bytes | None = None) -> F
 
     Raises:
         FileNotFoundError: nothing at ``path``.
-        FingerprintFileError: not a fingerprint file, a part missing or unreadable, a newer
-            format version, content that does not match its sha256 or authentication tag
-            (modified or corrupt), a wrong passphrase, a sealed file without a passphrase or a
-            passphrase for an unsealed directory.
+        FingerprintFileError: not a fingerprint file, a part missing or unreadable or not a
+            regular file (a symbolic link, FIFO or device), a manifest that declares arrays its
+            files cannot hold, a newer format version, content that does not match its sha256
+            or authentication tag (modified or corrupt), a wrong passphrase, a sealed file
+            without a passphrase or a passphrase for an unsealed directory.
         ImportError: a sealed file without the ``cryptography`` package.
 
     Example:
@@ -580,18 +659,7 @@ def load(path: str | os.PathLike, *, passphrase: str | bytes | None = None) -> F
     if not path.exists():
         raise FileNotFoundError(f"no fingerprint file at {path}")
     if not path.is_dir():
-        if not _is_sealed_file(path):
-            raise FingerprintFileError(f"{path} is a file, not a fingerprint directory")
-        if passphrase is None:
-            raise FingerprintFileError(
-                f"{path} is a sealed fingerprint file: pass passphrase=... to load it"
-            )
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise FingerprintFileError(f"{path}: cannot read the sealed file ({e.strerror})"
-                                       ) from None
-        return _unseal(data, passphrase, str(path))
+        return _unseal(_read_sealed_file(path, passphrase), passphrase, str(path))
     if passphrase is not None:
         raise FingerprintFileError(
             f"{path} is an unsealed fingerprint directory: load it without a passphrase"
@@ -610,6 +678,30 @@ def load(path: str | os.PathLike, *, passphrase: str | bytes | None = None) -> F
 
 
 # -- sealed files -------------------------------------------------------------------------------
+
+def _read_sealed_file(path: Path, passphrase: Any) -> bytes:
+    """The bytes of the sealed file ``path`` (not a directory); a regular file only."""
+    try:
+        fd = open_regular(path, follow_symlinks=True)
+    except UnsafeFileError as e:
+        raise FingerprintFileError(f"{e}: not a fingerprint file; refusing to read it") from None
+    except OSError as e:
+        raise FingerprintFileError(f"{path}: cannot read the sealed file ({e.strerror})"
+                                   ) from None
+    with os.fdopen(fd, "rb") as f:
+        try:
+            magic = f.read(len(SEALED_MAGIC))
+            if magic != SEALED_MAGIC:
+                raise FingerprintFileError(f"{path} is a file, not a fingerprint directory")
+            if passphrase is None:
+                raise FingerprintFileError(
+                    f"{path} is a sealed fingerprint file: pass passphrase=... to load it"
+                )
+            return magic + f.read()
+        except OSError as e:
+            raise FingerprintFileError(f"{path}: cannot read the sealed file ({e.strerror})"
+                                       ) from None
+
 
 def _aead_backend() -> tuple[Any, Any, Any]:
     try:
@@ -673,10 +765,9 @@ def _parse_payload(payload: bytes, where: str) -> Fingerprints:
         for name in ARRAY_FIELDS:
             spec = expected[name]
             dtype = jnp.dtype(spec["dtype"]).newbyteorder("<")
-            shape = tuple(int(d) for d in spec["shape"])
+            shape = tuple(spec["shape"])
             start, nbytes = int(spec["offset"]), int(spec["nbytes"])
-            if start < 0 or start + nbytes > len(body) or nbytes != dtype.itemsize * int(
-                    np.prod(shape, dtype=np.int64)):
+            if start < 0 or start + nbytes > len(body) or nbytes != _spec_nbytes(spec):
                 raise ValueError(f"array {name!r} does not fit the payload")
             arrays[name] = np.frombuffer(body[start:start + nbytes], dtype).reshape(shape).copy()
     except FingerprintFileError:

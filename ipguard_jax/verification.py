@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ipguard_jax.classifier import Classifier
+from ipguard_jax.classifier import Classifier, labels_from_logits
 from ipguard_jax.fingerprints import Fingerprints, content_digest
 from ipguard_jax.sharding import Placement, resolve_mesh
 from ipguard_jax.suspects import HTTPSuspect
@@ -59,9 +59,7 @@ def _labels_from_output(out: Any, batch_len: int, num_classes: int | None) -> np
         if not (np.issubdtype(out.dtype, np.number) and not np.issubdtype(out.dtype,
                                                                            np.complexfloating)):
             raise TypeError(f"the suspect must return real logits, got dtype {out.dtype}")
-        if np.issubdtype(out.dtype, np.floating) and np.isnan(out).any():
-            raise ValueError("the suspect returned NaN logits")
-        return out.argmax(axis=-1).astype(np.int64)
+        return labels_from_logits(out).astype(np.int64)  # refuses NaN or no finite logit
     if out.ndim == 1:  # labels
         if out.shape[0] != batch_len:
             raise ValueError(f"the suspect returned {out.shape[0]} labels for {batch_len} queries")

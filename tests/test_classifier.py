@@ -133,3 +133,17 @@ def test_call_input_errors():
 def test_from_linen_rejects_other_objects():
     with pytest.raises(TypeError, match="flax.linen.Module"):
         ipg.Classifier.from_linen(object(), {}, input_shape=(3,))
+
+
+@pytest.mark.parametrize("bad_row", [[np.nan, 1.0, 0.0], [np.inf, np.inf, np.inf],
+                                     [-np.inf, -np.inf, -np.inf], [np.nan, np.inf, -np.inf]])
+def test_predict_refuses_logits_without_a_defined_label(bad_row):
+    """A model whose logits for an input are NaN or all infinite gives no label there: argmax
+    would silently answer 0."""
+    table = jnp.array([[0.0, 2.0, 1.0], [3.0, 0.0, 1.0], bad_row, [np.inf, 0.0, -np.inf]])
+    clf = ipg.Classifier(lambda p, x: p[x[:, 0].astype(jnp.int32)], table, input_shape=(1,))
+    x = jnp.arange(4.0)[:, None]
+    with pytest.raises(ValueError, match=r"NaN logits, or no finite logit, for 1 of 2 inputs "
+                                         r"\(the first is input 2\)"):
+        clf.predict(x, batch_size=2)
+    assert clf.predict(x[jnp.array([0, 1, 3])]).tolist() == [1, 0, 0]  # one +inf: defined

@@ -212,7 +212,31 @@ def test_a_full_disk_is_one_error_line(files, tmp_path):
             capture_output=True, text=True, timeout=300)
         assert run.returncode == 2
         _no_traceback(run.stderr)
-        assert "No space left on device" in run.stderr
+        assert run.stderr.strip() == f"ipguard: error: {mount / 'fp'}: No space left on device"
         assert list(mount.iterdir()) == []  # nothing half-written
     finally:
         subprocess.run(["umount", str(mount)], check=False, capture_output=True, timeout=30)
+
+
+# --- input limits ---------------------------------------------------------------------------------
+
+def test_input_limits_are_options(files, tmp_path, capsys):
+    from PIL import Image
+
+    npz = tmp_path / "start.npz"
+    np.savez_compressed(npz, x=np.zeros((64, 8, 8, 1), np.float32))  # 16 KiB unpacked
+    folder = tmp_path / "images" / "test" / "0"
+    folder.mkdir(parents=True)
+    Image.new("L", (64, 64)).save(folder / "big.png")
+    base = ["fingerprint", str(files["owner"]), "-o", str(tmp_path / "fp"), "--num", "2",
+            "--steps", "5", "--keep", "all", "--quiet"]
+    assert main([*base, "--data", str(npz), "--max-input-bytes", "1000"]) == 2
+    err = capsys.readouterr().err
+    _no_traceback(err)
+    assert "--max-input-bytes 1000" in err and "start.npz" in err
+    assert main([*base, "--data", str(tmp_path / "images"), "--split", "test",
+                 "--max-image-pixels", "100"]) == 2
+    err = capsys.readouterr().err
+    _no_traceback(err)
+    assert "big.png" in err
+    assert main([*base, "--data", str(npz)]) == 0 and (tmp_path / "fp").is_dir()

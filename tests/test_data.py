@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
+import struct
 import sys
 import tarfile
 import time
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -494,6 +498,139 @@ def test_image_folder_images_of_different_sizes(tmp_path, cache):
 def test_image_folder_bad_arguments(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         load_image_folder(tmp_path, **kwargs)
+
+
+# --- hostile archives and images: caps on bytes, members and pixels ---------------------------
+
+def _bomb(archive: Path, size: int, name="train/cat/0.png", count=1) -> Path:
+    """A .tar.gz of ``count`` members of ``size`` zero bytes each: a tiny file that expands."""
+    with tarfile.open(archive, "w:gz") as tar:
+        for k in range(count):
+            info = tarfile.TarInfo(f"{name}.{k}" if count > 1 else name)
+            info.size = size
+            tar.addfile(info, io.BytesIO(bytes(size)))
+    return archive
+
+
+@pytest.mark.parametrize("filters", [True, False], ids=["tar-filters", "no-tar-filters"])
+def test_image_folder_refuses_an_archive_over_the_byte_cap(tmp_path, cache, monkeypatch,
+                                                           filters):
+    if not filters:  # Pythons before 3.11.4 extract through the fallback
+        monkeypatch.delattr(tarfile, "data_filter")
+    archive = _bomb(tmp_path / "bomb.tar.gz", 1 << 20)  # 1 MiB of zeros in about 1 kB
+    assert archive.stat().st_size < 10_000
+    with pytest.raises(ValueError, match=r"refusing to extract .*bomb.tar.gz: it extracts more "
+                                         r"than 100,000 bytes, the cap; pass a larger "
+                                         r"max_archive_bytes"):
+        load_image_folder(archive, "train", max_archive_bytes=100_000)
+    _assert_cache_clean(cache)
+
+
+def test_image_folder_counts_bytes_while_extracting(tmp_path, cache, monkeypatch):
+    """A header that lies about its size (here: no header check at all) is caught by the
+    count of bytes actually written, and the partial tree is removed."""
+    monkeypatch.setattr(_folder._CappedTarFile, "checked_members", lambda tar: list(tar))
+    archive = _bomb(tmp_path / "bomb.tar.gz", 300_000)
+    with pytest.raises(ValueError, match=r"refusing to extract .*bomb.tar.gz: it extracts more "
+                                         r"than 100,000 bytes"):
+        load_image_folder(archive, "train", max_archive_bytes=100_000)
+    _assert_cache_clean(cache)
+
+
+def test_image_folder_refuses_an_archive_over_the_member_cap(tmp_path, cache):
+    archive = _bomb(tmp_path / "many.tar.gz", 0, count=20)
+    with pytest.raises(ValueError, match=r"refusing to extract .*many.tar.gz: it has more than "
+                                         r"10 members, the cap; pass a larger "
+                                         r"max_archive_members"):
+        load_image_folder(archive, "train", max_archive_members=10)
+    _assert_cache_clean(cache)
+
+
+def test_image_folder_refuses_a_huge_long_name_header(tmp_path, cache):
+    """tarfile would read a 2 GiB GNU long-name header into memory whole."""
+    info = tarfile.TarInfo("././@LongLink")
+    info.type, info.size = tarfile.GNUTYPE_LONGNAME, 2 << 30
+    archive = tmp_path / "longname.tar.gz"
+    with gzip.open(archive, "wb") as f:
+        f.write(info.tobuf(tarfile.GNU_FORMAT) + bytes(1 << 16))
+    with pytest.raises(ValueError, match=r"refusing to extract .*longname.tar.gz: a "
+                                         r"2,147,483,648-byte long-name or pax header"):
+        load_image_folder(archive, "train")
+    _assert_cache_clean(cache)
+
+
+def test_image_folder_default_caps_load_a_normal_archive(tmp_path, cache):
+    archive = _make_archive(_make_tree(tmp_path / "tree", n=2), tmp_path / "ok.tar.gz")
+    assert len(load_image_folder(archive, "train")) == 6
+    assert _folder.DEFAULT_MAX_ARCHIVE_BYTES == 4 << 30
+    assert _folder.DEFAULT_MAX_ARCHIVE_MEMBERS == 1_000_000
+
+
+def _png(file: Path, width: int, height: int) -> Path:
+    """A valid 1-bit grey PNG of ``width x height`` zero pixels: small on disk however large."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+
+    row = bytes(1 + (width + 7) // 8)  # filter byte 0, then the packed pixels
+    compressor = zlib.compressobj(9)
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return file
+
+
+@pytest.mark.parametrize("size, kwargs, match", [
+    # Over the default cap (and over Pillow's warning threshold, which must not escape).
+    ((10_000, 10_000), {}, r"10000x10000 = 100,000,000 pixels, more than "
+                           r"max_image_pixels=16,777,216; pass a larger max_image_pixels"),
+    ((300, 300), dict(max_image_pixels=10_000), r"more than max_image_pixels=10,000"),
+    # Under a raised cap but over twice Pillow's limit: Pillow's error, with the file named.
+    ((20_000, 20_000), dict(max_image_pixels=10**9), r"could be decompression bomb"),
+])
+def test_image_folder_refuses_images_over_the_pixel_cap(tmp_path, cache, size, kwargs, match):
+    tree = _make_tree(tmp_path / "tree", n=1)
+    big = _png(tree / "train" / "cat" / "big.png", *size)
+    assert big.stat().st_size < 100_000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning escapes
+        with pytest.raises(ValueError, match=rf"refusing to decode image file .*big.png: .*"
+                                             rf"{match}"):
+            load_image_folder(tree, "train", **kwargs)
+
+
+def test_image_folder_pixel_cap_allows_images_within_it(tmp_path, cache):
+    tree = _make_tree(tmp_path / "tree", n=1, size=(5, 6))
+    assert len(load_image_folder(tree, "train", max_image_pixels=30)) == 3
+    with pytest.raises(ValueError, match="more than max_image_pixels=29"):
+        load_image_folder(tree, "train", max_image_pixels=29, use_cache=False)
+
+
+@pytest.mark.parametrize("mode, channels", [("L", 1), ("RGB", 3)])
+def test_image_folder_scales_16_bit_png_to_8_bits(tmp_path, cache, mode, channels):
+    from PIL import Image
+
+    tree = tmp_path / "tree"
+    for name, value in (("half", 32768), ("full", 65535), ("low", 255)):
+        (tree / name).mkdir(parents=True)
+        Image.fromarray(np.full((4, 5), value, np.uint16)).save(tree / name / "0.png")
+    with Image.open(tree / "half" / "0.png") as im:
+        assert im.mode.startswith("I")  # really 16-bit
+    ds = load_image_folder(tree, mode=mode)
+    assert ds.x.shape == (3, 4, 5, channels)
+    expected = {"half": 128 / 255, "full": 1.0, "low": 0.0}  # value >> 8, then / 255
+    for k, name in enumerate(ds.class_names):
+        np.testing.assert_allclose(ds.x[k], expected[name], rtol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("cap", ["max_archive_bytes", "max_archive_members",
+                                 "max_image_pixels"])
+@pytest.mark.parametrize("value", [0, -1, True, 1.5])
+def test_image_folder_bad_caps(tmp_path, cap, value):
+    with pytest.raises(ValueError, match=f"{cap} must be a positive int"):
+        load_image_folder(tmp_path, **{cap: value})
 
 
 @pytest.mark.slow

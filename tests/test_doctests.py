@@ -16,6 +16,7 @@ import pytest
 
 MODULES = [
     "ipguard_jax",
+    "ipguard_jax._fileutil",
     "ipguard_jax.engine",
     "ipguard_jax.baselines",
     "ipguard_jax.classifier",

@@ -2,6 +2,9 @@
 
 import json
 import os
+import re
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +164,134 @@ def test_load_detects_inconsistent_parts(tmp_path, owner_fingerprints):
     (path / "CURRENT").write_text("v-gone")
     with pytest.raises(ipg.FingerprintFileError, match="'v-gone' named by CURRENT is missing"):
         ipg.load(path)
+
+
+# -- hostile files: bounded reads and allocations, regular files only ---------------------------
+
+def _small_set(n=4):
+    return ipg.Fingerprints(x=np.zeros((n, 3), np.float32), labels=np.arange(n) % 2,
+                            i=np.arange(n) % 2, j=(np.arange(n) + 1) % 2, loss=np.zeros(n),
+                            converged=np.ones(n, bool), steps=np.ones(n, np.int32),
+                            source=np.arange(n))
+
+
+def _manifest_path(path: Path) -> Path:
+    return path / (path / "CURRENT").read_text() / "fingerprints.json"
+
+
+def _load_error(path, seconds=5.0, **kwargs):
+    """The error ``ipg.load`` raises, asserting it returns within ``seconds`` (no hang)."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = ipg.load(path, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    start = time.perf_counter()
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"load({path}) still running after {seconds} s"
+    assert "error" in outcome, "load succeeded"
+    assert time.perf_counter() - start < seconds
+    return outcome["error"]
+
+
+@pytest.mark.parametrize("labels_shape", [[4], [0]], ids=["set", "empty-set"])
+def test_manifest_declaring_huge_arrays_fails_before_allocating(tmp_path, labels_shape):
+    path = ipg.save(_small_set(), tmp_path / "fp")
+    manifest_path = _manifest_path(path)
+    manifest = json.loads(manifest_path.read_text())
+    manifest["arrays"]["x"]["shape"] = [100000, 100000, 100]  # 4 TB of float32
+    manifest["arrays"]["labels"]["shape"] = labels_shape
+    manifest_path.write_text(json.dumps(manifest))
+    error = _load_error(path)
+    assert isinstance(error, ipg.FingerprintFileError)
+    assert re.search(r"take 4,000,000,\d{3},\d{3} bytes .* refusing to allocate", str(error))
+    assert str(path) in str(error)
+
+
+@pytest.mark.parametrize("shape", [[-1, 3], [True, 3], [4.0, 3], "4x3", None])
+def test_malformed_array_shapes_are_refused(tmp_path, shape):
+    path = ipg.save(_small_set(), tmp_path / "fp")
+    manifest_path = _manifest_path(path)
+    manifest = json.loads(manifest_path.read_text())
+    manifest["arrays"]["x"]["shape"] = shape
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ipg.FingerprintFileError, match="spec of array 'x' is malformed"):
+        ipg.load(path)
+
+
+def test_shapes_are_checked_against_the_store_before_it_restores(tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    path = ipg.save(_small_set(), tmp_path / "fp")
+    manifest_path = _manifest_path(path)
+    manifest = json.loads(manifest_path.read_text())
+    manifest["arrays"]["x"]["shape"] = [4, 5]
+    manifest_path.write_text(json.dumps(manifest))
+
+    def no_restore(*args, **kwargs):
+        raise AssertionError("restored before the shapes were checked")
+
+    monkeypatch.setattr(ocp.PyTreeCheckpointer, "restore", no_restore)
+    with pytest.raises(ipg.FingerprintFileError,
+                       match=r"array 'x' has dtype <f4 and shape \[4, 3\], the manifest says "
+                             r"<f4 and \[4, 5\]"):
+        ipg.load(path)
+
+
+def _replace_with(victim: Path, kind: str) -> None:
+    victim.unlink()
+    if kind == "fifo":
+        os.mkfifo(victim)
+    else:
+        os.symlink("/dev/zero", victim)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero-link"])
+@pytest.mark.parametrize("part", ["array file", "manifest", "CURRENT"])
+def test_special_files_are_refused_without_hanging(tmp_path, kind, part):
+    path = ipg.save(_small_set(), tmp_path / "fp")
+    version_dir = path / (path / "CURRENT").read_text()
+    victim = {"array file": _largest_file(version_dir / "arrays"),
+              "manifest": version_dir / "fingerprints.json", "CURRENT": path / "CURRENT"}[part]
+    _replace_with(victim, kind)
+    error = _load_error(path)
+    assert isinstance(error, ipg.FingerprintFileError), repr(error)
+    assert str(path) in str(error)
+    assert re.search("FIFO|symbolic link|not a regular file", str(error)), str(error)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero-link"])
+def test_special_file_as_a_sealed_file_is_refused(tmp_path, kind):
+    victim = tmp_path / "owner.sealed"
+    victim.touch()
+    _replace_with(victim, kind)
+    for passphrase in (None, "pw"):
+        error = _load_error(victim, passphrase=passphrase)
+        assert isinstance(error, ipg.FingerprintFileError), repr(error)
+        assert "not a fingerprint" in str(error)
+
+
+def test_losing_a_race_to_create_the_directory_raises_file_exists(tmp_path, monkeypatch):
+    """Two saves of a new set to one path: the one whose rename finds the other's directory
+    there raises FileExistsError and leaves the winner's set alone."""
+    ours, theirs = _small_set(4), _small_set(2)
+    target = tmp_path / "fp"
+    real_write = fio._write_version
+
+    def write_then_lose_the_race(fingerprints, version_dir):
+        real_write(fingerprints, version_dir)
+        monkeypatch.setattr(fio, "_write_version", real_write)
+        ipg.save(theirs, target)  # another process finishes first
+
+    monkeypatch.setattr(fio, "_write_version", write_then_lose_the_race)
+    with pytest.raises(FileExistsError, match=f"{re.escape(str(target))} was created by another"):
+        ipg.save(ours, target)
+    assert ipg.load(target).digest() == theirs.digest()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fp"]  # no staging left behind

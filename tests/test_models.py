@@ -416,3 +416,136 @@ def test_kernel_gradient_rewrite_in_bfloat16_accumulates_in_float32():
     assert dw.dtype == jnp.bfloat16
     # One bfloat16 rounding of a float32-accumulated sum over 2048 terms.
     np.testing.assert_allclose(np.asarray(dw, np.float32), exact, rtol=1e-2)
+
+
+# --- model files from someone else: every field checked before anything is built -------------
+
+MLP_FILE_KWARGS = {"in_features": 64, "in_channels": 1, "hidden": [32, 16]}
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    net = models.create("mlp", 10, rngs=nnx.Rngs(0), **MLP_FILE_KWARGS)
+    return models.save_model(tmp_path_factory.mktemp("bundle") / "model", net, arch="mlp",
+                             num_classes=10, input_shape=(8, 8, 1),
+                             model_kwargs=MLP_FILE_KWARGS)
+
+
+def _edited_copy(model_file, tmp_path, **fields):
+    import json
+    import shutil
+
+    copy = tmp_path / "edited"
+    shutil.copytree(model_file, copy)
+    spec = json.loads((copy / "model.json").read_text())
+    spec.update(fields)
+    (copy / "model.json").write_text(json.dumps(spec))
+    return copy
+
+
+@pytest.mark.parametrize("fields, match", [
+    (dict(num_classes=True), r"invalid 'num_classes': must be an int >= 2, got True"),
+    (dict(num_classes=1), r"invalid 'num_classes': must be an int >= 2, got 1"),
+    (dict(num_classes=-5), r"invalid 'num_classes': must be an int >= 2, got -5"),
+    (dict(num_classes=3), r"num_classes=3 but the weights have 10 logits"),
+    (dict(input_shape=[8, -8, 1]), r"invalid 'input_shape': .*positive ints"),
+    (dict(input_shape=[8, 8.0, 1]), r"invalid 'input_shape': .*tuple of ints"),
+    (dict(input_shape=[100000, 100000, 3]), r"invalid 'input_shape': .*more than"),
+    (dict(bounds=[1.0, 0.0]), r"invalid 'bounds': .*lo < hi"),
+    (dict(bounds=[0.0, float("inf")]), r"invalid 'bounds': .*finite"),
+    (dict(bounds=[0.0]), r"invalid 'bounds': .*pair of numbers"),
+    (dict(arch="mlp2"), r"invalid 'arch': 'mlp2' is not one of"),
+    (dict(model_kwargs={**MLP_FILE_KWARGS, "hidden": [32, 0]}),
+     r"invalid 'model_kwargs.hidden': sizes must be positive ints"),
+    (dict(model_kwargs={**MLP_FILE_KWARGS, "hidden": [32, True]}),
+     r"invalid 'model_kwargs.hidden'"),
+    (dict(model_kwargs={**MLP_FILE_KWARGS, "in_channels": -1}),
+     r"invalid 'model_kwargs.in_channels'"),
+    (dict(model_kwargs={**MLP_FILE_KWARGS, "hidden": [32]}),
+     r"the weights hold 6 arrays, the 'mlp' model model.json describes .* has 4"),
+    (dict(metadata=[1]), r"invalid 'metadata': must be an object"),
+])
+def test_model_file_fields_are_checked_before_building(model_file, tmp_path, monkeypatch,
+                                                        fields, match):
+    from ipguard_jax.models import bundle
+
+    monkeypatch.setattr(bundle, "_build", _refuse_real_builds(monkeypatch, bundle))
+    copy = _edited_copy(model_file, tmp_path, **fields)
+    with pytest.raises(models.ModelFileError, match=match) as info:
+        models.load_model(copy)
+    assert str(copy) in str(info.value) and "model.json" in str(info.value)
+
+
+def _refuse_real_builds(monkeypatch, bundle):
+    """A ``bundle._build`` that fails unless called by ``_abstract_state`` (shapes only)."""
+    real_build, real_abstract = bundle._build, bundle._abstract_state
+    abstract_calls = []
+
+    def abstract_state(*args):
+        abstract_calls.append(args)
+        try:
+            return real_abstract(*args)
+        finally:
+            abstract_calls.pop()
+
+    def build(*args):
+        assert abstract_calls, f"built the model for real: {args}"
+        return real_build(*args)
+
+    monkeypatch.setattr(bundle, "_abstract_state", abstract_state)
+    return build
+
+
+def test_model_file_asking_for_huge_layers_is_refused_without_building(model_file, tmp_path,
+                                                                       monkeypatch):
+    import time
+
+    from ipguard_jax.models import bundle
+
+    monkeypatch.setattr(bundle, "_build", _refuse_real_builds(monkeypatch, bundle))
+    copy = _edited_copy(model_file, tmp_path,
+                        model_kwargs={**MLP_FILE_KWARGS, "hidden": [2097152, 16]})
+    start = time.perf_counter()
+    with pytest.raises(models.ModelFileError,
+                       match=r"weights do not fit the 'mlp' model model.json describes .*"
+                             r"\[32\] in the weights, float32\[2097152\] in the model"):
+        models.load_model(copy)
+    assert time.perf_counter() - start < 5
+
+
+def test_model_file_round_trip_still_loads(model_file):
+    net, spec = models.load_model(model_file)
+    assert (spec.num_classes, spec.input_shape, spec.bounds) == (10, (8, 8, 1), (0.0, 1.0))
+    assert spec.classifier(net).num_classes == 10
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero-link"])
+@pytest.mark.parametrize("part", ["model.json", "weight file"])
+def test_model_file_special_files_are_refused_without_hanging(model_file, tmp_path, kind, part):
+    import os
+    import shutil
+    import threading
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("needs FIFOs (POSIX)")
+    copy = tmp_path / "model"
+    shutil.copytree(model_file, copy)
+    victim = (copy / "model.json" if part == "model.json" else
+              max((p for p in (copy / "weights").rglob("*") if p.is_file()),
+                  key=lambda p: p.stat().st_size))
+    victim.unlink()
+    os.mkfifo(victim) if kind == "fifo" else os.symlink("/dev/zero", victim)
+    outcome = []
+
+    def run():
+        try:
+            models.load_model(copy)
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            outcome.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(5)
+    assert not thread.is_alive(), "load_model hangs"
+    assert outcome and isinstance(outcome[0], models.ModelFileError), outcome
+    assert "FIFO" in str(outcome[0]) or "symbolic link" in str(outcome[0])

@@ -14,6 +14,15 @@ recorded sha256, so a modified or corrupt file fails loudly instead of yielding 
 :func:`save_model` writes the directory under a hidden temporary name and renames it into
 place once complete, so a crash never leaves a half-written model file. Nothing is pickled.
 
+A model file may come from someone else, so :func:`load_model` checks it before it builds or
+allocates anything: every field of ``model.json`` (``num_classes`` an int >= 2, positive
+``input_shape`` entries, finite bounds with ``lo < hi``, positive layer sizes...), only regular
+files under ``weights/`` (no symbolic link, FIFO or device), and the shapes of the model the
+spec describes (computed abstractly, without allocating) against the shapes the stored weights
+declare and against the size of the weight files. A spec whose model would not fit its
+weights, e.g. one that asks for more logits or far wider layers than the weights have, is
+refused naming the field.
+
 Example:
     >>> import os, tempfile
     >>> from flax import nnx
@@ -32,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -46,13 +54,23 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ipguard_jax.classifier import Classifier, params_hash
+from ipguard_jax._fileutil import (UnsafeFileError, array_nbytes, check_expansion, check_tree,
+                                   orbax_array_specs, read_regular, rename_new, sha256_regular)
+from ipguard_jax.classifier import Classifier, _check_bounds, _check_shape, params_hash
 from ipguard_jax.train import _unflatten_restored as _unflatten
 
 FORMAT = "ipguard_jax.model"
 FORMAT_VERSION = 1
 SPEC_FILE = "model.json"
 _WEIGHTS = "weights"
+_MAX_SPEC_BYTES = 16 << 20
+# Most elements of one input example a spec may declare (a 4096 x 4096 RGBA image).
+_MAX_INPUT_ELEMENTS = 4096 * 4096 * 4
+# Constructor arguments of the zoo models that are sizes or counts: positive ints (or lists of
+# them), at most _MAX_SIZE each.
+_SIZE_KWARGS = ("in_features", "in_channels", "hidden", "widths", "convs_per_stage",
+                "pool_size", "widen_factor")
+_MAX_SIZE = 1 << 24
 
 
 class ModelFileError(ValueError):
@@ -150,9 +168,15 @@ def _flatten(state: Any) -> tuple[list[str], dict[str, np.ndarray]]:
     return paths, arrays
 
 
-def _leaf_specs(state: Any) -> list[tuple[str, str, tuple[int, ...]]]:
-    paths, arrays = _flatten(state)
-    return [(p, a.dtype.str, a.shape) for p, a in zip(paths, arrays.values())]
+def _leaf_specs(state: Any) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
+    """Path, dtype and shape of each array :func:`_flatten` saves, for concrete or abstract
+    (``jax.ShapeDtypeStruct``) states alike."""
+    specs = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.eval_shape(jax.random.key_data, leaf)
+        specs.append((jax.tree_util.keystr(path), np.dtype(leaf.dtype), tuple(leaf.shape)))
+    return specs
 
 
 def _build(arch: str, num_classes: int, model_kwargs: Mapping[str, Any]) -> nnx.Module:
@@ -161,15 +185,14 @@ def _build(arch: str, num_classes: int, model_kwargs: Mapping[str, Any]) -> nnx.
     return models.create(arch, num_classes, rngs=nnx.Rngs(0), **dict(model_kwargs))
 
 
+def _abstract_state(arch: str, num_classes: int, model_kwargs: Mapping[str, Any]) -> Any:
+    """The state :func:`_build` would give, as shapes and dtypes only: nothing is allocated."""
+    return nnx.state(nnx.eval_shape(lambda: _build(arch, num_classes, model_kwargs)))
+
+
 def _file_digests(root: Path) -> dict[str, str]:
-    out = {}
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest = hashlib.sha256()
-        with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        out[file.relative_to(root).as_posix()] = digest.hexdigest()
-    return out
+    return {file.relative_to(root).as_posix(): sha256_regular(file)
+            for file in sorted(p for p in root.rglob("*") if p.is_file())}
 
 
 def _json_value(value: Any, name: str) -> Any:
@@ -204,7 +227,8 @@ def save_model(path: str | os.PathLike, model: nnx.Module, *, arch: str, num_cla
         The absolute path written.
 
     Raises:
-        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        FileExistsError: ``path`` exists and ``overwrite`` is False, or another process created
+            it while this one was writing.
         ModelFileError: ``path`` exists but is not a model file (never overwritten).
         ValueError: the model does not match ``arch``/``num_classes``/``model_kwargs``/
             ``input_shape``, or an argument is not JSON-able.
@@ -233,10 +257,10 @@ def save_model(path: str | os.PathLike, model: nnx.Module, *, arch: str, num_cla
         raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
     state = nnx.state(model)
     try:
-        template = _build(arch, num_classes, model_kwargs)
+        template = _abstract_state(arch, num_classes, model_kwargs)
     except TypeError as e:
         raise ValueError(f"cannot build {arch!r} with model_kwargs {model_kwargs}: {e}") from None
-    ours, theirs = _leaf_specs(state), _leaf_specs(nnx.state(template))
+    ours, theirs = _leaf_specs(state), _leaf_specs(template)
     if ours != theirs:
         diff = next((f"{a} vs {b}" for a, b in zip(ours, theirs) if a != b),
                     f"{len(ours)} arrays vs {len(theirs)}")
@@ -286,7 +310,7 @@ def save_model(path: str | os.PathLike, model: nnx.Module, *, arch: str, num_cla
             os.fsync(f.fileno())
         if path.exists():
             os.rename(path, old)
-        os.rename(staging, path)
+        rename_new(staging, path, "model file")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
@@ -300,15 +324,19 @@ def _flax_version() -> str:
 
 
 def _read_spec(path: Path) -> dict[str, Any]:
+    """The parsed ``model.json`` of the model file ``path``, every field checked."""
     if not path.exists():
         raise FileNotFoundError(f"no model file at {path}")
     if not path.is_dir():
         raise ModelFileError(f"{path} is a file, not a model file (a directory with {SPEC_FILE})")
     try:
-        spec = json.loads((path / SPEC_FILE).read_text(encoding="utf-8"))
+        spec = json.loads(read_regular(path / SPEC_FILE, max_bytes=_MAX_SPEC_BYTES
+                                       ).decode("utf-8"))
     except FileNotFoundError:
         raise ModelFileError(f"{path} is not a model file: {SPEC_FILE} is missing") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except UnsafeFileError as e:
+        raise ModelFileError(f"{path}: refusing to read {SPEC_FILE}: {e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ModelFileError(f"{path}: {SPEC_FILE} is corrupt ({e})") from None
     if not isinstance(spec, dict) or spec.get("format") != FORMAT:
         raise ModelFileError(f"{path}: {SPEC_FILE} is not an {FORMAT} spec")
@@ -321,11 +349,89 @@ def _read_spec(path: Path) -> dict[str, Any]:
     for key, kind in required.items():
         if not isinstance(spec.get(key), kind):
             raise ModelFileError(f"{path}: {SPEC_FILE} lacks a valid {key!r} entry")
+    _check_spec_fields(path, spec)
     return spec
+
+
+def _is_size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _MAX_SIZE
+
+
+def _check_spec_fields(path: Path, spec: dict[str, Any]) -> None:
+    """Checks the values of the fields a model is built from; errors name the field."""
+    def bad(field: str, why: str) -> ModelFileError:
+        return ModelFileError(f"{path}: {SPEC_FILE} has an invalid {field!r}: {why}")
+
+    from ipguard_jax import models
+
+    if spec["arch"] not in models.available():
+        raise bad("arch", f"{spec['arch']!r} is not one of {', '.join(models.available())}")
+    num_classes = spec["num_classes"]
+    if isinstance(num_classes, bool) or num_classes < 2:
+        raise bad("num_classes", f"must be an int >= 2, got {num_classes!r}")
+    try:
+        shape = _check_shape(spec["input_shape"])
+    except (TypeError, ValueError) as e:
+        raise bad("input_shape", str(e)) from None
+    if int(np.prod(shape, dtype=object)) > _MAX_INPUT_ELEMENTS:
+        raise bad("input_shape", f"{list(shape)} has more than {_MAX_INPUT_ELEMENTS:,} elements")
+    try:
+        _check_bounds(spec["bounds"])
+    except (TypeError, ValueError) as e:
+        raise bad("bounds", str(e)) from None
+    for key in _SIZE_KWARGS:
+        value = spec["model_kwargs"].get(key)
+        if value is None:
+            continue
+        sizes = value if isinstance(value, list) else [value]
+        if not all(_is_size(v) for v in sizes):
+            raise bad(f"model_kwargs.{key}",
+                      f"sizes must be positive ints up to {_MAX_SIZE:,}, got {value!r}")
+    paths = spec.get("state_paths")
+    if paths is not None and not (isinstance(paths, list)
+                                  and all(isinstance(p, str) for p in paths)):
+        raise bad("state_paths", "must be a list of strings")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in spec["files"].items()):
+        raise bad("files", "must map file names to sha256 strings")
+    for key in ("metadata", "library"):
+        if not isinstance(spec.get(key) or {}, dict):
+            raise bad(key, "must be an object")
+
+
+def _check_weights_fit(path: Path, spec: dict[str, Any],
+                       expected: list[tuple[str, np.dtype, tuple[int, ...]]],
+                       stored: dict[str, tuple[np.dtype, tuple[int, ...]]]) -> None:
+    """Checks the arrays the weights declare against those of the model the spec describes.
+
+    Run before the model is built, so a spec asking for a model far larger than its weights
+    (more logits, wider layers) is refused without allocating it.
+    """
+    num_classes = spec["num_classes"]
+    described = (f"the {spec['arch']!r} model {SPEC_FILE} describes (num_classes={num_classes}, "
+                 f"model_kwargs={spec['model_kwargs']})")
+    if sorted(stored) != [f"{i:06d}" for i in range(len(expected))]:
+        raise ModelFileError(f"{path}: the weights hold {len(stored)} arrays, {described} has "
+                             f"{len(expected)}")
+    for index, (leaf, dtype, shape) in enumerate(expected):
+        stored_dtype, stored_shape = stored[f"{index:06d}"]
+        if (stored_dtype, stored_shape) == (dtype, shape):
+            continue
+        if (len(shape) == len(stored_shape) >= 1 and shape[:-1] == stored_shape[:-1]
+                and shape[-1] == num_classes):
+            raise ModelFileError(
+                f"{path}: {SPEC_FILE} says num_classes={num_classes} but the weights have "
+                f"{stored_shape[-1]} logits ({leaf} is {list(stored_shape)})")
+        raise ModelFileError(
+            f"{path}: the weights do not fit {described}: {leaf} is {stored_dtype}"
+            f"{list(stored_shape)} in the weights, {dtype}{list(shape)} in the model")
 
 
 def load_model(path: str | os.PathLike) -> tuple[nnx.Module, ModelSpec]:
     """Loads a model file written by :func:`save_model` and checks its sha256.
+
+    Everything is checked before the model is built: the spec's fields, the weight files
+    (regular files only, matching their sha256) and the shapes of the model the spec describes
+    against those of the stored weights (see the module docs).
 
     Args:
         path: the model directory.
@@ -336,8 +442,10 @@ def load_model(path: str | os.PathLike) -> tuple[nnx.Module, ModelSpec]:
 
     Raises:
         FileNotFoundError: nothing at ``path``.
-        ModelFileError: not a model file, a part missing or unreadable, a newer format version,
-            or weights that do not match their sha256 (modified or corrupt).
+        ModelFileError: not a model file, a part missing or unreadable or not a regular file, an
+            invalid field in ``model.json`` (named), a newer format version, a spec that does
+            not fit its weights, or weights that do not match their sha256 (modified or
+            corrupt).
 
     Example:
         >>> import os, tempfile
@@ -358,7 +466,11 @@ def load_model(path: str | os.PathLike) -> tuple[nnx.Module, ModelSpec]:
     weights = path / _WEIGHTS
     if not weights.is_dir():
         raise ModelFileError(f"{path}: the weights directory is missing")
-    found = _file_digests(weights)
+    try:
+        stored_bytes = check_tree(weights)  # no link, FIFO or device for orbax to open
+        found = _file_digests(weights)
+    except UnsafeFileError as e:
+        raise ModelFileError(f"{path}: refusing to read the weights: {e}") from None
     for name, digest in spec["files"].items():
         if name not in found:
             raise ModelFileError(f"{path}: weight file {name} is missing")
@@ -366,35 +478,49 @@ def load_model(path: str | os.PathLike) -> tuple[nnx.Module, ModelSpec]:
             raise ModelFileError(f"{path}: weight file {name} does not match its sha256: the "
                                  "model file was modified or is corrupt")
     try:
-        template = _build(spec["arch"], spec["num_classes"], spec["model_kwargs"])
+        expected = _leaf_specs(_abstract_state(spec["arch"], spec["num_classes"],
+                                               spec["model_kwargs"]))
     except (TypeError, ValueError) as e:
         raise ModelFileError(f"{path}: cannot build the model it describes: {e}") from None
-    graphdef, state = nnx.split(template)
-    paths, flat = _flatten(state)
+    try:
+        stored = orbax_array_specs(weights)
+    except Exception as e:  # any failure of the array store means the same to the user
+        raise _unreadable(path, e) from None
+    _check_weights_fit(path, spec, expected, stored)
+    paths = [leaf for leaf, _, _ in expected]
     if spec.get("state_paths", paths) != paths:
         raise ModelFileError(f"{path}: the saved state does not fit {spec['arch']!r} as built "
                              "by this library version")
+    try:
+        check_expansion(sum(array_nbytes(dtype, shape) for _, dtype, shape in expected),
+                        stored_bytes, "the weights")
+    except UnsafeFileError as e:
+        raise ModelFileError(f"{path}: {e}") from None
+
+    template = _build(spec["arch"], spec["num_classes"], spec["model_kwargs"])
+    graphdef, state = nnx.split(template)
+    _, flat = _flatten(state)
     try:
         target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat.items()}
         with ocp.StandardCheckpointer() as checkpointer:
             restored = checkpointer.restore(weights, target)
         state = _unflatten(state, restored)
     except Exception as e:  # any failure of the array store means the same to the user
-        raise ModelFileError(f"{path}: the weights cannot be read, the file is corrupt or "
-                             f"incomplete ({type(e).__name__}: {str(e)[:200]})") from None
+        raise _unreadable(path, e) from None
     if params_hash(state) != spec["state_sha256"]:
         raise ModelFileError(f"{path}: the weights do not match their sha256: the model file "
                              "was modified or is corrupt")
     module = nnx.merge(graphdef, state)
     module.eval()
-    try:
-        result = ModelSpec(
-            arch=spec["arch"], num_classes=spec["num_classes"],
-            input_shape=tuple(int(d) for d in spec["input_shape"]),
-            bounds=(float(spec["bounds"][0]), float(spec["bounds"][1])),
-            model_kwargs=spec["model_kwargs"], metadata=dict(spec.get("metadata") or {}),
-            state_sha256=spec["state_sha256"], library=dict(spec.get("library") or {}),
-            created=str(spec.get("created", "")))
-    except (TypeError, ValueError, IndexError) as e:
-        raise ModelFileError(f"{path}: {SPEC_FILE} has a malformed entry ({e})") from None
+    result = ModelSpec(
+        arch=spec["arch"], num_classes=spec["num_classes"],
+        input_shape=_check_shape(spec["input_shape"]), bounds=_check_bounds(spec["bounds"]),
+        model_kwargs=spec["model_kwargs"], metadata=dict(spec.get("metadata") or {}),
+        state_sha256=spec["state_sha256"], library=dict(spec.get("library") or {}),
+        created=str(spec.get("created", "")))
     return module, result
+
+
+def _unreadable(path: Path, error: Exception) -> ModelFileError:
+    return ModelFileError(f"{path}: the weights cannot be read, the file is corrupt or "
+                          f"incomplete ({type(error).__name__}: {str(error)[:200]})")
