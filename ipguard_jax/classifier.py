@@ -64,7 +64,7 @@ def _check_shape(input_shape: Any) -> tuple[int, ...]:
     return shape
 
 
-def labels_from_logits(logits: Any, offset: int = 0) -> np.ndarray:
+def labels_from_logits(logits: Any, offset: int = 0, who: str = "the classifier") -> np.ndarray:
     """Argmax labels of a batch of logits, refusing inputs whose label is undefined.
 
     The label of an input is undefined where its logits hold a NaN, or where none of them is
@@ -74,6 +74,7 @@ def labels_from_logits(logits: Any, offset: int = 0) -> np.ndarray:
     Args:
         logits: ``(N, num_classes)`` logits.
         offset: index of the first row in the whole batch, for the error message.
+        who: what returned the logits, for the error message.
 
     Returns:
         A NumPy int32 array ``(N,)`` of labels.
@@ -95,7 +96,7 @@ def labels_from_logits(logits: Any, offset: int = 0) -> np.ndarray:
     if undefined.any():
         rows = np.flatnonzero(undefined)
         raise ValueError(
-            f"the classifier returned NaN logits, or no finite logit, for {len(rows)} of "
+            f"{who} returned NaN logits, or no finite logit, for {len(rows)} of "
             f"{len(logits)} inputs (the first is input {offset + int(rows[0])}): their labels "
             f"are undefined"
         )

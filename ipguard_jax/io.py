@@ -14,6 +14,11 @@ save of the same path; each live save holds an ``flock`` on its temporary files,
 saves never remove each other's. Of two saves that create the same new directory at once, one
 wins and the other raises :class:`FileExistsError`. No pickle is written or read.
 
+The sha256 of a directory is an integrity check: it catches a damaged or truncated file, not a
+deliberate edit (whoever can edit the file can recompute it). Evidence against edits is a sealed
+file's authentication tag, or a commitment published before the dispute
+(:func:`ipguard_jax.commit`).
+
 A fingerprint file may come from someone else, so loading bounds what it reads and allocates:
 every file of a directory is opened as a regular file only (a symbolic link, FIFO or device
 is refused, never read or waited on), ``CURRENT`` and the manifest have size caps, and the
@@ -625,6 +630,8 @@ def _load_version(path: Path, version: str) -> Fingerprints:
 
 def load(path: str | os.PathLike, *, passphrase: str | bytes | None = None) -> Fingerprints:
     """Loads a fingerprint set and checks its sha256 (and, if sealed, its authentication tag).
+
+    The sha256 is an integrity check (damage, not deliberate edits: see the module docs).
 
     Args:
         path: a directory written by :func:`save`, or a sealed file.

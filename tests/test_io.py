@@ -285,8 +285,8 @@ def test_losing_a_race_to_create_the_directory_raises_file_exists(tmp_path, monk
     target = tmp_path / "fp"
     real_write = fio._write_version
 
-    def write_then_lose_the_race(fingerprints, version_dir):
-        real_write(fingerprints, version_dir)
+    def write_then_lose_the_race(fingerprints, version_dir, target_path):
+        real_write(fingerprints, version_dir, target_path)
         monkeypatch.setattr(fio, "_write_version", real_write)
         ipg.save(theirs, target)  # another process finishes first
 

@@ -232,7 +232,7 @@ def test_generate(num, k, steps, init, keep, loop, target, key, kind, seed):
             return ipg.generate(OWNER, config, key=key, data=x if init == "data" else None,
                                 progress=False)
 
-    bad_key = not is_int(key)
+    bad_key = not is_int(key) or key < 0  # an int seed is in [0, 2**64)
     bad_data = init == "data" and kind not in ("ok", "list")
     if bad_key or bad_data:
         expect_named_error(run, (["key"] if bad_key else []) + (["data"] if bad_data else []))
