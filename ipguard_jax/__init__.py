@@ -8,6 +8,8 @@ independently trained models do not.
 Data flows one way::
 
     data -> Classifier -> generate -> Fingerprints -> verify / matching_rate
+                                                    -> calibrate -> with_calibration
+                                                    -> verify_sequential
                                                     -> save / load
 
 Example:
@@ -26,6 +28,9 @@ for use inside your own ``jax.jit`` or training loop.
 
 from ipguard_jax import engine as engine
 from ipguard_jax._version import __version__ as __version__
+from ipguard_jax.calibration import Calibration as Calibration
+from ipguard_jax.calibration import calibrate as calibrate
+from ipguard_jax.calibration import with_calibration as with_calibration
 from ipguard_jax.classifier import Classifier as Classifier
 from ipguard_jax.classifier import params_hash as params_hash
 from ipguard_jax.config import FingerprintConfig as FingerprintConfig
@@ -43,6 +48,8 @@ from ipguard_jax.io import load as load
 from ipguard_jax.io import save as save
 from ipguard_jax.io import seal as seal
 from ipguard_jax.io import unseal as unseal
+from ipguard_jax.sequential import SequentialVerdict as SequentialVerdict
+from ipguard_jax.sequential import verify_sequential as verify_sequential
 from ipguard_jax.suspects import HTTPSuspect as HTTPSuspect
 from ipguard_jax.suspects import QueryBudgetExceeded as QueryBudgetExceeded
 from ipguard_jax.suspects import SuspectQueryError as SuspectQueryError

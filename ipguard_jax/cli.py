@@ -1,9 +1,12 @@
-"""The ``ipguard`` command line: fingerprint a model, verify a suspect, inspect, evaluate.
+"""The ``ipguard`` command line: fingerprint, verify, calibrate, inspect, evaluate.
 
 Commands::
 
     ipguard fingerprint MODEL -o FINGERPRINTS   model + data -> fingerprint file
-    ipguard verify FINGERPRINTS SUSPECT         matching rate, p-value, verdict
+    ipguard verify FINGERPRINTS SUSPECT         matching rate, p-value, verdict (--sequential:
+                                                stop after the fewest queries that decide)
+    ipguard calibrate FINGERPRINTS REF... -o OUT
+                                                the null, measured on independent models
     ipguard inspect FINGERPRINTS                provenance of a fingerprint file (never the points)
     ipguard evaluate --quick --out DIR          the robustness/uniqueness (ARUC) benchmark
     ipguard demo                                train, fingerprint and verify on digits
@@ -109,6 +112,20 @@ def _rate(text: str) -> float:
     value = _finite(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be a rate in [0, 1], got {text}")
+    return value
+
+
+def _open_rate(text: str) -> float:
+    value = _finite(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a rate strictly between 0 and 1, got {text}")
+    return value
+
+
+def _unit_interval(text: str) -> float:
+    value = _finite(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text}")
     return value
 
 
@@ -233,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
             """,
             ["ipguard fingerprint owner_model -o owner_fp --num 100 --k 3",
              "ipguard verify owner_fp suspect_model --null-rate 0.3",
+             "ipguard calibrate owner_fp indep1 indep2 indep3 indep4 indep5 -o owner_fp_cal",
+             "ipguard verify owner_fp_cal https://api.example.com/predict --sequential",
              "ipguard inspect owner_fp",
              "ipguard evaluate --quick --out results",
              "ipguard demo"]))
@@ -324,9 +343,16 @@ def build_parser() -> argparse.ArgumentParser:
             """
             Query a suspect on the fingerprints and judge whether it is a copy of their owner:
             the matching rate (share of fingerprints where the suspect gives the owner's
-            label) against --threshold, and with --null-rate (the rate at which independently
-            trained models match, measured on models you trained yourself) the exact binomial
-            p-value.
+            label) and, given a null, its p-value: the chance that an independently trained
+            model matches as often. The null is --null-rate if given (an exact binomial
+            test), else the calibration stored in FINGERPRINTS by 'ipguard calibrate' (a
+            beta-binomial fitted on reference models); the output says which.
+
+            With a calibrated null the suspect is a copy when its p-value is at most --fpr
+            (default 1%); otherwise when its matching rate reaches --threshold (default 0.5).
+            --sequential queries a few fingerprints at a time in a secret random order and
+            stops as soon as a sequential test decides at --fpr and --fnr (for copies
+            matching at least --pirate-rate): far fewer queries to a paid API.
 
             SUSPECT is a model file, a PyTorch state dict file, a Keras .keras file or an
             http(s):// endpoint answering {"inputs": [...]} with {"labels": [...]} or
@@ -335,16 +361,37 @@ def build_parser() -> argparse.ArgumentParser:
             exit status: 0 not a copy, 1 a copy (pirated), 2 error.
             """,
             ["ipguard verify owner_fp suspect_model --null-rate 0.3",
+             "ipguard verify owner_fp_cal suspect_model --fpr 0.001",
+             "ipguard verify owner_fp_cal https://api.example.com/predict --sequential "
+             "--order-seed $SECRET_SEED --query-budget 200 --resume resume.json",
              "ipguard verify owner_fp https://api.example.com/predict --query-budget 1000 "
              "--resume resume.json --json"]))
     p.add_argument("fingerprints", metavar="FINGERPRINTS", help="the owner's fingerprint file")
     p.add_argument("suspect", metavar="SUSPECT", help="the suspect model or endpoint")
-    p.add_argument("--threshold", type=_rate, default=0.5,
-                   help="a matching rate >= threshold means a copy (default %(default)s)")
+    p.add_argument("--threshold", type=_rate, default=None,
+                   help="a matching rate >= threshold means a copy (default: the calibrated "
+                        "threshold for --fpr in a calibrated set, else 0.5)")
     p.add_argument("--null-rate", type=_rate, default=None,
-                   help="matching rate of independent models, for the p-value")
-    p.add_argument("--batch-size", type=_positive_int, default=64,
-                   help="points per query (default %(default)s)")
+                   help="matching rate of independent models, for a binomial p-value "
+                        "(overrides the set's calibration)")
+    p.add_argument("--fpr", type=_open_rate, default=0.01,
+                   help="false-positive rate to allow: sets the calibrated threshold and the "
+                        "sequential test (default %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="points per query (default 64; 10 with --sequential)")
+    seq = p.add_argument_group(
+        "sequential verification (stop as soon as the answers decide; needs a null)")
+    seq.add_argument("--sequential", action="store_true",
+                     help="query in small batches, in a secret random order, and stop as "
+                          "soon as a sequential test (SPRT) decides at --fpr and --fnr")
+    seq.add_argument("--fnr", type=_open_rate, default=None,
+                     help="false-negative rate to aim for, for copies matching --pirate-rate "
+                          "(default 0.05)")
+    seq.add_argument("--pirate-rate", type=_open_rate, default=None,
+                     help="matching rate of the copies to catch (default 0.8)")
+    seq.add_argument("--order-seed", type=_seed, default=None,
+                     help="seed of the secret query order (default: fresh OS randomness; fix "
+                          "it, and keep it secret, to resume an endpoint run with --resume)")
     decoys = p.add_argument_group(
         "decoys (natural inputs mixed into every query, so a suspect cannot single out the "
         "fingerprints)")
@@ -374,6 +421,46 @@ def build_parser() -> argparse.ArgumentParser:
     http.add_argument("--resume", metavar="FILE",
                       help="answers kept here; a rerun does not query them again")
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    _add_common(p)
+
+    # calibrate -----------------------------------------------------------------------------
+    p = commands.add_parser(
+        "calibrate", help="measure the null on independent reference models",
+        **_help_text(
+            """
+            Query reference models trained independently of the owner (other seeds, data or
+            architectures: never copies of it) on the fingerprints, fit how often such
+            models match as a beta-binomial across models, and write the fingerprint set
+            with this calibration to --out (inside the sealed file with a passphrase; a
+            sealed FINGERPRINTS needs one). 'ipguard verify' then reports p-values under
+            this null and decides at a false-positive rate you choose.
+
+            At least --min-references models are needed (default 5); with few, the fit is
+            widened to stay conservative (see ipguard_jax.calibration).
+            """,
+            ["ipguard calibrate owner_fp indep1 indep2 indep3 indep4 indep5 -o owner_fp_cal",
+             "ipguard calibrate owner.sealed m1 m2 m3 m4 m5 m6 -o owner_cal.sealed "
+             "--passphrase-env FP_PASS"]))
+    p.add_argument("fingerprints", metavar="FINGERPRINTS", help="the owner's fingerprint file")
+    p.add_argument("references", metavar="REF", nargs="+",
+                   help="independently trained reference models (model, PyTorch or Keras "
+                        "files)")
+    p.add_argument("-o", "--out", required=True, metavar="OUT",
+                   help="fingerprint file to write, with the calibration")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing fingerprint file at --out")
+    p.add_argument("--min-references", type=_positive_int, default=5,
+                   help="fewest reference models accepted (default %(default)s, at least 2)")
+    p.add_argument("--min-dispersion", type=_unit_interval, default=0.01,
+                   help="floor on the fitted over-dispersion (default %(default)s)")
+    p.add_argument("--fpr", type=_open_rate, default=0.01,
+                   help="false-positive rate whose threshold is shown (default %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=256,
+                   help="points per query (default %(default)s)")
+    _add_model_options(p, "reference")
+    _add_passphrase_options(p, "reads a sealed FINGERPRINTS; with a passphrase, --out is "
+                               "written as one sealed file")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_common(p)
 
     # inspect -------------------------------------------------------------------------------
@@ -890,29 +977,89 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _describe_null(verdict: Any, calibration: Any) -> str:
+    """The verdict's null in words, for the ``null`` line of ``verify``."""
+    if calibration is not None:
+        return (f"{verdict.null_source} (beta-binomial, mean rate {calibration.mean:.1%}, "
+                f"over-dispersion {calibration.dispersion:.3g})")
+    if verdict.null_rate is not None:
+        return f"{verdict.null_source}: {verdict.null_rate:.1%} (binomial)"
+    return "none (give --null-rate, or calibrate the set: ipguard calibrate)"
+
+
+def _verify_options(args: argparse.Namespace, calibration: Any) -> Any:
+    """Checks the options that depend on each other; returns the query key (a seed or None)."""
+    if args.sequential:
+        if args.threshold is not None:
+            raise UsageError("--threshold does not apply to --sequential: the sequential test "
+                             "decides at --fpr and --fnr")
+        if args.null_rate is None and calibration is None:
+            raise UsageError("--sequential needs a null: give --null-rate, or calibrate the "
+                             "set with 'ipguard calibrate'")
+        if args.null_rate is not None and not 0.0 < args.null_rate < 1.0:
+            raise UsageError("--sequential needs a --null-rate strictly between 0 and 1")
+    else:
+        given = [name for name, value in (("--fnr", args.fnr),
+                                          ("--pirate-rate", args.pirate_rate),
+                                          ("--order-seed", args.order_seed))
+                 if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} "
+                             f"--sequential")
+    if args.decoys is None and (args.decoy_ratio is not None or args.decoy_seed is not None):
+        raise UsageError("--decoy-ratio and --decoy-seed need --decoys")
+    if args.decoy_seed is not None and args.order_seed is not None:
+        raise UsageError("give --decoy-seed or --order-seed, not both: one key orders the "
+                         "queries and draws the decoys")
+    if args.batch_size is None:
+        args.batch_size = 10 if args.sequential else 64
+    return args.decoy_seed if args.decoy_seed is not None else args.order_seed
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     import ipguard_jax as ipg
+    from ipguard_jax.calibration import calibration_of
 
     fingerprints = load_fingerprints(args.fingerprints, args)
     if len(fingerprints) == 0:
         raise UsageError(f"{args.fingerprints} holds no fingerprints")
     commitment = _check_commitment(fingerprints, args)  # before any query
+    try:
+        calibration = calibration_of(fingerprints)
+    except ValueError as e:
+        raise UsageError(f"{args.fingerprints}: {e}") from None
+    key = _verify_options(args, calibration)
+    if args.null_rate is not None:
+        calibration = None  # --null-rate overrides the set's calibration
     decoys = None
     if args.decoys is not None:
         decoys = load_data_source(args.decoys, args.decoy_split, fingerprints.input_shape[-1],
-                                  **_limits(args),
                                   option="--decoys").x
-    elif args.decoy_ratio is not None or args.decoy_seed is not None:
-        raise UsageError("--decoy-ratio and --decoy-seed need --decoys")
     suspect, about = load_model_source(args.suspect, args, input_shape=fingerprints.input_shape,
                                        allow_url=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        verdict = ipg.verify(fingerprints, suspect, threshold=args.threshold,
-                             null_rate=args.null_rate, batch_size=args.batch_size,
-                             decoys=decoys, decoy_ratio=args.decoy_ratio, key=args.decoy_seed)
+        if args.sequential:
+            verdict = ipg.verify_sequential(
+                fingerprints, suspect, fpr=args.fpr,
+                fnr=0.05 if args.fnr is None else args.fnr,
+                pirate_rate=0.8 if args.pirate_rate is None else args.pirate_rate,
+                null_rate=args.null_rate, batch_size=args.batch_size, decoys=decoys,
+                decoy_ratio=args.decoy_ratio, key=key)
+        else:
+            verdict = ipg.verify(fingerprints, suspect, threshold=args.threshold,
+                                 null_rate=args.null_rate, batch_size=args.batch_size,
+                                 fpr=args.fpr, decoys=decoys, decoy_ratio=args.decoy_ratio,
+                                 key=key)
     _print_warnings(caught)
     owner_hash = fingerprints.metadata.get("classifier", {}).get("params_sha256")
+    sequential = None
+    if args.sequential:
+        sequential = {"stopped_by": verdict.stopped_by, "answers_used": verdict.num_points,
+                      "fingerprints_queried": verdict.num_queried,
+                      "fingerprints_available": verdict.num_available, "fnr": verdict.fnr,
+                      "pirate_rate": verdict.pirate_rate, "fpr_exact": verdict.fpr_exact,
+                      "fnr_exact": verdict.fnr_exact}
     if args.json:
         print(json.dumps({
             "fingerprints": str(Path(args.fingerprints).absolute()),
@@ -922,10 +1069,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             "num_matches": verdict.num_matches,
             "num_points": verdict.num_points,
             "threshold": verdict.threshold,
+            "null_source": verdict.null_source,
             "null_rate": verdict.null_rate,
+            "null": None if calibration is None else calibration.to_dict(),
             "p_value": verdict.p_value,
+            "fpr": verdict.fpr,
+            "fpr_threshold": verdict.fpr_threshold,
             "is_copy": verdict.is_copy,
             "verdict": "pirated" if verdict.is_copy else "not pirated",
+            "sequential": sequential,
             "decoys": None if decoys is None else {"source": args.decoys,
                                                    "ratio": args.decoy_ratio or 1.0,
                                                    "sent": verdict.num_decoys},
@@ -933,27 +1085,110 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         }, indent=1))
     else:
         name = about.get("url") or about.get("file")
-        print(f"fingerprints   {args.fingerprints} ({verdict.num_points} points, owner "
+        print(f"fingerprints   {args.fingerprints} ({len(fingerprints)} points, owner "
               f"parameters sha256 {str(owner_hash)[:16]}...)")
         if commitment is not None:
             print(f"commitment     matches {commitment}")
         print(f"suspect        {name} ({about['kind']})")
+        print(f"null           {_describe_null(verdict, calibration)}")
         print(f"matching rate  {verdict.matching_rate:.1%} ({verdict.num_matches} of "
               f"{verdict.num_points})")
+        if sequential is not None:
+            print(f"sequential     decided by the {verdict.stopped_by} after "
+                  f"{verdict.num_points} answers; {verdict.num_queried} of "
+                  f"{verdict.num_available} fingerprints queried")
+            print(f"error rates    {verdict.fpr_exact:.3g} false positive (asked <= "
+                  f"{verdict.fpr:g}), {verdict.fnr_exact:.3g} false negative for copies "
+                  f"matching {verdict.pirate_rate:.0%} (asked {verdict.fnr:g})")
         if verdict.num_decoys:
             print(f"decoys         {verdict.num_decoys} natural inputs mixed into the queries "
                   f"(not counted)")
-        print(f"threshold      {verdict.threshold:.1%}")
+        if sequential is None:
+            print(f"threshold      {verdict.threshold:.1%}")
         if verdict.p_value is None:
             print("p-value        n/a (give --null-rate, the matching rate of independent "
-                  "models)")
+                  "models, or calibrate the set: ipguard calibrate)")
+        elif calibration is not None:
+            print(f"p-value        {verdict.p_value:.3g} (beta-binomial null "
+                  f"{verdict.null_source}{', sequential design' if sequential else ''})")
         else:
-            print(f"p-value        {verdict.p_value:.3g} (null rate {verdict.null_rate:.1%})")
+            print(f"p-value        {verdict.p_value:.3g} (null rate {verdict.null_rate:.1%}"
+                  f"{', sequential design' if sequential else ''})")
+        if verdict.fpr_threshold is not None:
+            count = round(verdict.fpr_threshold * len(fingerprints))
+            print(f"fpr threshold  {verdict.fpr_threshold:.1%}: {count} of {len(fingerprints)} "
+                  f"matches give p <= {verdict.fpr:g}")
         print("verdict        " + ("PIRATED: the suspect matches the owner's fingerprints"
                                    if verdict.is_copy else
                                    "NOT PIRATED: the suspect does not match enough "
                                    "fingerprints"))
     return EXIT_COPY if verdict.is_copy else EXIT_NOT_COPY
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    import ipguard_jax as ipg
+    from ipguard_jax.calibration import calibrate, with_calibration
+
+    out = Path(args.out).expanduser()
+    passphrase = _passphrase(args)
+    _check_out(out, args.overwrite, passphrase is not None)  # a refusal must not cost a run
+    if passphrase is not None and importlib.util.find_spec("cryptography") is None:
+        raise UsageError("sealed fingerprint files need the cryptography package: pip install "
+                         "'ipguard-jax[seal]'")
+    if args.min_references < 2:
+        raise UsageError(f"--min-references must be at least 2, got {args.min_references}")
+    if len(args.references) < args.min_references:
+        raise UsageError(f"calibrate needs at least {args.min_references} reference models, "
+                         f"got {len(args.references)} (--min-references lowers the minimum; "
+                         f"fewer cannot estimate how much independent models differ)")
+    if len(set(args.references)) != len(args.references):
+        raise UsageError("a reference model is given twice")
+    source = Path(args.fingerprints).expanduser()
+    sealed_in = source.is_file() and _is_sealed(source)
+    reading = args if sealed_in else argparse.Namespace(
+        **{**vars(args), "passphrase_env": None, "passphrase_file": None})
+    fingerprints = load_fingerprints(args.fingerprints, reading)
+    if len(fingerprints) < 2:
+        raise UsageError(f"{args.fingerprints} holds {len(fingerprints)} fingerprints; "
+                         "calibration needs at least 2")
+    owner_hash = fingerprints.metadata.get("classifier", {}).get("params_sha256")
+    models, descriptions = [], []
+    for ref in args.references:
+        if ref.startswith(_URL_PREFIXES):
+            raise UsageError(f"{ref}: references must be model files here (for an endpoint, "
+                             "call ipguard_jax.calibrate with an HTTPSuspect)")
+        model, about = load_model_source(ref, args, input_shape=fingerprints.input_shape)
+        if owner_hash is not None and about.get("params_sha256") == owner_hash:
+            raise UsageError(f"{ref} is the owner itself (its parameters sha256 is the "
+                             "fingerprints' owner's): references must be independent models")
+        models.append(model)
+        descriptions.append(", ".join(f"{k}={v}" for k, v in about.items()))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        calibration = calibrate(fingerprints, models, names=list(args.references),
+                                descriptions=descriptions, min_references=args.min_references,
+                                min_dispersion=args.min_dispersion, batch_size=args.batch_size)
+    _print_warnings(caught)
+    path = ipg.save(with_calibration(fingerprints, calibration), out, overwrite=args.overwrite,
+                    passphrase=passphrase)
+    n = len(fingerprints)
+    count = calibration.threshold(args.fpr)
+    if args.json:
+        print(json.dumps({"path": str(path), "sealed": passphrase is not None,
+                          "num_points": n, "fpr": args.fpr, "threshold_matches": count,
+                          "calibration": calibration.to_dict()}, indent=1))
+        return 0
+    print(f"wrote {args.fingerprints} with its calibration to {path}"
+          + (" (sealed)" if passphrase is not None else ""))
+    print(f"null        {calibration}")
+    width = max(len(name) for name in calibration.names)
+    for name, rate in zip(calibration.names, calibration.rates):
+        print(f"  {name:<{width}}  {rate:.1%}")
+    print(f"fit         {calibration.method}")
+    reach = (f"{count} of {n} matches ({count / n:.1%})" if count <= n
+             else f"more than all {n} fingerprints (no verdict possible at this rate)")
+    print(f"threshold   at a false-positive rate of {args.fpr:g} a copy needs {reach}")
+    return 0
 
 
 _KEY_SOURCES = {
@@ -1030,9 +1265,18 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                                                   for k, v in origin["model"].items())))
         if isinstance(origin.get("data"), Mapping):
             rows.append(("start data", ", ".join(f"{k}={v}" for k, v in origin["data"].items())))
+    if meta.get("calibration") is not None:
+        from ipguard_jax.calibration import calibration_of
+
+        try:
+            calibration = calibration_of(fingerprints)
+            rows.append(("null", f"{calibration}; at 1% false positives a copy matches >= "
+                                 f"{calibration.threshold(0.01)} of {len(fingerprints)}"))
+        except ValueError as e:
+            rows.append(("null", f"INVALID calibration: {e}"))
     known = {"format_version", "library", "created", "config", "loop", "compact", "key",
              "classifier", "num_candidates", "num_converged", "convergence_rate", "wall_time_s",
-             "origin"}
+             "origin", "calibration"}
     for key in sorted(set(meta) - known):
         rows.append((key, json.dumps(meta[key], default=str)[:500]))
     if commitment is not None:
@@ -1138,7 +1382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         debug = args.debug
         commands = {"fingerprint": _cmd_fingerprint, "verify": _cmd_verify,
-                    "inspect": _cmd_inspect}
+                    "calibrate": _cmd_calibrate, "inspect": _cmd_inspect}
         with _quiet_library_logs(not debug):
             if args.command == "evaluate":
                 return _cmd_evaluate(args, argv)

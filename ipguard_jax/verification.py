@@ -3,7 +3,10 @@
 A suspect is a :class:`~ipguard_jax.Classifier` or any callable from a NumPy batch to logits or
 labels (a local model, :class:`~ipguard_jax.HTTPSuspect`, a PyTorch
 :class:`~ipguard_jax.convert.TorchSuspect`). :func:`verify` gives a :class:`Verdict` with the
-matching rate and, given the rate at which independent models agree, an exact binomial p-value.
+matching rate and, given a null, an exact p-value: binomial against a ``null_rate`` you give,
+or beta-binomial against the null calibrated on reference models and stored in the set
+(:mod:`ipguard_jax.calibration`). :func:`ipguard_jax.verify_sequential`
+(:mod:`ipguard_jax.sequential`) stops querying as soon as the answers decide.
 
 Example:
     >>> import jax.numpy as jnp, numpy as np
@@ -25,7 +28,8 @@ import hashlib
 import json
 import math
 import numbers
-from typing import Any, Callable
+import secrets
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +63,8 @@ def _labels_from_output(out: Any, batch_len: int, num_classes: int | None) -> np
         if not (np.issubdtype(out.dtype, np.number) and not np.issubdtype(out.dtype,
                                                                            np.complexfloating)):
             raise TypeError(f"the suspect must return real logits, got dtype {out.dtype}")
-        return labels_from_logits(out).astype(np.int64)  # refuses NaN or no finite logit
+        # refuses NaN or no finite logit: the label would be arbitrary
+        return labels_from_logits(out, who="the suspect").astype(np.int64)
     if out.ndim == 1:  # labels
         if out.shape[0] != batch_len:
             raise ValueError(f"the suspect returned {out.shape[0]} labels for {batch_len} queries")
@@ -201,16 +206,21 @@ def _rng_sha256(rng: np.random.Generator) -> str:
 
 def _bind(suspect: Suspect, fingerprints: Fingerprints, num_classes: int | None,
           decoys: np.ndarray | None = None, ratio: float | None = None,
-          order: str | None = None) -> None:
+          order: str | None = None, shuffled: bool = False) -> None:
     """Ties an :class:`HTTPSuspect` (and its resume file) to this run before it is queried:
     the fingerprints' points and labels and the decoy settings (the pool, the ratio and
-    ``order``, the key's state; ``None`` for fresh randomness). Other suspects are left alone."""
+    ``order``, the key's state; ``None`` for fresh randomness). A run that queries the
+    fingerprints alone in a secret order (``shuffled``, see :func:`_answers`) binds that
+    order's ``order`` too. Other suspects are left alone."""
     if not isinstance(suspect, HTTPSuspect):
         return
     settings = None if decoys is None else {"sha256": content_digest({"decoys": decoys}, {}),
                                              "ratio": float(ratio), "key": order}
     points = content_digest({"x": fingerprints.x, "labels": fingerprints.labels}, {})
-    suspect.bind({"fingerprints": points, "decoys": settings}, num_classes=num_classes)
+    context = {"fingerprints": points, "decoys": settings}
+    if shuffled and decoys is None:
+        context["order"] = order
+    suspect.bind(context, num_classes=num_classes)
 
 
 def _asker(suspect: Suspect, num_classes: int | None,
@@ -302,6 +312,29 @@ def query_labels(fingerprints: Fingerprints, suspect: Suspect, batch_size: int =
 def _query(fingerprints: Fingerprints, suspect: Suspect, batch_size: Any, decoys: Any,
            decoy_ratio: Any, key: Any, mesh: Any) -> tuple[np.ndarray, int]:
     """:func:`query_labels`'s labels, and how many decoys were sent with them."""
+    labels = np.full(len(fingerprints), -1, np.int64)
+    num_decoys = 0
+    for items, answers, sent in _answers(fingerprints, suspect, batch_size, decoys, decoy_ratio,
+                                         key, mesh):
+        labels[items] = answers
+        num_decoys += sent
+    return labels, num_decoys
+
+
+def _answers(fingerprints: Fingerprints, suspect: Suspect, batch_size: Any, decoys: Any,
+             decoy_ratio: Any, key: Any, mesh: Any, *,
+             shuffle: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """Checks the arguments, binds an :class:`HTTPSuspect`, and returns the query loop.
+
+    The loop yields, batch by batch as the suspect answers, ``(items, labels, num_decoys)``:
+    the indices of the fingerprints in the batch (in the order sent), the suspect's labels
+    on them, and the decoys sent along. Nothing is sent before the first ``next``, and a
+    caller that stops iterating (a sequential test that has decided) sends nothing more.
+
+    Without decoys the fingerprints go in their stored order, or with ``shuffle`` in a random
+    order drawn from ``key`` (``None``: 128 bits from the OS, :mod:`secrets`); with decoys
+    the order is always :func:`_interleave`'s, drawn from ``key``.
+    """
     _check_fingerprints(fingerprints)
     if not (isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
             and batch_size > 0):
@@ -317,9 +350,16 @@ def _query(fingerprints: Fingerprints, suspect: Suspect, batch_size: Any, decoys
     if decoys is None:
         if decoy_ratio is not None:
             raise ValueError("decoy_ratio needs decoys: pass decoys=... (natural inputs)")
-        _bind(suspect, fingerprints, num_classes)
-        return np.concatenate([ask(fingerprints.x[s:s + batch_size])
-                               for s in range(0, n, batch_size)]), 0
+        if not shuffle:
+            _bind(suspect, fingerprints, num_classes)
+            return ((np.arange(s, min(s + batch_size, n)), ask(fingerprints.x[s:s + batch_size]),
+                     0) for s in range(0, n, batch_size))
+        rng = np.random.default_rng(secrets.randbits(128)) if key is None else _rng(key)
+        order = None if key is None else _rng_sha256(rng)
+        permutation = rng.permutation(n)
+        _bind(suspect, fingerprints, num_classes, order=order, shuffled=True)
+        return ((items, ask(fingerprints.x[items]), 0)
+                for items in (permutation[s:s + batch_size] for s in range(0, n, batch_size)))
     decoys = _check_decoys(fingerprints, decoys)
     if isinstance(suspect, HTTPSuspect):  # it cuts batches into requests: each must mix too
         batch_size = min(batch_size, suspect.batch_size)
@@ -330,14 +370,16 @@ def _query(fingerprints: Fingerprints, suspect: Suspect, batch_size: Any, decoys
     batches, picks = _interleave(n, decoys.shape[0], ratio, batch_size, rng)
     _bind(suspect, fingerprints, num_classes, decoys, ratio, order)
     pool = decoys[picks]
-    labels = np.full(n, -1, np.int64)
-    for items in batches:
-        is_fp = items < n
-        batch = np.empty((len(items), *fingerprints.input_shape), fingerprints.x.dtype)
-        batch[is_fp] = fingerprints.x[items[is_fp]]
-        batch[~is_fp] = pool[items[~is_fp] - n]
-        labels[items[is_fp]] = ask(batch)[is_fp]
-    return labels, len(picks)
+
+    def mixed() -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+        for items in batches:
+            is_fp = items < n
+            batch = np.empty((len(items), *fingerprints.input_shape), fingerprints.x.dtype)
+            batch[is_fp] = fingerprints.x[items[is_fp]]
+            batch[~is_fp] = pool[items[~is_fp] - n]
+            yield items[is_fp], ask(batch)[is_fp], int((~is_fp).sum())
+
+    return mixed()
 
 
 def matching_rate(fingerprints: Fingerprints, suspect: Suspect, batch_size: int = 256, *,
@@ -408,6 +450,12 @@ def binomial_sf(successes: int, trials: int, p: float) -> float:
     return min(1.0, math.exp(top) * math.fsum(math.exp(t - top) for t in terms))
 
 
+#: :attr:`Verdict.null_source` of a verdict given a ``null_rate``.
+USER_NULL = "user-given rate"
+#: :attr:`Verdict.null_source` of a verdict without a null (no p-value).
+NO_NULL = "none"
+
+
 @dataclasses.dataclass(frozen=True)
 class Verdict:
     """The outcome of verifying a suspect against a fingerprint set.
@@ -418,12 +466,19 @@ class Verdict:
         is_copy: ``matching_rate >= threshold``.
         num_points: fingerprints queried.
         num_matches: fingerprints matched.
-        null_rate: the agreement rate expected of an independent model (``None``: not given).
-        p_value: exact one-sided binomial test of ``num_matches`` against ``null_rate``: the
-            chance that an independent model matches at least this often (``None`` without a
-            ``null_rate``).
+        null_rate: the agreement rate expected of an independent model (``None``: no null);
+            for a calibrated null, its mean.
+        p_value: the chance that an independent model matches at least this often: exact
+            binomial against a given ``null_rate``, exact beta-binomial against a calibrated
+            null (``None`` without a null).
         num_decoys: natural inputs sent along with the fingerprints (their answers are not
             counted), so the suspect received ``num_points + num_decoys`` queries.
+        null_source: where the null came from: ``"calibrated on N models"`` (the set's
+            :class:`~ipguard_jax.calibration.Calibration`), ``"user-given rate"`` or
+            ``"none"``.
+        fpr: the false-positive rate asked for (``None`` without a null).
+        fpr_threshold: the matching rate at or above which the p-value is at most ``fpr``
+            (above 1 when no count is that unlikely; ``None`` without a null).
 
     Example:
         >>> from ipguard_jax import Verdict
@@ -441,6 +496,9 @@ class Verdict:
     null_rate: float | None = None
     p_value: float | None = None
     num_decoys: int = 0
+    null_source: str = NO_NULL
+    fpr: float | None = None
+    fpr_threshold: float | None = None
 
     def __str__(self) -> str:
         verdict = "COPY" if self.is_copy else "not a copy"
@@ -448,25 +506,81 @@ class Verdict:
                 f"({self.matching_rate:.1%}, threshold {self.threshold:.1%})")
         if self.num_decoys:
             text += f" among {self.num_decoys} decoys"
-        if self.p_value is not None:
-            text += (f", p = {self.p_value:.3g} against an independent-model rate of "
-                     f"{self.null_rate:.1%}")
+        return text + self._null_text()
+
+    def _null_text(self) -> str:
+        if self.p_value is None:
+            return ""
+        if self.null_source.startswith("calibrated"):
+            text = (f", p = {self.p_value:.3g} under the beta-binomial null {self.null_source} "
+                    f"(mean rate {self.null_rate:.1%})")
+        else:
+            text = (f", p = {self.p_value:.3g} against an independent-model rate of "
+                    f"{self.null_rate:.1%}")
+        if self.fpr is not None and self.fpr_threshold is not None:
+            text += (f"; at {self.fpr:.2%} false positives a copy matches >= "
+                     f"{self.fpr_threshold:.1%}")
         return text
 
 
-def verify(fingerprints: Fingerprints, suspect: Suspect, threshold: float = 0.5,
-           null_rate: float | None = None, batch_size: int = 256, *, decoys: Any = None,
-           decoy_ratio: float | None = None, key: Any = None, mesh: Any = "auto") -> Verdict:
+def _resolve_null(fingerprints: Fingerprints, null_rate: Any):
+    """``(source, calibration)`` of a verification's null, checked before any query."""
+    from ipguard_jax.calibration import calibration_of
+
+    if null_rate is not None:
+        if not (_is_real(null_rate) and 0.0 <= null_rate <= 1.0):
+            raise ValueError(f"null_rate must be a number in [0, 1] or None, got {null_rate!r}")
+        return USER_NULL, None
+    calibration = calibration_of(fingerprints) if isinstance(fingerprints, Fingerprints) \
+        else None
+    return (NO_NULL, None) if calibration is None else (calibration.source, calibration)
+
+
+def _binomial_threshold(fpr: float, n: int, p: float) -> int:
+    """The fewest matches out of ``n`` whose binomial p-value at ``p`` is at most ``fpr``
+    (``n + 1`` when none is)."""
+    lo, hi = 0, n + 1  # binomial_sf decreases in the count: bisect
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if binomial_sf(mid, n, p) <= fpr:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def verify(fingerprints: Fingerprints, suspect: Suspect, threshold: float | None = None,
+           null_rate: float | None = None, batch_size: int = 256, *, fpr: float = 0.01,
+           decoys: Any = None, decoy_ratio: float | None = None, key: Any = None,
+           mesh: Any = "auto") -> Verdict:
     """Judges whether a suspect is a copy of the fingerprints' owner.
+
+    The null (how often an innocent, independently trained model matches) comes from, in
+    this order: ``null_rate`` if given (an exact binomial test, as if every independent model
+    matched at that one rate); else the set's calibration
+    (:func:`~ipguard_jax.calibration.calibrate`, stored by
+    :func:`~ipguard_jax.calibration.with_calibration`), a beta-binomial fitted across
+    reference models; else there is none, and the verdict has no p-value.
+    :attr:`Verdict.null_source` says which.
+
+    The decision: with a calibrated null and no ``threshold``, the suspect is a copy when its
+    beta-binomial p-value is at most ``fpr`` (its matches reach the calibrated threshold), so
+    the verdict carries that false-positive rate. Otherwise it is a copy when its matching
+    rate is ``>= threshold`` (default 0.5), as before calibration existed; the p-value and
+    the threshold for ``fpr`` are reported alongside.
 
     Args:
         fingerprints: the owner's fingerprint set.
         suspect: a :class:`Classifier` or a callable (see :func:`query_labels`).
-        threshold: the suspect is a copy when its matching rate is ``>= threshold``.
+        threshold: the suspect is a copy when its matching rate is ``>= threshold``
+            (``None``: the calibrated threshold for ``fpr`` with a calibrated null, else 0.5).
         null_rate: the rate at which independently trained models agree with the owner on these
             fingerprints (measure it on models you trained yourself); with it, the verdict
-            carries the exact binomial p-value of the observed matches.
+            carries the exact binomial p-value of the observed matches, and the set's
+            calibration, if any, is not used.
         batch_size: queries per call (fingerprints and decoys together).
+        fpr: the false-positive rate to allow, in ``(0, 1)``: it sets the calibrated
+            threshold, and :attr:`Verdict.fpr_threshold` for either null.
         decoys: natural inputs interleaved with the fingerprints in a random order, so that a
             suspect cannot single out the fingerprint queries (see :func:`query_labels`); the
             matching rate counts the fingerprints only.
@@ -479,8 +593,9 @@ def verify(fingerprints: Fingerprints, suspect: Suspect, threshold: float = 0.5,
 
     Raises:
         TypeError: a wrong type for an argument.
-        ValueError: a threshold or null rate outside ``[0, 1]``, no fingerprints, or a bad
-            suspect answer (see :func:`query_labels`).
+        ValueError: a threshold or null rate outside ``[0, 1]``, ``fpr`` outside ``(0, 1)``,
+            no fingerprints, a stored calibration that is invalid or belongs to another set,
+            or a bad suspect answer (see :func:`query_labels`).
 
     Example:
         >>> import numpy as np
@@ -493,20 +608,33 @@ def verify(fingerprints: Fingerprints, suspect: Suspect, threshold: float = 0.5,
         >>> verdict = ipg.verify(fp, suspect, null_rate=0.3, decoys=held_out, key=7)
         >>> verdict.is_copy, verdict.num_matches, round(verdict.p_value, 3)  # 0.3 ** 3
         (True, 3, 0.027)
-        >>> verdict.num_decoys  # one per fingerprint by default
-        3
+        >>> verdict.num_decoys, verdict.null_source  # one decoy per fingerprint by default
+        (3, 'user-given rate')
     """
-    if not (_is_real(threshold) and 0.0 <= threshold <= 1.0):
-        raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
-    if null_rate is not None and not (_is_real(null_rate) and 0.0 <= null_rate <= 1.0):
-        raise ValueError(f"null_rate must be a number in [0, 1] or None, got {null_rate!r}")
+    if threshold is not None and not (_is_real(threshold) and 0.0 <= threshold <= 1.0):
+        raise ValueError(f"threshold must be a number in [0, 1] or None, got {threshold!r}")
+    if not (_is_real(fpr) and 0.0 < fpr < 1.0):
+        raise ValueError(f"fpr must be a number in (0, 1), got {fpr!r}")
+    source, calibration = _resolve_null(fingerprints, null_rate)
     labels, num_decoys = _query(fingerprints, suspect, batch_size, decoys, decoy_ratio, key,
                                 mesh)
     matches = int(np.sum(labels == fingerprints.labels))
     n = len(fingerprints)
     rate = matches / n
-    p_value = None if null_rate is None else binomial_sf(matches, n, float(null_rate))
-    return Verdict(matching_rate=rate, threshold=float(threshold), is_copy=rate >= threshold,
+    p_value = count = None
+    if calibration is not None:
+        p_value = calibration.p_value(matches, n)
+        count = calibration.threshold(float(fpr), n)
+        null_rate = calibration.mean
+        if threshold is None:
+            threshold = count / n
+    elif null_rate is not None:
+        p_value = binomial_sf(matches, n, float(null_rate))
+        count = _binomial_threshold(float(fpr), n, float(null_rate))
+    threshold = 0.5 if threshold is None else float(threshold)
+    return Verdict(matching_rate=rate, threshold=threshold, is_copy=rate >= threshold,
                    num_points=n, num_matches=matches,
                    null_rate=None if null_rate is None else float(null_rate), p_value=p_value,
-                   num_decoys=num_decoys)
+                   num_decoys=num_decoys, null_source=source,
+                   fpr=None if count is None else float(fpr),
+                   fpr_threshold=None if count is None else count / n)

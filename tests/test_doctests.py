@@ -25,6 +25,8 @@ MODULES = [
     "ipguard_jax.fingerprints",
     "ipguard_jax.generation",
     "ipguard_jax.verification",
+    "ipguard_jax.calibration",
+    "ipguard_jax.sequential",
     "ipguard_jax.io",
     "ipguard_jax.suspects",
     "ipguard_jax.train",

@@ -628,3 +628,37 @@ def test_image_presets_meet_the_protocol(preset):
     with pytest.raises(ValueError, match=r"owner_variants: unknown \['seed9'\]"):
         benchmark.independent_specs(dataclasses.replace(setting, owner_variants=["seed9"]),
                                     owner_ds, indep_ds, 0)
+
+
+def test_report_bootstrap_intervals_over_models(tmp_path):
+    from ipguard_jax.evaluation.report import _resamples, _tpr_at_fpr, bootstrap_intervals
+
+    rng = np.random.default_rng(0)
+    pirated = {f"p{k}": float(r) for k, r in enumerate(rng.uniform(0.5, 1.0, 12).round(2))}
+    independent = {f"i{k}": float(r) for k, r in enumerate(rng.beta(3, 9, 10).round(2))}
+    rep = ev.summarize(pirated, independent, num_points=100)
+    ci = rep.intervals
+    assert ci["draws"] == 1000 and ci["seed"] == 0 and ci["level"] == 0.95
+    for name in ("aruc_roc", "aruc_min", "tpr_at_1pct_fpr"):
+        lo, hi = ci[name]
+        assert 0.0 <= lo <= getattr(rep, name) <= hi <= 1.0, name
+    assert ci["aruc_min"][1] - ci["aruc_min"][0] > 0.02  # a dozen models: not a point
+    assert ev.summarize(pirated, independent, num_points=100).intervals == ci  # fixed seed
+    assert ev.summarize(pirated, independent, num_points=100, seed=1).intervals != ci
+    assert ev.summarize(pirated, independent, num_points=100, bootstrap=0).intervals == {}
+    # the draws are the plain metrics of resampled models
+    p, i = np.array(list(pirated.values())), np.array(list(independent.values()))
+    small = bootstrap_intervals(p, i, draws=50, seed=3, level=0.5)
+    ip, ii = _resamples(len(p), len(i), 50, 3)
+    for name, fn in (("aruc_roc", ev.roc_auc), ("aruc_min", ev.min_integral),
+                     ("tpr_at_1pct_fpr", lambda a, b: _tpr_at_fpr(a, b, 0.01)[0])):
+        draws = [fn(p[a], i[b]) for a, b in zip(ip, ii)]
+        assert small[name] == pytest.approx(np.quantile(draws, [0.25, 0.75]).tolist())
+    rep.to_json(tmp_path / "r.json")
+    assert ev.EvaluationReport.from_json(tmp_path / "r.json") == rep
+    assert "95% CI (bootstrap over models)" in rep.to_markdown()
+    assert f"{ci['aruc_min'][0]:.4f}-{ci['aruc_min'][1]:.4f}" in rep.to_markdown()
+    old = {k: v for k, v in rep.to_dict().items() if k != "intervals"}  # a report from before
+    assert ev.EvaluationReport.from_dict(old).intervals == {}
+    with pytest.raises(ValueError, match="bootstrap must be an int >= 0"):
+        ev.summarize(pirated, independent, num_points=100, bootstrap=-1)

@@ -4,7 +4,8 @@
   RTAL, pruning with and without fine-tuning, distillation, int8 quantisation).
 - :mod:`~ipguard_jax.evaluation.zoo`: trained models cached on disk by recipe hash (orbax).
 - :mod:`~ipguard_jax.evaluation.report`: matching rates -> robustness, uniqueness, ARUC (as
-  ROC-AUC and as the integral of min(R, U)), TPR at 1% FPR, p-values; JSON, Markdown, PNG.
+  ROC-AUC and as the integral of min(R, U)), TPR at 1% FPR, p-values, bootstrap confidence
+  intervals over models; JSON, Markdown, PNG.
 
 :mod:`~ipguard_jax.evaluation.benchmark` runs the whole pipeline (``ipguard evaluate``).
 
@@ -35,6 +36,7 @@ from ipguard_jax.evaluation.postprocess import quantize_int8 as quantize_int8
 from ipguard_jax.evaluation.postprocess import retrain_all_layers as retrain_all_layers
 from ipguard_jax.evaluation.postprocess import retrain_last_layer as retrain_last_layer
 from ipguard_jax.evaluation.report import EvaluationReport as EvaluationReport
+from ipguard_jax.evaluation.report import bootstrap_intervals as bootstrap_intervals
 from ipguard_jax.evaluation.report import evaluate as evaluate
 from ipguard_jax.evaluation.report import min_integral as min_integral
 from ipguard_jax.evaluation.report import roc_auc as roc_auc

@@ -621,7 +621,8 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
         reports[label] = rep
         rows.append({**row, "aruc_roc": rep.aruc_roc, "aruc_min": rep.aruc_min,
                      "tpr_at_1pct_fpr": rep.tpr_at_1pct_fpr,
-                     "best_threshold": rep.best_threshold, "owner_rate": rep.owner_rate})
+                     "best_threshold": rep.best_threshold, "owner_rate": rep.owner_rate,
+                     "intervals": rep.intervals})
         print(f"{label}: ARUC(roc)={rep.aruc_roc:.3f} ARUC(min)={rep.aruc_min:.3f} "
               f"TPR@1%FPR={rep.tpr_at_1pct_fpr:.2f} conv={fp.convergence_rate:.2f} "
               f"gen={gen_s:.1f}s", flush=True)
@@ -963,7 +964,9 @@ def _markdown(result: dict[str, Any], reports: dict[str, Any]) -> str:
         "ARUC (roc) = ROC-AUC of pirated vs independent matching rates, ties half. "
         "ARUC (min) = integral over t of min(robustness(t), uniqueness(t)). "
         "TPR@1%FPR = share of pirated models above every independent model's rate "
-        "when fewer than 100 independent models exist.", "",
+        "when fewer than 100 independent models exist. Brackets: 95% percentile bootstrap "
+        "intervals over models (pirated and independent models resampled with "
+        "replacement).", "",
         "| config | ARUC (roc) | ARUC (min) | TPR@1%FPR | best t | converged | "
         "fingerprints | gen. s |",
         "|---|---|---|---|---|---|---|---|",
@@ -973,8 +976,15 @@ def _markdown(result: dict[str, Any], reports: dict[str, Any]) -> str:
             lines.append(f"| {r['config']} | - | - | - | - | {r['convergence_rate']:.2f} | 0 | "
                          f"{r['generation_s']:.1f} |")
             continue
-        lines.append(f"| {r['config']} | {r['aruc_roc']:.3f} | {r['aruc_min']:.3f} | "
-                     f"{r['tpr_at_1pct_fpr']:.2f} | {r['best_threshold']:.3f} | "
+        ci = r.get("intervals") or {}
+
+        def cell(name: str, digits: int) -> str:
+            value = f"{r[name]:.{digits}f}"
+            return value + (f" [{ci[name][0]:.{digits}f}, {ci[name][1]:.{digits}f}]"
+                            if name in ci else "")
+
+        lines.append(f"| {r['config']} | {cell('aruc_roc', 3)} | {cell('aruc_min', 3)} | "
+                     f"{cell('tpr_at_1pct_fpr', 2)} | {r['best_threshold']:.3f} | "
                      f"{r['convergence_rate']:.2f} | {r['num_fingerprints']} | "
                      f"{r['generation_s']:.1f} |")
     owner_s = result["model_build_s"].get("owner")

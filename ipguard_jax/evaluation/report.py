@@ -11,7 +11,12 @@ Definitions (a suspect is called a copy when its matching rate is ``>= t``):
 * ``tpr_at_1pct_fpr``: ``R(t)`` at the smallest ``t`` whose false-positive rate is <= 1% (with
   fewer than 100 independent models, that means above every independent rate);
 * ``best_threshold``: a ``t`` maximising ``R(t) + U(t) - 1``, the midpoint of the widest
-  maximising interval.
+  maximising interval;
+* ``intervals``: percentile bootstrap confidence intervals over *models* for ``aruc_roc``,
+  ``aruc_min`` and ``tpr_at_1pct_fpr`` (:func:`bootstrap_intervals`): the pirated and the
+  independent models are resampled with replacement, each group on its own, 1000 times with
+  a fixed seed. With a dozen models per group they are wide, and say so; they do not cover
+  the randomness of the fingerprints themselves (one set per report).
 
 Example:
     >>> rep = summarize({"ftal": 0.9, "prune": 0.8}, {"seed1": 0.3, "vgg": 0.5}, num_points=100)
@@ -34,7 +39,11 @@ from ipguard_jax.classifier import Classifier
 from ipguard_jax.fingerprints import Fingerprints
 from ipguard_jax.verification import binomial_sf, query_labels
 
-__all__ = ["EvaluationReport", "evaluate", "summarize", "roc_auc", "min_integral"]
+__all__ = ["EvaluationReport", "evaluate", "summarize", "roc_auc", "min_integral",
+           "bootstrap_intervals"]
+
+#: The metrics :func:`bootstrap_intervals` gives intervals for.
+INTERVAL_METRICS = ("aruc_roc", "aruc_min", "tpr_at_1pct_fpr")
 
 
 def _step_intervals(pirated: np.ndarray, independent: np.ndarray):
@@ -143,6 +152,77 @@ def _best_threshold(pirated: np.ndarray, independent: np.ndarray) -> tuple[float
     return float((lo + hi) / 2), float(best)
 
 
+def _resamples(num_pirated: int, num_independent: int, draws: int,
+               seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap indices ``(draws, P)`` and ``(draws, I)``: each group resampled on its own."""
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, num_pirated, (draws, num_pirated)),
+            rng.integers(0, num_independent, (draws, num_independent)))
+
+
+def bootstrap_intervals(pirated: Any, independent: Any, *, draws: int = 1000, seed: int = 0,
+                        level: float = 0.95) -> dict[str, Any]:
+    """Percentile bootstrap confidence intervals over models for the report's metrics.
+
+    Each draw resamples the pirated rates and the independent rates with replacement (each
+    group keeps its size) and recomputes ``aruc_roc``, ``aruc_min`` and ``tpr_at_1pct_fpr``;
+    the interval is the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of the draws.
+
+    Args:
+        pirated: the pirated models' matching rates.
+        independent: the independent models' matching rates.
+        draws: bootstrap draws (>= 1).
+        seed: seed of the draws (fixed: a report is reproducible).
+        level: the intervals' confidence level in ``(0, 1)``.
+
+    Returns:
+        ``{"level", "draws", "seed", "method", "aruc_roc": [lo, hi], "aruc_min": [lo, hi],
+        "tpr_at_1pct_fpr": [lo, hi]}``.
+
+    Raises:
+        ValueError: no rates in a group, ``draws < 1`` or ``level`` outside ``(0, 1)``.
+
+    Example:
+        >>> ci = bootstrap_intervals([0.9, 0.8, 0.95], [0.3, 0.5, 0.85])
+        >>> ci["aruc_roc"], ci["level"]
+        ([0.5555555555555556, 1.0], 0.95)
+    """
+    p, i = np.asarray(pirated, float), np.asarray(independent, float)
+    if p.ndim != 1 or i.ndim != 1 or not len(p) or not len(i):
+        raise ValueError("bootstrap_intervals needs at least one pirated and one independent "
+                         "rate")
+    if not (isinstance(draws, (int, np.integer)) and draws >= 1):
+        raise ValueError(f"draws must be an int >= 1, got {draws!r}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    ip, ii = _resamples(len(p), len(i), int(draws), seed)
+    ps, qs = p[ip], i[ii]
+    values = {
+        "aruc_roc": np.mean((ps[:, :, None] > qs[:, None, :])
+                            + 0.5 * (ps[:, :, None] == qs[:, None, :]), axis=(1, 2)),
+        "aruc_min": np.array([min_integral(a, b) for a, b in zip(ps, qs)]),
+        "tpr_at_1pct_fpr": np.array([_tpr_at_fpr(a, b, 0.01)[0] for a, b in zip(ps, qs)]),
+    }
+    q = [(1.0 - level) / 2.0, (1.0 + level) / 2.0]
+    return {"level": float(level), "draws": int(draws), "seed": int(seed),
+            "method": "percentile bootstrap over models: pirated and independent models "
+                      "resampled with replacement, each group on its own",
+            **{name: [float(v) for v in np.quantile(values[name], q)] for name in values}}
+
+
+def _curve_bands(pirated: np.ndarray, independent: np.ndarray, thresholds: np.ndarray,
+                 intervals: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Pointwise bootstrap bands ``(2, T)`` of ``R(t)`` and ``U(t)``, with the draws and seed
+    of ``intervals``."""
+    ip, ii = _resamples(len(pirated), len(independent), intervals["draws"], intervals["seed"])
+    t = np.asarray(thresholds)[None, None, :]
+    r = (pirated[ip][:, :, None] >= t).mean(axis=1)
+    u = (independent[ii][:, :, None] < t).mean(axis=1)
+    level = intervals["level"]
+    q = [(1.0 - level) / 2.0, (1.0 + level) / 2.0]
+    return np.quantile(r, q, axis=0), np.quantile(u, q, axis=0)
+
+
 @dataclasses.dataclass
 class EvaluationReport:
     """Matching rates of pirated and independent models and the metrics derived from them.
@@ -166,6 +246,8 @@ class EvaluationReport:
             independent models' own p-values are then optimistic about the null).
         p_values: model name -> exact one-sided binomial p-value of its matches vs ``null_rate``.
         meta: free-form JSON-able context (fingerprint config, convergence, timings...).
+        intervals: bootstrap confidence intervals over models (:func:`bootstrap_intervals`;
+            empty when the report was made without them).
 
     Example:
         >>> rep = summarize({"ftal": 0.9}, {"seed1": 0.3}, num_points=100)
@@ -190,6 +272,7 @@ class EvaluationReport:
     null_rate_source: str
     p_values: dict[str, float]
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    intervals: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (``inf`` written as ``None``).
@@ -270,23 +353,33 @@ class EvaluationReport:
             The Markdown text (ends with a newline).
 
         Example:
-            >>> rep = summarize({"ftal": 0.9}, {"seed1": 0.3}, num_points=100)
+            >>> rep = summarize({"ftal": 0.9, "prune": 0.7}, {"seed1": 0.3, "vgg": 0.8},
+            ...                 num_points=100)
             >>> print(rep.to_markdown().splitlines()[2])
-            | ARUC as ROC-AUC (pirated vs independent, ties half) | 1.0000 |
+            | ARUC as ROC-AUC (pirated vs independent, ties half) | 0.7500 | 0.0000-1.0000 |
         """
         lines = [f"### {title}", ""] if title else []
+        ci = self.intervals
+
+        def interval(name: str) -> str:
+            return f"{ci[name][0]:.4f}-{ci[name][1]:.4f}" if name in ci else "-"
+
+        level = f"{ci['level']:.0%} CI (bootstrap over models)" if ci else "CI"
         lines += [
-            "| metric | value |",
-            "|---|---|",
-            f"| ARUC as ROC-AUC (pirated vs independent, ties half) | {self.aruc_roc:.4f} |",
-            f"| ARUC as integral of min(R(t), U(t)) dt | {self.aruc_min:.4f} |",
-            f"| TPR at 1% FPR | {self.tpr_at_1pct_fpr:.4f} |",
-            f"| best threshold (max R+U-1 = {self.best_youden:.3f}) | {self.best_threshold:.4f} |",
-            f"| null rate ({self.null_rate_source}) | {self.null_rate:.4f} |",
-            f"| fingerprints per model | {self.num_points} |",
+            f"| metric | value | {level} |",
+            "|---|---|---|",
+            f"| ARUC as ROC-AUC (pirated vs independent, ties half) | {self.aruc_roc:.4f} | "
+            f"{interval('aruc_roc')} |",
+            f"| ARUC as integral of min(R(t), U(t)) dt | {self.aruc_min:.4f} | "
+            f"{interval('aruc_min')} |",
+            f"| TPR at 1% FPR | {self.tpr_at_1pct_fpr:.4f} | {interval('tpr_at_1pct_fpr')} |",
+            f"| best threshold (max R+U-1 = {self.best_youden:.3f}) | {self.best_threshold:.4f} "
+            f"| |",
+            f"| null rate ({self.null_rate_source}) | {self.null_rate:.4f} | |",
+            f"| fingerprints per model | {self.num_points} | |",
         ]
         if self.owner_rate is not None:
-            lines.append(f"| owner's own matching rate | {self.owner_rate:.4f} |")
+            lines.append(f"| owner's own matching rate | {self.owner_rate:.4f} | |")
         lines += ["", "| model | kind | matching rate | p-value |", "|---|---|---|---|"]
         for kind, rates in (("pirated", self.pirated), ("independent", self.independent)):
             for name, rate in rates.items():
@@ -294,7 +387,10 @@ class EvaluationReport:
         return "\n".join(lines) + "\n"
 
     def plot(self, path: str | os.PathLike, title: str | None = None) -> None:
-        """Saves a PNG: rate distributions (left) and robustness/uniqueness curves (right).
+        """Saves a PNG: rate distributions, robustness/uniqueness curves, metric intervals.
+
+        With :attr:`intervals`, the curves carry pointwise bootstrap bands (the same draws)
+        and a third panel shows each metric with its confidence interval as an error bar.
 
         Needs matplotlib (the ``plot`` extra); selects its ``Agg`` backend unless one is set.
 
@@ -310,7 +406,9 @@ class EvaluationReport:
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
 
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        ci = self.intervals
+        fig, axes = plt.subplots(1, 3 if ci else 2, figsize=(15 if ci else 10, 4))
+        ax1, ax2 = axes[0], axes[1]
         bins = np.linspace(0, 1, 21)
         ax1.hist(list(self.pirated.values()), bins=bins, alpha=0.6, label="pirated")
         ax1.hist(list(self.independent.values()), bins=bins, alpha=0.6, label="independent")
@@ -319,11 +417,31 @@ class EvaluationReport:
         ax1.legend()
         ax2.step(self.thresholds, self.robustness, where="pre", label="robustness R(t)")
         ax2.step(self.thresholds, self.uniqueness, where="pre", label="uniqueness U(t)")
+        if ci:
+            r_band, u_band = _curve_bands(np.array(list(self.pirated.values())),
+                                          np.array(list(self.independent.values())),
+                                          np.asarray(self.thresholds), ci)
+            for band, color in ((r_band, "C0"), (u_band, "C1")):
+                ax2.fill_between(self.thresholds, band[0], band[1], step="pre", color=color,
+                                 alpha=0.2, linewidth=0)
         ax2.axvline(self.best_threshold, color="gray", ls=":", label="best threshold")
         ax2.set_xlabel("threshold t")
         ax2.set_title(f"ARUC roc={self.aruc_roc:.3f}  min-integral={self.aruc_min:.3f}",
                       fontsize=9)
         ax2.legend(fontsize=8)
+        if ci:
+            ax3 = axes[2]
+            names = [name for name in INTERVAL_METRICS if name in ci]
+            values = [getattr(self, name) for name in names]
+            low = [v - ci[name][0] for v, name in zip(values, names)]
+            high = [ci[name][1] - v for v, name in zip(values, names)]
+            ax3.errorbar(range(len(names)), values, yerr=[low, high], fmt="o", capsize=6)
+            ax3.set_xticks(range(len(names)), ["ARUC (roc)", "ARUC (min)", "TPR@1%FPR"][
+                :len(names)])
+            ax3.set_xlim(-0.5, len(names) - 0.5)
+            ax3.set_ylim(-0.02, 1.02)
+            ax3.set_title(f"{ci['level']:.0%} bootstrap intervals over models "
+                          f"({ci['draws']} draws)", fontsize=9)
         if title:
             fig.suptitle(title)
         fig.tight_layout()
@@ -345,8 +463,8 @@ def _check_rates(rates: Mapping[str, float], what: str) -> dict[str, float]:
 
 def summarize(pirated: Mapping[str, float], independent: Mapping[str, float], *,
               num_points: int, thresholds: Any = None, null_rate: float | None = None,
-              owner_rate: float | None = None,
-              meta: Mapping[str, Any] | None = None) -> EvaluationReport:
+              owner_rate: float | None = None, meta: Mapping[str, Any] | None = None,
+              bootstrap: int = 1000, seed: int = 0) -> EvaluationReport:
     """Builds a report from matching rates already measured.
 
     Args:
@@ -357,13 +475,16 @@ def summarize(pirated: Mapping[str, float], independent: Mapping[str, float], *,
         null_rate: binomial null; default the mean independent rate.
         owner_rate: the owner's own rate, recorded as a sanity check.
         meta: extra JSON-able context stored in the report.
+        bootstrap: draws for the 95% confidence intervals over models
+            (:func:`bootstrap_intervals`); 0 for none.
+        seed: seed of the bootstrap draws.
 
     Returns:
         An :class:`EvaluationReport`.
 
     Raises:
         ValueError: empty inputs, rates outside [0, 1], a name used twice, bad ``num_points``,
-            a ``null_rate`` outside [0, 1].
+            a ``null_rate`` outside [0, 1], a negative ``bootstrap``.
 
     Example:
         >>> rep = summarize({"ftal": 0.9, "prune": 0.8}, {"seed1": 0.3}, num_points=100,
@@ -388,6 +509,8 @@ def summarize(pirated: Mapping[str, float], independent: Mapping[str, float], *,
         null_rate, source = float(i.mean()), "mean independent rate"
     if not 0.0 <= null_rate <= 1.0:
         raise ValueError(f"null_rate must be in [0, 1], got {null_rate}")
+    if not (isinstance(bootstrap, (int, np.integer)) and bootstrap >= 0):
+        raise ValueError(f"bootstrap must be an int >= 0, got {bootstrap!r}")
     tpr, t_fpr = _tpr_at_fpr(p, i, 0.01)
     best_t, best_j = _best_threshold(p, i)
     p_values = {name: binomial_sf(int(round(rate * num_points)), int(num_points), null_rate)
@@ -400,6 +523,8 @@ def summarize(pirated: Mapping[str, float], independent: Mapping[str, float], *,
         aruc_min=min_integral(p, i), tpr_at_1pct_fpr=tpr, threshold_at_1pct_fpr=t_fpr,
         best_threshold=best_t, best_youden=best_j, null_rate=float(null_rate),
         null_rate_source=source, p_values=p_values, meta=dict(meta or {}),
+        intervals={} if bootstrap == 0 else bootstrap_intervals(p, i, draws=bootstrap,
+                                                                 seed=seed),
     )
 
 
