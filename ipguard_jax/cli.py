@@ -9,7 +9,8 @@ Commands::
                                                 the null, measured on independent models
     ipguard inspect FINGERPRINTS                provenance of a fingerprint file (never the points)
     ipguard evaluate --quick --out DIR          the robustness/uniqueness (ARUC) benchmark
-    ipguard demo                                train, fingerprint and verify on digits
+    ipguard demo                                train, fingerprint, calibrate and verify on
+                                                digits; print the ARUC, save its plot
 
 A MODEL or SUSPECT is a model file written by :func:`ipguard_jax.models.save_model`, a PyTorch
 state dict file (``torch.save(model.state_dict(), path)``; converted by
@@ -505,8 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # demo (dispatched before parsing; listed here for the help) ----------------------------
     commands.add_parser("demo", add_help=False,
-                        help="train, fingerprint and verify on the embedded digits "
-                             "(see 'ipguard demo --help')")
+                        help="train, fingerprint, calibrate and verify on the embedded digits, "
+                             "print the ARUC (see 'ipguard demo --help')")
     return parser
 
 
@@ -1291,9 +1292,11 @@ def _cmd_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from ipguard_jax.evaluation import benchmark
 
     setting = benchmark.make_setting(args)
+    if args.from_zoo and args.zoo is None:
+        raise UsageError("--from-zoo needs --zoo DIR")
     if args.plan:
         print(benchmark.format_plan(benchmark.plan(setting, seed=args.seed,
-                                                   cache_dir=args.cache_dir)))
+                                                   cache_dir=args.cache_dir, zoo=args.zoo)))
         return 0
     out_dir = Path(args.out).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
@@ -1301,7 +1304,7 @@ def _cmd_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     prefix = out_dir / (benchmark.QUICK_NAME if args.quick else benchmark.FULL_NAME)
     benchmark.run(setting, out=prefix, command=shlex.join([PROG, *argv]), seed=args.seed,
-                  cache_dir=args.cache_dir)
+                  cache_dir=args.cache_dir, zoo=args.zoo, from_zoo=args.from_zoo)
     return 0
 
 

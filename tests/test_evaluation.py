@@ -449,13 +449,17 @@ def test_quick_benchmark_runs(tmp_path, benchmark_script, capsys):
     assert "making the pirated copy FTLL (ftll)" in log
 
     # The command line runs the same pipeline (here from the cache: no training) into a folder.
-    assert main(["evaluate", *args, "--out", str(tmp_path / "cli")]) == 0
+    # With --zoo, every model it obtains goes into the zoo too.
+    zoo_dir = tmp_path / "zoo"
+    assert main(["evaluate", *args, "--zoo", str(zoo_dir), "--out", str(tmp_path / "cli")]) == 0
     again = json.loads((tmp_path / "cli" / "aruc_digits_quick.json").read_text())
     models = len(result["pirated"]) + len(result["independent"]) + 1
-    assert again["cache"] == {"root": result["cache"]["root"], "hits": models, "misses": 0}
+    assert again["cache"] == {"root": result["cache"]["root"], "hits": models, "misses": 0,
+                              "zoo": str(zoo_dir), "zoo_hits": 0, "precision": "float16"}
+    assert len(ev.ModelZoo(zoo_dir)) == models
     assert again["command"].startswith("ipguard evaluate --quick")
     log = capsys.readouterr().out
-    assert "training " not in log and "making the pirated copy" not in log
+    assert not re.search(r"^training ", log, re.M) and "making the pirated copy" not in log
     # Every model's build time, recorded on the miss, is reported again from the cache.
     assert set(result["model_build_s"]) == {"owner", *result["pirated"], *result["independent"]}
     assert again["model_build_s"] == result["model_build_s"]
@@ -474,6 +478,15 @@ def test_quick_benchmark_runs(tmp_path, benchmark_script, capsys):
     assert timeless(again["configs"][0]) == timeless(first["configs"][0])
     for ext in ("md", "png"):
         assert (tmp_path / "cli" / f"aruc_digits_quick.{ext}").stat().st_size > 0
+
+    # A fresh machine (empty cache) reproduces the same tables from the zoo alone.
+    fresh = ["--cache-dir", str(tmp_path / "fresh_cache"), "--zoo", str(zoo_dir), "--from-zoo"]
+    zoo_run = module.main([*args[:-2], *fresh, "--out", str(tmp_path / "z")])
+    assert zoo_run["cache"]["zoo_hits"] == models and zoo_run["cache"]["misses"] == 0
+    assert timeless(zoo_run["reports"]) == timeless(first["reports"])
+    assert zoo_run["accuracy"] == first["accuracy"]
+    log = capsys.readouterr().out
+    assert not re.search(r"^training ", log, re.M) and "making the pirated copy" not in log
 
 
 def test_plan_lists_every_model_of_the_run_and_sees_the_cache(tmp_path, capsys):
