@@ -24,6 +24,7 @@ def demo_run(tmp_path_factory):
     return result, printed.getvalue(), tmp
 
 
+@pytest.mark.slow  # runs the whole demo (about a minute)
 def test_pirated_copies_are_flagged_and_independent_models_cleared(demo_run):
     result, _, _ = demo_run
     kinds = {name: row["kind"] for name, row in result.rows.items()}
@@ -37,6 +38,7 @@ def test_pirated_copies_are_flagged_and_independent_models_cleared(demo_run):
         assert row["accuracy"] > 0.9, name
 
 
+@pytest.mark.slow  # runs the whole demo (about a minute)
 def test_the_null_is_calibrated_on_five_references_that_are_not_scored(demo_run):
     result, _, tmp = demo_run
     calibration = result.calibration
@@ -46,6 +48,7 @@ def test_the_null_is_calibrated_on_five_references_that_are_not_scored(demo_run)
     assert calibration_of(ipg.load(tmp / "fp")) == calibration
 
 
+@pytest.mark.slow  # runs the whole demo (about a minute)
 def test_aruc_report_and_printed_table(demo_run):
     result, printed, _ = demo_run
     report = result.report
@@ -65,6 +68,7 @@ def test_aruc_report_and_printed_table(demo_run):
     assert f"min-integral {report.aruc_min:.3f}" in printed
 
 
+@pytest.mark.slow  # runs the whole demo (about a minute)
 def test_plot_is_written_when_matplotlib_is_present(demo_run):
     pytest.importorskip("matplotlib")
     result, printed, tmp = demo_run

@@ -383,6 +383,7 @@ def test_cli_evaluate_needs_data_or_quick(capsys):
     assert "--ks" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains a model zoo
 def test_smoke_benchmark_writes_its_reports(tmp_path):
     """The whole pipeline, each model trained one epoch: what every full run ends with."""
     from ipguard_jax.evaluation import benchmark
@@ -489,6 +490,7 @@ def test_quick_benchmark_runs(tmp_path, benchmark_script, capsys):
     assert not re.search(r"^training ", log, re.M) and "making the pirated copy" not in log
 
 
+@pytest.mark.slow  # trains a model zoo
 def test_plan_lists_every_model_of_the_run_and_sees_the_cache(tmp_path, capsys):
     from ipguard_jax.cli import main
     from ipguard_jax.evaluation import benchmark

@@ -97,6 +97,7 @@ def _stdout(cell) -> str:
                    if out.output_type == "stream" and out.name == "stdout")
 
 
+@pytest.mark.slow  # executes the notebook in a kernel
 def test_notebook_runs_offline_on_cpu(notebook, kernel_name, tmp_path):
     pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")

@@ -67,6 +67,7 @@ def test_sharded_generation_and_verification_on_8_devices_equal_one_device(tmp_p
                                           results[f"{index}_{run}_labels"])
 
 
+@pytest.mark.slow  # subprocesses with 8 devices / 2 hosts
 def test_sharded_convolutional_owner_agrees_with_one_device(tmp_path):
     # Convolutions may round differently with 2 rows per device than with 16 on one.
     config = dict(num=21, batch_size=16, keep="all", steps=60, k=0.02)
@@ -81,6 +82,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # subprocesses with 8 devices / 2 hosts
 def test_two_processes_share_the_work_and_both_get_the_whole_result(tmp_path):
     config = dict(num=37, batch_size=12)
     coordinator = f"127.0.0.1:{_free_port()}"
@@ -108,7 +110,7 @@ def _wait_for_checkpoint(directory: Path, proc: subprocess.Popen, step: int) -> 
     return False
 
 
-@pytest.mark.parametrize("compact", [False, True])
+@pytest.mark.parametrize("compact", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_a_run_killed_part_way_resumes_to_the_same_fingerprints(tmp_path, compact):
     # k=30 on the digits MLP: most points run their whole budget, so chunks take a while.
     config = dict(num=48, batch_size=8, keep="all", k=30.0, steps=600, compact=compact)
