@@ -68,14 +68,20 @@ def _sequential_runs(calibrated, labels: np.ndarray, *, fpr: float, fnr: float,
     import ipguard_jax as ipg
 
     fixed = ipg.verify(calibrated, recorded(calibrated, labels), fpr=fpr)
-    runs = [ipg.verify_sequential(calibrated, recorded(calibrated, labels), fpr=fpr, fnr=fnr,
-                                  pirate_rate=pirate_rate, batch_size=batch_size,
-                                  key=seed + r) for r in range(orders)]
+    fixed_row = {"fixed_is_copy": bool(fixed.is_copy), "fixed_p_value": fixed.p_value,
+                 "fixed_queries": fixed.num_points}
+    try:
+        runs = [ipg.verify_sequential(calibrated, recorded(calibrated, labels), fpr=fpr,
+                                      fnr=fnr, pirate_rate=pirate_rate, batch_size=batch_size,
+                                      key=seed + r) for r in range(orders)]
+    except ValueError as e:  # no test can tell copies at pirate_rate from this null
+        if "pirate_rate must be" not in str(e):
+            raise
+        return {**fixed_row, "no_design": str(e)}
     queried = np.array([v.num_queried for v in runs])
     used = np.array([v.num_points for v in runs])
     copies = np.array([v.is_copy for v in runs])
-    return {"fixed_is_copy": bool(fixed.is_copy), "fixed_p_value": fixed.p_value,
-            "fixed_queries": fixed.num_points,
+    return {**fixed_row,
             "median_queries": float(np.median(queried)), "max_queries": int(queried.max()),
             "median_answers_used": float(np.median(used)),
             "copy_rate": float(copies.mean()),
@@ -146,22 +152,28 @@ def analyse(fingerprints, pirated: dict[str, np.ndarray], independent: dict[str,
         "independent": {name: _sequential_runs(loo_sets[name], independent[name], **options)
                         for name in names},
     }
-    per_model = [row for group in sequential.values() for row in group.values()]
+    per_model = [row for group in sequential.values() for row in group.values()
+                 if "no_design" not in row]
+
+    def median_of(rows, key="median_queries"):
+        values = [r[key] for r in rows if "no_design" not in r]
+        return float(np.median(values)) if values else None
+
     summary = {
         "num_points": n, "num_pirated": len(pirated), "num_independent": m, "fpr": fpr,
         "loo_false_positives": false_positives, "loo_fpr": false_positives / m,
         "loo_sampling_error": math.sqrt(fpr * (1 - fpr) / m),
         "loo_tail_probability": binomial_sf(false_positives, m, fpr),
         "pirated_detected": sum(row["detected"] for row in pirate_rows.values()),
-        "median_queries_sequential": float(np.median([r["median_queries"] for r in per_model])),
-        "worst_queries_sequential": int(max(r["max_queries"] for r in per_model)),
+        "models_without_sequential_design": len(
+            [r for group in sequential.values() for r in group.values() if "no_design" in r]),
+        "median_queries_sequential": median_of(per_model),
+        "worst_queries_sequential": max((r["max_queries"] for r in per_model), default=None),
         "queries_fixed": n,
-        "median_queries_pirated": float(np.median(
-            [r["median_queries"] for r in sequential["pirated"].values()])),
-        "median_queries_independent": float(np.median(
-            [r["median_queries"] for r in sequential["independent"].values()])),
-        "disagreement_with_fixed": float(np.mean([r["disagree_with_fixed"]
-                                                  for r in per_model])),
+        "median_queries_pirated": median_of(sequential["pirated"].values()),
+        "median_queries_independent": median_of(sequential["independent"].values()),
+        "disagreement_with_fixed": float(np.mean([r["disagree_with_fixed"] for r in per_model]))
+        if per_model else None,
     }
     return {"leave_one_out": loo, "null_all": full.to_dict(), "pirated": pirate_rows,
             "sequential": sequential, "summary": summary}
@@ -258,9 +270,10 @@ def run(setting, *, seed: int, cache_dir=None, zoo=None, from_zoo: bool = False,
                 s = configs[label]["summary"]
                 print(f"{label}: LOO false positives {s['loo_false_positives']}/"
                       f"{s['num_independent']}, pirated detected {s['pirated_detected']}/"
-                      f"{s['num_pirated']}, sequential median {s['median_queries_sequential']:g} "
-                      f"(worst {s['worst_queries_sequential']}) vs {s['queries_fixed']} queries",
-                      flush=True)
+                      f"{s['num_pirated']}, sequential median {s['median_queries_sequential']} "
+                      f"(worst {s['worst_queries_sequential']}; no design for "
+                      f"{s['models_without_sequential_design']} models) vs "
+                      f"{s['queries_fixed']} queries", flush=True)
     import jax
 
     return {"setting": dataclasses.asdict(setting), "options": options,
@@ -289,13 +302,19 @@ def markdown(result: dict[str, Any], command: str) -> str:
                          f"- |")
             continue
         s = row["summary"]
+
+        def num(value, fmt="g"):
+            return "-" if value is None else format(value, fmt)
+
+        no_design = s.get("models_without_sequential_design", 0)
         lines.append(
             f"| {label} | {s['num_points']} | {s['loo_false_positives']}/{s['num_independent']} "
             f"| {s['loo_sampling_error']:.3f} | {s['loo_tail_probability']:.3g} | "
             f"{s['pirated_detected']}/{s['num_pirated']} | "
-            f"{s['median_queries_sequential']:g} ({s['worst_queries_sequential']}) | "
-            f"{s['median_queries_pirated']:g} | {s['median_queries_independent']:g} | "
-            f"{s['disagreement_with_fixed']:.3f} |")
+            f"{num(s['median_queries_sequential'])} ({num(s['worst_queries_sequential'])})"
+            + (f", no design for {no_design} models" if no_design else "") + " | "
+            f"{num(s['median_queries_pirated'])} | {num(s['median_queries_independent'])} | "
+            f"{num(s['disagreement_with_fixed'], '.3f')} |")
     lines += ["", "## p-values of the pirated copies (null calibrated on all independents)", ""]
     for label, row in result["configs"].items():
         if "pirated" in row:

@@ -283,3 +283,23 @@ def test_the_verdicts_benchmark_analysis_on_recorded_labels(benchmark_script):
                           "setting": {"data": "digits"},
                           "configs": {"toy": {"num_fingerprints": 60, **result}}}, "cmd")
     assert "| toy | 60 | " in md and "- toy: p0 " in md
+
+
+def test_the_verdicts_benchmark_reports_a_null_no_sequential_test_can_beat(benchmark_script):
+    """Independents matching more than pirate_rate (digits at k=10 match ~0.9): the fixed test
+    is still reported, the sequential columns say there is no design."""
+    module = benchmark_script("verdicts")
+    fp = make_set(n=60, seed=8)
+    rng = np.random.default_rng(9)
+    independent = {f"i{k}": LabelSuspect(fp, r, k)(fp.x)
+                   for k, r in enumerate(rng.beta(40.0, 4.0, 6))}
+    pirated = {"p0": LabelSuspect(fp, 0.99, 100)(fp.x)}
+    result = module.analyse(fp, pirated, independent, orders=2)
+    s = result["summary"]
+    assert s["models_without_sequential_design"] == 7 and s["median_queries_sequential"] is None
+    assert "fixed_is_copy" in result["sequential"]["pirated"]["p0"]
+    md = module.markdown({"options": {"fpr": 0.01, "fnr": 0.05, "pirate_rate": 0.8,
+                                      "batch_size": 10, "orders": 2},
+                          "setting": {"data": "digits"},
+                          "configs": {"toy": {"num_fingerprints": 60, **result}}}, "cmd")
+    assert "no design for 7 models" in md
