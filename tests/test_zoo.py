@@ -185,3 +185,11 @@ def test_the_cache_reads_the_zoo_before_building_and_can_refuse_to_build(stored,
         cache.get_or_create({"arch": "mlp", "seed": 5}, make=pytest.fail, like=_build)
     with pytest.raises(TypeError, match="ModelZoo"):
         ev.ModelCache(tmp_path, zoo=str(zoo.root))
+
+
+def test_a_weight_file_that_is_not_a_zip_is_refused(stored):
+    zoo, _, path = stored
+    _npz(path).write_bytes(b"not a zip at all")
+    _fix_sha256(path)
+    with pytest.raises(ValueError, match="not an .npz"):
+        zoo.load(RECIPE, like=_build)

@@ -340,8 +340,11 @@ class ModelZoo:
         model = like()
         graphdef, state = nnx.split(model)
         template = _flatten(state)
-        with zipfile.ZipFile(npz) as archive:  # sizes checked before anything is inflated
-            members = {m.filename: m for m in archive.infolist()}
+        try:
+            with zipfile.ZipFile(npz) as archive:  # sizes checked before anything is inflated
+                members = {m.filename: m for m in archive.infolist()}
+        except zipfile.BadZipFile:
+            raise bad("not an .npz (zip) file") from None
         if set(members) != {f"{k}.npy" for k in template}:
             raise bad(f"holds {len(members)} arrays, the model has {len(template)}")
         flat = {}
