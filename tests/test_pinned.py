@@ -6,7 +6,8 @@ The owner (a digits MLP), the start data and the expected arrays live in
 (only do that on purpose: it re-pins). On the platform that wrote it (same jax/jaxlib and CPU
 flags) the set must match bit for bit. Elsewhere XLA may round sums in another order
 (docs/determinism.md), so the test then asks for what such rounding cannot change: the same
-labels, runner-ups and targets, and points within 1e-3 of the pinned ones.
+labels, runner-ups, targets and start points, points within a few Adam steps of the pinned ones
+(mean difference <= 2e-3, none over 0.05) and step counts within 3.
 """
 
 from __future__ import annotations
@@ -102,7 +103,11 @@ def test_the_pinned_set_is_generated_again():
         return
     for name in ("labels", "i", "j", "source"):
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
-    np.testing.assert_allclose(got["x"], expected["x"], atol=1e-3)
+    # A last-bit difference can stop a point a step earlier or later (one Adam step moves a
+    # pixel by up to lr = 0.01), so the points agree closely, not exactly.
+    assert np.abs(got["x"] - expected["x"]).mean() <= 2e-3
+    np.testing.assert_allclose(got["x"], expected["x"], atol=0.05)
+    assert np.abs(got["steps"].astype(int) - expected["steps"]).max() <= 3
 
 
 if __name__ == "__main__":
