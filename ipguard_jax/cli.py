@@ -882,15 +882,21 @@ def _check_out(out: Path, overwrite: bool, sealed: bool) -> None:
         raise UsageError(f"the directory {out.absolute().parent} does not exist")
 
 
-def _cmd_fingerprint(args: argparse.Namespace) -> int:
-    import ipguard_jax as ipg
-
+def _output(args: argparse.Namespace) -> tuple[Path, str | None]:
+    """``--out`` and the passphrase to seal it with, checked before any work is done."""
     out = Path(args.out).expanduser()
     passphrase = _passphrase(args)
-    _check_out(out, args.overwrite, passphrase is not None)  # a refusal must not cost a run
+    _check_out(out, args.overwrite, passphrase is not None)
     if passphrase is not None and importlib.util.find_spec("cryptography") is None:
         raise UsageError("sealed fingerprint files need the cryptography package: pip install "
                          "'ipguard-jax[seal]'")
+    return out, passphrase
+
+
+def _cmd_fingerprint(args: argparse.Namespace) -> int:
+    import ipguard_jax as ipg
+
+    out, passphrase = _output(args)  # a refusal must not cost a run
     config = ipg.FingerprintConfig(
         num=args.num, k=args.k, steps=args.steps, lr=args.lr, tol=args.tol, init=args.init,
         target=args.target, batch_size=args.batch_size, keep=args.keep,
@@ -1130,12 +1136,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     import ipguard_jax as ipg
     from ipguard_jax.calibration import calibrate, with_calibration
 
-    out = Path(args.out).expanduser()
-    passphrase = _passphrase(args)
-    _check_out(out, args.overwrite, passphrase is not None)  # a refusal must not cost a run
-    if passphrase is not None and importlib.util.find_spec("cryptography") is None:
-        raise UsageError("sealed fingerprint files need the cryptography package: pip install "
-                         "'ipguard-jax[seal]'")
+    out, passphrase = _output(args)  # a refusal must not cost a run
     if args.min_references < 2:
         raise UsageError(f"--min-references must be at least 2, got {args.min_references}")
     if len(args.references) < args.min_references:

@@ -14,17 +14,9 @@ from ipguard_jax.calibration import Calibration, calibrate, points_sha256, with_
 from ipguard_jax.sequential import sequential_design, verify_sequential
 from ipguard_jax.suspects import HTTPSuspect, QueryBudgetExceeded, ResumeFileError
 
-C, N = 10, 100
+from test_calibration import C, make_set  # a set of 100 random points by default
 
-
-def make_set(n=N, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(0, 1, (n, 4)).astype(np.float32)
-    labels = rng.integers(0, C, n)
-    zeros = np.zeros(n, np.int32)
-    return ipg.Fingerprints(x=x, labels=labels, i=zeros, j=labels, loss=zeros.astype(float),
-                            converged=np.ones(n, bool), steps=zeros, source=np.arange(n),
-                            metadata={"classifier": {"num_classes": C}})
+N = 100
 
 
 def null_of(alpha, beta, n=N):
