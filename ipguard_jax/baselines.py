@@ -315,10 +315,39 @@ class Method:
             config: the run's :class:`~ipguard_jax.FingerprintConfig`.
 
         Returns:
-            Name -> value, e.g. ``{"eps": 0.03}``; empty for methods without any.
+            Name -> value, e.g. ``{"eps": 0.03}``; empty for methods without any. Numbers
+            become float32 scalars; other values (arrays, pytrees of arrays, such as the
+            stacked parameters of :class:`~ipguard_jax.conferrable.Conferrable`'s members)
+            are passed as they are.
         """
         del config
         return {}
+
+    def check(self, classifier: Any) -> None:
+        """Refuses an owner the method cannot run on (nothing to check by default).
+
+        Args:
+            classifier: the owner :class:`~ipguard_jax.Classifier`.
+        """
+        del classifier
+
+    def screen(self, classifier: Any, arrays: dict[str, np.ndarray], config: Any
+               ) -> tuple[np.ndarray, dict[str, Any]] | None:
+        """A last filter on the generated points, and its counts for the provenance.
+
+        Args:
+            classifier: the owner.
+            arrays: the run's per-candidate arrays (``x``, ``labels``, ``i``, ``j``,
+                ``converged``...), labels already the owner's in float32.
+            config: the run's :class:`~ipguard_jax.FingerprintConfig`.
+
+        Returns:
+            ``None`` (the default: no screening), or ``(passed, record)``: points with
+            ``passed`` false no longer count as converged, and ``record`` goes into
+            ``metadata["screening"]``.
+        """
+        del classifier, arrays, config
+        return None
 
     def budget(self, config: Any) -> int:
         """The step budget per point (per round for :class:`CW`).
@@ -628,6 +657,10 @@ def resolve_method(method: str | Method) -> Method:
     if isinstance(method, Method):
         return method
     if isinstance(method, str):
+        if method == "conferrable":
+            raise ValueError("method 'conferrable' needs its surrogate and reference models: "
+                             "pass ipguard_jax.conferrable.Conferrable(surrogates=..., "
+                             "references=...)")
         if method not in METHODS:
             raise ValueError(f"method must be one of {tuple(METHODS)} or a Method instance, "
                              f"got {method!r}")

@@ -794,6 +794,7 @@ def generate(
     if not isinstance(config, FingerprintConfig):
         raise TypeError(f"config must be a FingerprintConfig, got {type(config).__name__}")
     method = baselines.resolve_method(method)
+    method.check(classifier)
     plan = method.plan(config)
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) \
             or checkpoint_every <= 0:
@@ -829,7 +830,8 @@ def generate(
         k=np.float32(config.k), lr=np.float32(method.learning_rate(config)),
         steps=np.int32(method.budget(config)), tol=np.float32(config.tol),
         lo=np.asarray(lo, classifier.dtype), hi=np.asarray(hi, classifier.dtype),
-        hyper={name: np.float32(v) for name, v in method.hyper(config).items()}))
+        hyper={name: np.float32(v) if isinstance(v, (int, float)) else v
+               for name, v in method.hyper(config).items()}))
     if place.mesh is None:
         scalars = jax.tree.map(jnp.asarray, scalars)
     run_key = jax.random.wrap_key_data(place.replicate(jax.random.key_data(point_key)),
@@ -882,6 +884,11 @@ def generate(
                 f"a label the owner does not give there (an edited or damaged checkpoint): "
                 f"they now carry the owner's label and count as not converged",
                 RuntimeWarning, stacklevel=2)
+    screened = method.screen(classifier, arrays, config)
+    if screened is not None:
+        passed, screening = screened
+        converged -= int((arrays["converged"] & ~passed).sum())
+        arrays["converged"] = arrays["converged"] & passed
     if config.keep == "converged":
         keep = np.flatnonzero(arrays["converged"])[:want]
         if keep.size < want:
@@ -907,6 +914,8 @@ def generate(
         "convergence_rate": converged / drawn,
         "wall_time_s": round(time.perf_counter() - start_time, 3),
     }
+    if screened is not None:
+        metadata["screening"] = screening
     fingerprints = Fingerprints(**arrays, metadata=metadata)
     if saver is not None:
         if keep_checkpoint:

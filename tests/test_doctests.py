@@ -19,6 +19,7 @@ MODULES = [
     "ipguard_jax._fileutil",
     "ipguard_jax.engine",
     "ipguard_jax.baselines",
+    "ipguard_jax.conferrable",
     "ipguard_jax.classifier",
     "ipguard_jax.config",
     "ipguard_jax.sharding",
@@ -43,7 +44,11 @@ MODULES = [
     "ipguard_jax.evaluation.report",
     "ipguard_jax.evaluation.zoo",
     "ipguard_jax.evaluation.benchmark",
+    "ipguard_jax.evaluation.factories",
     "ipguard_jax.cli",
+    "ipguard_jax.cli._common",
+    "ipguard_jax.adapters",
+    "ipguard_jax.adapters.sources",
     "ipguard_jax.demo",
 ]
 

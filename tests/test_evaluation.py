@@ -62,7 +62,7 @@ def dataclasses_replace(config, **changes):
 
 
 def _agreement(a, b, x):
-    return float(np.mean(pp._apply_batched(a, x).argmax(-1) == pp._apply_batched(b, x).argmax(-1)))
+    return float(np.mean(pp.apply_batched(a, x).argmax(-1) == pp.apply_batched(b, x).argmax(-1)))
 
 
 class Stop(Exception):
@@ -149,7 +149,7 @@ def test_int8_quantisation(cnn_owner, digits):
         per_channel = w.reshape(-1, w.shape[-1])
         assert max(len(np.unique(per_channel[:, c])) for c in range(w.shape[-1])) <= 256
     x = digits[2].x
-    a, b = pp._apply_batched(cnn_owner, x), pp._apply_batched(quant, x)
+    a, b = pp.apply_batched(cnn_owner, x), pp.apply_batched(quant, x)
     assert np.max(np.abs(a - b)) < 0.05 * np.max(np.abs(a))
     assert _agreement(cnn_owner, quant, x) > 0.97
 

@@ -34,7 +34,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import sys
 import time
 import warnings
@@ -67,8 +66,12 @@ class Setting:
     an image folder or archive), the owner architecture and its constructor arguments, the
     training and pirate-training settings, the fingerprint grid (``num``, ``steps``, ``ks``,
     ``inits``, ``targets``), the baselines and their ``eps``, the independent architectures
-    as ``(label, arch, kwargs)``, the distillation student as ``(arch, kwargs)`` and which
-    :data:`VARIANTS` of the owner's own architecture train as independent models.
+    as ``(label, arch, kwargs)``, the distillation student as ``(arch, kwargs)``, which
+    :data:`VARIANTS` of the owner's own architecture train as independent models, and the
+    conferrable fingerprints' parts: a distillation student of an architecture no surrogate
+    has (``heldout_student``, a scored pirate), the reference models ``(name, arch, kwargs,
+    seed)`` the defender trains on the owner's split, and the margins ``k`` to run them at
+    (none: no conferrable rows, no surrogates or references trained).
 
     Example:
         >>> setting = make_setting(parse_args(["--quick", "--ks", "1,3"]))
@@ -97,6 +100,10 @@ class Setting:
     independent_archs: list[tuple[str, str, dict[str, Any]]]
     distill_student: tuple[str, dict[str, Any]]
     owner_variants: list[str] = dataclasses.field(default_factory=lambda: list(VARIANTS))
+    heldout_student: tuple[str, dict[str, Any]] | None = None
+    references: list[tuple[str, str, dict[str, Any], int]] = dataclasses.field(
+        default_factory=list)
+    conferrable_ks: list[float] = dataclasses.field(default_factory=list)
 
 
 def add_arguments(parser: argparse.ArgumentParser, *,
@@ -146,6 +153,9 @@ def add_arguments(parser: argparse.ArgumentParser, *,
     p.add_argument("--from-zoo", action="store_true",
                    help="train nothing: every model comes from the cache or the zoo (an "
                         "absent one is an error)")
+    p.add_argument("--conferrable-ks", default=None,
+                   help="margins k of the conferrable fingerprints (comma-separated; default "
+                        "3,10; 'none' trains no surrogates or references and runs none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", choices=PRESETS, default="cpu",
                    help="image data: 'cpu' (default) sizes the model zoo for hours, not days, "
@@ -209,6 +219,12 @@ def make_setting(args: argparse.Namespace, default_data: str | os.PathLike | Non
         raise ValueError(f"--baselines: unknown {unknown}; choose from random, fgsm, pgd, cw")
     if args.eps is not None and not args.eps > 0:
         raise ValueError(f"--eps must be > 0, got {args.eps}")
+    text = getattr(args, "conferrable_ks", None) or "3,10"
+    try:
+        conferrable_ks = [] if text == "none" else [float(k) for k in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--conferrable-ks must be comma-separated numbers or 'none', got "
+                         f"{text!r}") from None
     if args.quick:
         return Setting(
             data="digits", owner=args.owner or "mlp",
@@ -223,15 +239,27 @@ def make_setting(args: argparse.Namespace, default_data: str | os.PathLike | Non
                                ("cnn", "cnn", {"in_channels": 1})],
             distill_student=("cnn", {"in_channels": 1}) if (args.owner or "mlp") == "mlp"
             else ("mlp", {"in_features": 64, "in_channels": 1}),
+            heldout_student=("resnet20", {"in_channels": 1}),
+            references=[("ref-mlp-s11", "mlp", {"in_features": 64, "in_channels": 1}, 11),
+                        ("ref-mlp128-s12", "mlp", {"in_features": 64, "in_channels": 1,
+                                                   "hidden": [128]}, 12),
+                        ("ref-cnn-s13", "cnn", {"in_channels": 1}, 13),
+                        ("ref-mlp-s14", "mlp", {"in_features": 64, "in_channels": 1}, 14)],
+            conferrable_ks=conferrable_ks,
         )
     data = args.data or (None if default_data is None else str(default_data))
     if data is None:
         raise ValueError("give the data to evaluate on with --data (an image folder or archive "
                          "with train/ and test/ splits, or tfds:NAME), or run --quick on digits")
-    common = dict(data=data, owner=args.owner or "resnet20", owner_kwargs={},
+    owner = args.owner or "resnet20"
+    common = dict(data=data, owner=owner, owner_kwargs={},
                   train_optimizer="sgd", train_lr=0.1, batch_size=128, augment=True,
                   pirate_lr=1e-3, num=args.num, steps=args.steps, ks=floats, inits=inits,
-                  targets=targets, subset=args.subset, baselines=names, eps=args.eps or 8 / 255)
+                  targets=targets, subset=args.subset, baselines=names, eps=args.eps or 8 / 255,
+                  heldout_student=("mobilenet_v2", {}), conferrable_ks=conferrable_ks,
+                  references=[(f"ref-{owner}-s11", owner, {}, 11), ("ref-cnn-s12", "cnn", {}, 12),
+                              ("ref-cnn-narrow-s13", "cnn", {"widths": [16, 32, 64]}, 13),
+                              ("ref-mlp-s14", "mlp", {}, 14)])
     if getattr(args, "preset", "cpu") == "wide":
         return Setting(
             **common, epochs=args.epochs or 30, pirate_epochs=args.pirate_epochs or 10,
@@ -300,10 +328,10 @@ def _trained_recipe(arch: str, kwargs: dict[str, Any], num_classes: int, ds, dat
                     seed: int, config) -> dict[str, Any]:
     """The cache key of a model trained from scratch."""
     from ipguard_jax import evaluation as ev
+    from ipguard_jax.evaluation import factories
 
-    return {"role": "trained", "arch": arch, "kwargs": kwargs, "num_classes": num_classes,
-            "data": data_name, "data_hash": ev.array_digest(ds.x, ds.y),
-            "train": config.trajectory_dict(), "init_seed": seed}
+    return factories.reference_recipe(arch, kwargs, num_classes, ev.array_digest(ds.x, ds.y),
+                                      data_name, seed, config)
 
 
 def train_cached(cache, recipe: dict[str, Any], build, ds, config, *,
@@ -339,29 +367,16 @@ def train_cached(cache, recipe: dict[str, Any], build, ds, config, *,
 
 
 def _cached_resumable(cache, recipe: dict[str, Any], make, like):
-    """``cache.get_or_create`` for a model that trains with epoch checkpoints.
+    from ipguard_jax.evaluation import factories
 
-    ``make(partial)`` trains it, checkpointing every epoch in ``partial`` (see
-    :func:`_training_dir`), so a call stopped part-way resumes there. The cache records the
-    time of all its epochs, also those of stopped calls (``train_s``), and the checkpoints go
-    once the model is cached.
-    """
-    from ipguard_jax import train
-
-    partial = _training_dir(cache, recipe)
-
-    def meta():
-        history = train.checkpoint_history(partial)
-        return {"train_s": round(sum(history["seconds"]), 3)} if history else {}
-
-    model = cache.get_or_create(recipe, lambda: make(partial), like, meta)
-    shutil.rmtree(partial, ignore_errors=True)
-    return model
+    return factories.cached_resumable(cache, recipe, make, like)
 
 
 def _training_dir(cache, recipe: dict[str, Any]) -> Path:
     """Where the model of ``recipe`` checkpoints while it trains (removed once it is cached)."""
-    return cache.root / "training" / cache.path(recipe).name
+    from ipguard_jax.evaluation import factories
+
+    return factories.training_dir(cache, recipe)
 
 
 def _epoch_reporter(name: str, epochs: int):
@@ -396,7 +411,7 @@ def pirate_specs(setting: Setting) -> list[tuple[str, str, dict[str, Any]]]:
         ['FTLL', 'FTAL', 'RTLL', 'RTAL', 'prune30', 'prune50']
     """
     student_arch, student_kwargs = setting.distill_student
-    return [
+    specs = [
         ("FTLL", "ftll", {}), ("FTAL", "ftal", {}), ("RTLL", "rtll", {}), ("RTAL", "rtal", {}),
         *[(f"prune{int(r * 100)}", "prune", {"rate": r}) for r in (0.3, 0.5, 0.7)],
         *[(f"prune{int(r * 100)}+FT", "prune_ft", {"rate": r}) for r in (0.5, 0.7, 0.9)],
@@ -405,6 +420,30 @@ def pirate_specs(setting: Setting) -> list[tuple[str, str, dict[str, Any]]]:
          {"temperature": 4.0, "student": student_arch, "student_kwargs": student_kwargs}),
         ("int8", "int8", {}),
     ]
+    if setting.conferrable_ks:
+        # What conferrable points must survive: extraction through a label-only API, and
+        # distillation into an architecture none of the surrogates has.
+        specs.append(("extract-same", "extract", {}))
+        if setting.heldout_student is not None:
+            arch, kwargs = setting.heldout_student
+            specs.append((f"distill-{arch}", "distill",
+                          {"temperature": 4.0, "label_copies": 2, "student": arch,
+                           "student_kwargs": kwargs}))
+    return specs
+
+
+def surrogate_specs(setting: Setting) -> list[tuple[str, str, dict[str, Any]]]:
+    """The surrogates the defender derives from its owner for the conferrable rows.
+
+    Example:
+        >>> [n for n, _, _ in surrogate_specs(make_setting(parse_args(["--quick"])))][:2]
+        ['sur-distill-same', 'sur-distill-cnn']
+    """
+    from ipguard_jax.evaluation import factories
+
+    if not setting.conferrable_ks:
+        return []
+    return factories.default_surrogate_specs(*setting.distill_student)
 
 
 def independent_specs(setting: Setting, owner_ds, indep_ds, seed: int) -> list[tuple]:
@@ -542,7 +581,10 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
 
     pirates = pirate_specs(setting)
     indep_specs = independent_specs(setting, owner_ds, indep_ds, seed)
-    names = [spec[0] for spec in indep_specs] + [spec[0] for spec in pirates]
+    sur_specs = surrogate_specs(setting)
+    ref_specs = setting.references if setting.conferrable_ks else []
+    names = [spec[0] for spec in indep_specs] + [spec[0] for spec in pirates] + [
+        spec[0] for spec in sur_specs] + [spec[0] for spec in ref_specs]
     if len(set(names)) != len(names):
         raise ValueError(f"model names repeat: {sorted(n for n in names if names.count(n) > 1)}")
 
@@ -588,6 +630,41 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
         independent_models[name] = trained(name, arch, kwargs, ds, data_name, model_seed)
     timings["independent_s"] = time.perf_counter() - t0
 
+    # The defender's own models for the conferrable rows, made from the owner and its split
+    # only; never scored (the scored models above are checked to be none of them).
+    surrogate_models, reference_models = {}, {}
+    if sur_specs or ref_specs:
+        from ipguard_jax.evaluation import factories
+
+        def member(arch_of):
+            def on_model(name, recipe, model):
+                note_cost(name, recipe)
+                keep(name, recipe, model, arch_of(name))
+            return on_model
+
+        sur_arch = {n: p.get("student", setting.owner) for n, _, p in sur_specs}
+        t0 = time.perf_counter()
+        surrogate_models = factories.make_surrogates(
+            owner, owner_ds.x, owner_ds.y, sur_specs,
+            config=dataclasses.replace(pirate_config, seed=seed + 100), cache=cache,
+            on_model=member(sur_arch.get),
+            reporter=lambda n: _epoch_reporter(n, pirate_config.epochs))
+        timings["surrogates_s"] = time.perf_counter() - t0
+        ref_arch = {n: a for n, a, _, _ in ref_specs}
+        t0 = time.perf_counter()
+        reference_models = factories.make_references(
+            owner_ds.x, owner_ds.y, ref_specs, num_classes=num_classes,
+            config=_train_config(setting, seed, len(owner_ds)), data_name="owner split",
+            cache=cache, on_model=member(ref_arch.get),
+            reporter=lambda n: _epoch_reporter(n, setting.epochs))
+        timings["references_s"] = time.perf_counter() - t0
+        scored = {ev.model_hash(m) for m in (*pirated_models.values(),
+                                              *independent_models.values())}
+        shared = [n for n, m in (*surrogate_models.items(), *reference_models.items())
+                  if ev.model_hash(m) in scored]
+        if shared:
+            raise RuntimeError(f"surrogates or references {shared} are also scored models")
+
     def clf(model):
         return ipg.Classifier.from_nnx(model, input_shape=input_shape)
 
@@ -608,6 +685,8 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
         gen_s = time.perf_counter() - tg
         row = {"config": label, **row, "num_fingerprints": len(fp),
                "convergence_rate": fp.convergence_rate, "generation_s": gen_s}
+        if "screening" in fp.metadata:
+            row["screening"] = fp.metadata["screening"]
         if len(fp) == 0:  # no point reached the margin: nothing to verify
             rows.append({**row, "aruc_roc": math.nan, "aruc_min": math.nan,
                          "tpr_at_1pct_fpr": math.nan, "best_threshold": math.nan,
@@ -652,6 +731,19 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
             fingerprint_and_evaluate(label, config, method,
                                      {"method": name, "k": None, "init": init,
                                       "target": "random" if name == "cw" else None})
+    if setting.conferrable_ks:
+        from ipguard_jax.conferrable import Conferrable
+
+        method = Conferrable(surrogates={n: clf(m) for n, m in surrogate_models.items()},
+                             references={n: clf(m) for n, m in reference_models.items()})
+        members_s = sum(build_s.get(n) or 0.0 for n in (*surrogate_models, *reference_models))
+        target = setting.targets[0]
+        for k in setting.conferrable_ks:
+            config = ipg.FingerprintConfig(num=setting.num, k=k, steps=setting.steps,
+                                           init="data", target=target)
+            fingerprint_and_evaluate(f"conferrable k={k:g} init=data target={target}", config,
+                                     method, {"method": "conferrable", "k": k, "init": "data",
+                                              "target": target, "members_build_s": members_s})
     timings["fingerprint_and_verify_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
 
@@ -676,6 +768,11 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
                     for n, k, p in pirates},
         "independent": {n: {"arch": a, "data": d, "seed": s}
                         for n, a, _, _, d, s in indep_specs},
+        "surrogates": {n: {"kind": k, "params": {a: b for a, b in p.items()
+                                                  if a != "student_kwargs"}}
+                       for n, k, p in sur_specs},
+        "references": {n: {"arch": a, "data": "owner split", "seed": sd}
+                       for n, a, _, sd in ref_specs},
         "configs": rows,
         "reports": {label: rep.to_dict() for label, rep in reports.items()},
     }
@@ -775,6 +872,22 @@ def plan(setting: Setting, *, seed: int = 0, cache_dir: str | os.PathLike | None
     for name, arch, kwargs, ds, data_name, model_seed in independent_specs(
             setting, owner_ds, indep_ds, seed):
         trained_row("independent", name, arch, kwargs, ds, data_name, model_seed)
+    from ipguard_jax.evaluation import factories
+
+    owner_data = ev.array_digest(owner_ds.x, owner_ds.y)
+    for n, (name, kind, params) in enumerate(surrogate_specs(setting)):
+        config = dataclasses.replace(pirate_config, seed=seed + 100 + n)
+        recipe = factories.surrogate_recipe(owner_hash or "", kind, params, owner_data, config)
+        cached = owner_hash is not None and recipe in cache
+        rows.append({"role": "surrogate", "name": name,
+                     "arch": params.get("student", setting.owner),
+                     "kwargs": params.get("student_kwargs", setting.owner_kwargs),
+                     "train_images": len(owner_ds),
+                     "epochs": 0 if kind in _NO_TRAINING else setting.pirate_epochs,
+                     "epochs_done": epochs_done(recipe, cached or owner_hash is None),
+                     "cached": cached})
+    for name, arch, kwargs, model_seed in (setting.references if setting.conferrable_ks else []):
+        trained_row("reference", name, arch, kwargs, owner_ds, "owner split", model_seed)
 
     rates: dict[str, float] = {}
     compile_s: dict[str, float] = {}

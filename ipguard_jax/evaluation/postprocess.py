@@ -16,6 +16,8 @@ function                    what the pirate does
 ``prune_and_fine_tune``     pruning, then FTAL with the pruned weights held at zero (a mask)
 ``distill``                 knowledge distillation from the owner's soft labels at temperature
                             ``T`` into the same or another architecture (built by name)
+``extract``                 model extraction through a label-only API: a student trained on
+                            the owner's top-1 answers
 ``quantize_int8``           symmetric per-output-channel int8 kernels, dequantised to float
 ==========================  ==================================================================
 
@@ -70,9 +72,11 @@ __all__ = [
     "prune",
     "prune_and_fine_tune",
     "distill",
+    "extract",
     "quantize_int8",
     "make_pirate",
     "build_model",
+    "apply_batched",
 ]
 
 
@@ -298,7 +302,23 @@ def build_model(name: str, num_classes: int = 10, seed: int = 0, **kwargs: Any) 
     return nnx.jit(lambda: models.create(name, num_classes, rngs=_rngs(seed), **kwargs))()
 
 
-def _apply_batched(model: nnx.Module, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
+def apply_batched(model: nnx.Module, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    """A model's logits on ``x``, in evaluation mode (the model itself is not switched).
+
+    Args:
+        model: an NNX model.
+        x: inputs ``(N, *input_shape)``.
+        batch_size: evaluation batch size.
+
+    Returns:
+        ``(N, num_classes)`` float32 logits.
+
+    Example:
+        >>> from ipguard_jax import models
+        >>> mlp = models.create("mlp", in_features=64, in_channels=1, rngs=nnx.Rngs(0))
+        >>> apply_batched(mlp, np.zeros((3, 8, 8, 1), np.float32)).shape
+        (3, 10)
+    """
     model = nnx.clone(model)
     model.eval()
     graphdef, state = nnx.split(model)
@@ -333,7 +353,7 @@ class _HeadOnly(nnx.Module):
 def _features(model: nnx.Module, head_path: Path, x: np.ndarray) -> np.ndarray:
     body = nnx.clone(model)
     _set(body, head_path, _Identity())
-    return _apply_batched(body, x)
+    return apply_batched(body, x)
 
 
 class _Identity(nnx.Module):
@@ -637,16 +657,8 @@ def distill(owner: nnx.Module, x: Any, config: PirateConfig = PirateConfig(), *,
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if label_copies < 1:
         raise ValueError(f"label_copies must be >= 1, got {label_copies}")
-    logits = _apply_batched(owner, x)
-    num_classes = logits.shape[-1]
-    if student is None:
-        # Same architecture, new weights: re-draw every Param of a clone.
-        model = nnx.clone(owner)
-        _reinit_all(model, config.seed)
-    elif isinstance(student, str):
-        model = build_model(student, num_classes, config.seed + 1000, **(student_kwargs or {}))
-    else:
-        model = nnx.clone(student)
+    logits = apply_batched(owner, x)
+    model = _student(owner, student, logits.shape[-1], config, student_kwargs)
     key = jax.random.key(config.seed)
     labels = np.asarray(jax.random.categorical(
         key, jnp.asarray(logits / temperature), axis=-1, shape=(label_copies, len(x))))
@@ -656,6 +668,54 @@ def distill(owner: nnx.Module, x: Any, config: PirateConfig = PirateConfig(), *,
     config.fit(wrapper, xs, ys)
     wrapper.model.eval()
     return wrapper.model
+
+
+def _student(owner: nnx.Module, student: str | nnx.Module | None, num_classes: int,
+             config: PirateConfig, student_kwargs: dict[str, Any] | None) -> nnx.Module:
+    if student is None:
+        # Same architecture, new weights: re-draw every Param of a clone.
+        model = nnx.clone(owner)
+        _reinit_all(model, config.seed)
+        return model
+    if isinstance(student, str):
+        return build_model(student, num_classes, config.seed + 1000, **(student_kwargs or {}))
+    return nnx.clone(student)
+
+
+def extract(owner: nnx.Module, x: Any, config: PirateConfig = PirateConfig(), *,
+            student: str | nnx.Module | None = None,
+            student_kwargs: dict[str, Any] | None = None) -> nnx.Module:
+    """Model extraction through a label-only prediction API: a student trained on the owner's
+    hard labels (its top-1 answers) on the pirate's unlabelled images.
+
+    Args:
+        owner: the owner's NNX model (not modified): the API answers with its top-1 label.
+        x: pirate images ``(N, H, W, C)`` in [0, 1].
+        config: training settings; ``config.seed`` seeds the student's init.
+        student: ``None`` for a freshly initialised model of the owner's architecture, a
+            registry name (:func:`build_model`), or an untrained NNX model.
+        student_kwargs: passed to :func:`build_model` with a registry name.
+
+    Returns:
+        The trained student, in eval mode.
+
+    Raises:
+        ValueError: malformed ``x``.
+
+    Example:
+        >>> from ipguard_jax import models
+        >>> owner = models.create("mlp", in_features=64, in_channels=1, rngs=nnx.Rngs(0))
+        >>> x = np.random.default_rng(0).uniform(size=(32, 8, 8, 1)).astype(np.float32)
+        >>> student = extract(owner, x, PirateConfig(epochs=1))
+        >>> student.head.kernel[...].shape == owner.head.kernel[...].shape
+        True
+    """
+    x, _ = _check_xy(x, None)
+    logits = apply_batched(owner, x)
+    model = _student(owner, student, logits.shape[-1], config, student_kwargs)
+    config.fit(model, x, np.argmax(logits, axis=-1).astype(np.int32))
+    model.eval()
+    return model
 
 
 def _reinit_all(model: nnx.Module, seed: int) -> None:
@@ -727,6 +787,7 @@ POSTPROCESSINGS: dict[str, Callable[..., nnx.Module]] = {
     "prune": prune,
     "prune_ft": prune_and_fine_tune,
     "distill": distill,
+    "extract": extract,
     "int8": quantize_int8,
 }
 
@@ -738,10 +799,10 @@ def make_pirate(kind: str, owner: nnx.Module, x: Any, y: Any,
     Args:
         kind: ``"ftll"``, ``"ftal"``, ``"rtll"``, ``"rtal"``, ``"prune"`` (``rate``, ``scope``),
             ``"prune_ft"`` (``rate``, ``scope``), ``"distill"`` (``student``, ``temperature``,
-            ...) or ``"int8"``.
+            ...), ``"extract"`` (``student``, ``student_kwargs``) or ``"int8"``.
         owner: the owner's NNX model (not modified).
         x: pirate images.
-        y: their labels (unused by ``prune``, ``int8`` and ``distill``).
+        y: their labels (unused by ``prune``, ``int8``, ``distill`` and ``extract``).
         config: training settings (unused by ``prune`` and ``int8``).
         **params: the post-processing's own parameters.
 
@@ -767,8 +828,8 @@ def make_pirate(kind: str, owner: nnx.Module, x: Any, y: Any,
         return prune(owner, **params)
     if kind == "int8":
         return quantize_int8(owner, **params)
-    if kind == "distill":
-        return distill(owner, x, config, **params)
+    if kind in ("distill", "extract"):
+        return POSTPROCESSINGS[kind](owner, x, config, **params)
     if kind == "prune_ft":
         return prune_and_fine_tune(owner, x, y, config=config, **params)
     return POSTPROCESSINGS[kind](owner, x, y, config, **params)
