@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import operator
 from typing import Any, Callable
 
@@ -25,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ipguard_jax.fingerprints import update_digest
+from ipguard_jax.storage.digest import pytree_sha256
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -123,13 +122,7 @@ def params_hash(params: Any) -> str:
         >>> params_hash({"w": jnp.zeros(3)}) == params_hash({"w": np.zeros(3, np.float32)})
         True
     """
-    digest = hashlib.sha256()
-    leaves, _ = jax.tree_util.tree_flatten_with_path(params)
-    for path, leaf in leaves:
-        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            leaf = jax.random.key_data(leaf)
-        update_digest(digest, jax.tree_util.keystr(path), leaf)
-    return digest.hexdigest()
+    return pytree_sha256(params)
 
 
 def _nnx_apply(graphdef: Any, state: Any, x: jax.Array) -> jax.Array:

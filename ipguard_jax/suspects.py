@@ -32,16 +32,18 @@ import os
 import random
 import re
 import ssl
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
-from ipguard_jax.fingerprints import update_digest
+from ipguard_jax.storage.canonical import canonical_json
+from ipguard_jax.storage.digest import sha256_hex, update_digest
+from ipguard_jax.storage.files import atomic_open
 
 #: The ``format`` field of a resume file.
 RESUME_FORMAT = "ipguard_jax.HTTPSuspect.resume"
@@ -237,7 +239,7 @@ class _Endpoint(NamedTuple):
             password = urllib.parse.unquote(parts.password or "")
             authorization = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         return cls(request_url=urllib.parse.urlunsplit((scheme, netloc, path, parts.query, "")),
-                   display=display, sha256=hashlib.sha256(normal.encode()).hexdigest(),
+                   display=display, sha256=sha256_hex(normal.encode()),
                    authorization=authorization)
 
 
@@ -496,17 +498,10 @@ class HTTPSuspect:
                  "context": self._context, "points_sent": self.points_sent,
                  "answers": self._answers}
         folder = os.path.dirname(os.path.abspath(self.resume_path))
-        fd, tmp = tempfile.mkstemp(prefix=".resume-", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(state, f, separators=(",", ":"), allow_nan=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.resume_path)  # atomic: a crash leaves the old file or the new
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        tmp = os.path.join(folder, f".resume-{uuid.uuid4().hex}.tmp")
+        # atomic: a crash leaves the old file or the new; private (mode 0600), as it always was
+        with atomic_open(self.resume_path, "w", tmp=tmp, private=True, encoding="utf-8") as f:
+            json.dump(state, f, separators=(",", ":"), allow_nan=False)
 
     def _resumed(self, key: str, n: int) -> np.ndarray:
         """The stored answer to batch ``key`` of ``n`` points."""
@@ -975,10 +970,10 @@ def _describe(value: Any) -> str:
 def _json_sha256(value: Any) -> str:
     """sha256 of ``value`` as canonical JSON (sorted keys, compact)."""
     try:
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        data = canonical_json(value, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise TypeError(f"a context value must be JSON-able: {e}") from None
-    return hashlib.sha256(text.encode()).hexdigest()
+    return sha256_hex(data)
 
 
 def _stored_answer_problem(answer: Any) -> str | None:

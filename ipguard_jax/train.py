@@ -68,6 +68,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm.auto import tqdm
 
+from ipguard_jax.storage.digest import flatten_state, unflatten_state
+
 _OPTIMIZERS = ("sgd", "adam")
 _PAD_MODES = ("zeros", "reflect")
 # Config fields that do not change the training trajectory: a checkpoint
@@ -489,30 +491,10 @@ def _epoch_permutation(seed: int, epoch: int, n: int) -> tuple[jax.Array, jax.Ar
 # pytree nodes (nnx.State, optax states) need no orbax support.
 
 
-def _flatten_for_save(tree) -> dict[str, np.ndarray]:
-    out = {}
-    for i, leaf in enumerate(jax.tree.leaves(tree)):
-        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            leaf = jax.random.key_data(leaf)
-        out[f"{i:06d}"] = leaf
-    return out
-
-
-def _unflatten_restored(template, flat: dict[str, Any]):
-    leaves, treedef = jax.tree.flatten(template)
-    restored = []
-    for i, ref in enumerate(leaves):
-        value = jnp.asarray(flat[f"{i:06d}"])
-        if jnp.issubdtype(ref.dtype, jax.dtypes.prng_key):
-            value = jax.random.wrap_key_data(value, impl=jax.random.key_impl(ref))
-        restored.append(value)
-    return jax.tree.unflatten(treedef, restored)
-
-
 def _abstract_saved(template) -> dict[str, jax.ShapeDtypeStruct]:
     return {
         k: jax.ShapeDtypeStruct(v.shape, v.dtype)
-        for k, v in _flatten_for_save(template).items()
+        for k, v in flatten_state(template).items()
     }
 
 
@@ -547,7 +529,7 @@ class _Checkpointer:
         self._manager.save(
             epoch,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_flatten_for_save(state)),
+                state=ocp.args.StandardSave(flatten_state(state)),
                 meta=ocp.args.JsonSave(meta),
             ),
             force=True,
@@ -566,7 +548,7 @@ class _Checkpointer:
                 state=ocp.args.StandardRestore(_abstract_saved(template))
             ),
         ).state
-        return _unflatten_restored(template, restored)
+        return unflatten_state(template, restored)
 
     def close(self) -> None:
         self._manager.close()

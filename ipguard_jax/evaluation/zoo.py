@@ -28,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -48,6 +47,9 @@ from flax import nnx
 
 from ipguard_jax.classifier import params_hash
 from ipguard_jax.data import CACHE_ENV_VAR
+from ipguard_jax.storage.digest import (array_digest, flatten_state, sha256_file, sha256_hex,
+                                        unflatten_state)
+from ipguard_jax.storage.files import atomic_path, write_atomic
 
 __all__ = ["ModelCache", "ModelZoo", "default_model_dir", "recipe_key", "array_digest",
            "model_hash", "round_model"]
@@ -72,28 +74,6 @@ def default_model_dir() -> Path:
     env = os.environ.get(CACHE_ENV_VAR)
     root = Path(env).expanduser() if env else Path.home() / ".cache" / "ipguard_jax"
     return root / "models"
-
-
-def array_digest(*arrays: Any) -> str:
-    """sha256 of arrays' dtypes, shapes and bytes: a data description for a recipe.
-
-    Args:
-        *arrays: the arrays, in order (e.g. images and labels).
-
-    Returns:
-        64 lowercase hex digits.
-
-    Example:
-        >>> import numpy as np
-        >>> array_digest(np.zeros(3)) == array_digest(np.zeros(3, np.float32))
-        False
-    """
-    digest = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(np.asarray(a))
-        digest.update(f"{a.dtype.str}{a.shape}".encode())
-        digest.update(a.tobytes())
-    return digest.hexdigest()
 
 
 def model_hash(model: nnx.Module) -> str:
@@ -130,32 +110,25 @@ def recipe_key(recipe: Mapping[str, Any]) -> str:
         True
     """
     text = json.dumps({"format": _FORMAT, "recipe": recipe}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return sha256_hex(text.encode())
 
 
 def _flatten(state: Any) -> dict[str, np.ndarray]:
-    out = {}
-    for k, leaf in enumerate(jax.tree.leaves(state)):
-        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            leaf = jax.random.key_data(leaf)
-        out[f"{k:06d}"] = np.asarray(leaf)
-    return out
+    """A state's leaves as NumPy arrays by position (see :func:`flatten_state`)."""
+    return {name: np.asarray(leaf) for name, leaf in flatten_state(state).items()}
+
+
+def _check_cached(k: int, ref: Any, value: jax.Array) -> None:
+    if value.shape != ref.shape or value.dtype != ref.dtype:
+        raise ValueError(f"cached array {k} is {value.dtype}{value.shape}, the template "
+                         f"expects {ref.dtype}{ref.shape}")
 
 
 def _unflatten(template: Any, flat: Mapping[str, Any]) -> Any:
-    leaves, treedef = jax.tree.flatten(template)
+    leaves = jax.tree.leaves(template)
     if len(leaves) != len(flat):
         raise ValueError(f"cached model has {len(flat)} arrays, the template has {len(leaves)}")
-    restored = []
-    for k, ref in enumerate(leaves):
-        value = jnp.asarray(flat[f"{k:06d}"])
-        if jnp.issubdtype(ref.dtype, jax.dtypes.prng_key):
-            value = jax.random.wrap_key_data(value, impl=jax.random.key_impl(ref))
-        elif value.shape != ref.shape or value.dtype != ref.dtype:
-            raise ValueError(f"cached array {k} is {value.dtype}{value.shape}, the template "
-                             f"expects {ref.dtype}{ref.shape}")
-        restored.append(value)
-    return jax.tree.unflatten(treedef, restored)
+    return unflatten_state(template, flat, check=_check_cached)
 
 
 def round_model(model: nnx.Module, precision: str = "float16") -> nnx.Module:
@@ -198,14 +171,6 @@ def round_model(model: nnx.Module, precision: str = "float16") -> nnx.Module:
 
     nnx.update(model, jax.tree.map(rounded, state))
     return model
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ModelZoo:
@@ -335,7 +300,7 @@ class ModelZoo:
 
         if not npz.is_file() or npz.is_symlink():
             raise bad("missing, or not a regular file")
-        if _file_sha256(npz) != record["npz_sha256"]:
+        if sha256_file(npz) != record["npz_sha256"]:
             raise bad("its sha256 differs from the record's (modified or corrupt)")
         model = like()
         graphdef, state = nnx.split(model)
@@ -405,19 +370,14 @@ class ModelZoo:
         stem = f"{name}.{key[:16]}"
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".{stem}.{uuid.uuid4().hex[:8]}.tmp.npz"
-        try:
+        with atomic_path(self.root / f"{stem}.npz", tmp=tmp):
             np.savez_compressed(tmp, **packed)
             record = {**(dict(info) if info else {}), "format": _ZOO_FORMAT, "name": name,
                       "recipe": recipe, "recipe_key": key, "state_hash": model_hash(model),
-                      "npz_sha256": _file_sha256(tmp), "npz_bytes": tmp.stat().st_size}
+                      "npz_sha256": sha256_file(tmp), "npz_bytes": tmp.stat().st_size}
             text = json.dumps(record, indent=1, sort_keys=True, default=str)
-            os.replace(tmp, self.root / f"{stem}.npz")
-            record_tmp = tmp.with_suffix(".json")
-            record_tmp.write_text(text + "\n", encoding="utf-8")
-            os.replace(record_tmp, self.root / f"{stem}.json")  # the record last: it commits
-        finally:
-            for leftover in (tmp, tmp.with_suffix(".json")):
-                leftover.unlink(missing_ok=True)
+        # the record last: it commits
+        write_atomic(self.root / f"{stem}.json", text + "\n", tmp=tmp.with_suffix(".json"))
         return self.root / f"{stem}.json"
 
 

@@ -50,14 +50,14 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ipguard_jax._fileutil import (UnsafeFileError, array_nbytes, check_expansion, check_tree,
-                                   orbax_array_specs, read_regular, rename_new, sha256_regular)
 from ipguard_jax.classifier import Classifier, _check_bounds, _check_shape, params_hash
-from ipguard_jax.train import _unflatten_restored as _unflatten
+from ipguard_jax.storage.digest import (flatten_state, is_prng_key, leaf_name, sha256_regular,
+                                        unflatten_state)
+from ipguard_jax.storage.files import (UnsafeFileError, array_nbytes, check_expansion, check_tree,
+                                       orbax_array_specs, read_regular, rename_new, write_atomic)
 
 FORMAT = "ipguard_jax.model"
 FORMAT_VERSION = 1
@@ -158,13 +158,11 @@ def is_model_file(path: str | os.PathLike) -> bool:
 
 
 def _flatten(state: Any) -> tuple[list[str], dict[str, np.ndarray]]:
-    """Leaf paths and arrays (keyed by position) of a state; PRNG keys as their key data."""
-    paths, arrays = [], {}
-    for index, (path, leaf) in enumerate(jax.tree_util.tree_flatten_with_path(state)[0]):
-        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            leaf = jax.random.key_data(leaf)
-        paths.append(jax.tree_util.keystr(path))
-        arrays[f"{index:06d}"] = np.asarray(leaf)
+    """Leaf paths and arrays (keyed by position, see :func:`flatten_state`) of a state; PRNG keys
+    as their key data."""
+    paths = [jax.tree_util.keystr(path)
+             for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+    arrays = {name: np.asarray(leaf) for name, leaf in flatten_state(state).items()}
     return paths, arrays
 
 
@@ -173,7 +171,7 @@ def _leaf_specs(state: Any) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
     (``jax.ShapeDtypeStruct``) states alike."""
     specs = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        if is_prng_key(leaf):
             leaf = jax.eval_shape(jax.random.key_data, leaf)
         specs.append((jax.tree_util.keystr(path), np.dtype(leaf.dtype), tuple(leaf.shape)))
     return specs
@@ -304,10 +302,7 @@ def save_model(path: str | os.PathLike, model: nnx.Module, *, arch: str, num_cla
                         "flax": _flax_version()},
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
-        with open(staging / SPEC_FILE, "w", encoding="utf-8") as f:
-            f.write(json.dumps(spec, indent=1, sort_keys=True))
-            f.flush()
-            os.fsync(f.fileno())
+        write_atomic(staging / SPEC_FILE, json.dumps(spec, indent=1, sort_keys=True))
         if path.exists():
             os.rename(path, old)
         rename_new(staging, path, "model file")
@@ -409,11 +404,11 @@ def _check_weights_fit(path: Path, spec: dict[str, Any],
     num_classes = spec["num_classes"]
     described = (f"the {spec['arch']!r} model {SPEC_FILE} describes (num_classes={num_classes}, "
                  f"model_kwargs={spec['model_kwargs']})")
-    if sorted(stored) != [f"{i:06d}" for i in range(len(expected))]:
+    if sorted(stored) != [leaf_name(i) for i in range(len(expected))]:
         raise ModelFileError(f"{path}: the weights hold {len(stored)} arrays, {described} has "
                              f"{len(expected)}")
     for index, (leaf, dtype, shape) in enumerate(expected):
-        stored_dtype, stored_shape = stored[f"{index:06d}"]
+        stored_dtype, stored_shape = stored[leaf_name(index)]
         if (stored_dtype, stored_shape) == (dtype, shape):
             continue
         if (len(shape) == len(stored_shape) >= 1 and shape[:-1] == stored_shape[:-1]
@@ -449,6 +444,7 @@ def load_model(path: str | os.PathLike) -> tuple[nnx.Module, ModelSpec]:
 
     Example:
         >>> import os, tempfile
+        >>> import jax.numpy as jnp
         >>> from ipguard_jax import models
         >>> kwargs = {"in_features": 64, "in_channels": 1}
         >>> net = models.create("mlp", 10, rngs=nnx.Rngs(0), **kwargs)
@@ -504,7 +500,7 @@ def load_model(path: str | os.PathLike) -> tuple[nnx.Module, ModelSpec]:
         target = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat.items()}
         with ocp.StandardCheckpointer() as checkpointer:
             restored = checkpointer.restore(weights, target)
-        state = _unflatten(state, restored)
+        state = unflatten_state(state, restored)
     except Exception as e:  # any failure of the array store means the same to the user
         raise _unreadable(path, e) from None
     if params_hash(state) != spec["state_sha256"]:
