@@ -28,18 +28,19 @@ from __future__ import annotations
 
 import argparse
 import ctypes.util
+import itertools
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness as harness  # noqa: E402  (imports no JAX: glibc is tuned before JAX starts)
+
 # name -> (library for ctypes.util.find_library, extra environment, set glibc's malloc up with
 # _tune_glibc() first); glibc's variants preload nothing.
 ALLOCATORS = {
@@ -71,7 +72,12 @@ def _tune_glibc() -> None:
 
 
 def _child(workload: str, steps: int, warmup: int) -> dict:
-    """Times ``steps`` steps of ``workload`` after ``warmup`` untimed ones, in this process."""
+    """Times ``steps`` steps of ``workload`` after ``warmup`` untimed ones, in this process.
+
+    The training step is the library's own compiled step, reached through private helpers of
+    :mod:`ipguard_jax.train` (``_make_optimizer``, ``_epoch_permutation``,
+    ``_make_train_step``): the library has no public way yet to build one step of ``fit``.
+    """
     import jax
     import jax.numpy as jnp
     import optax
@@ -88,20 +94,21 @@ def _child(workload: str, steps: int, warmup: int) -> dict:
         n = TRAIN_BATCH * 4
         x_all = jax.device_put(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
         y_all = jax.device_put(rng.integers(0, 10, n).astype(np.int32))
-        graphdef, params, rest = nnx.split(train._mode_view(model, train=True), nnx.Param, ...)
+        model.train()  # as fit trains: BatchNorm on batch statistics
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         tx, _ = train._make_optimizer(config, 1000, 4)
         leaves, state_def = jax.tree.flatten((params, tx.init(params), rest))
         perm, key = train._epoch_permutation(0, 0, n)
         metrics = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
         step_fn = train._make_train_step(graphdef, state_def, tx, config)
-        start = time.perf_counter()
-        compiled = step_fn.lower(leaves, metrics, x_all, y_all, perm, np.int32(0), key).compile()
-        compile_s = time.perf_counter() - start
+        compile_s, compiled = harness.clock(
+            lambda: step_fn.lower(leaves, metrics, x_all, y_all, perm, np.int32(0), key).compile())
         state = [leaves, metrics]
+        index = itertools.count()
 
-        def run(index):
-            state[:] = compiled(*state, x_all, y_all, perm, np.int32(index % 4), key)
-            jax.block_until_ready(state)
+        def run():
+            state[:] = compiled(*state, x_all, y_all, perm, np.int32(next(index) % 4), key)
+            return state
         images_per_step, steps_per_call = TRAIN_BATCH, 1
     else:
         clf = Classifier.from_nnx(model, input_shape=(32, 32, 3))
@@ -115,21 +122,16 @@ def _child(workload: str, steps: int, warmup: int) -> dict:
             return engine.run_steps(clf.apply_fn, params, points, i, j, k=3.0,
                                     optimizer=optimizer, num_steps=STEPS_PER_BLOCK,
                                     max_steps=10 ** 6)
-        start = time.perf_counter()
-        compiled = jax.jit(block).lower(clf.params, points).compile()
-        compile_s = time.perf_counter() - start
+        compile_s, compiled = harness.clock(
+            lambda: jax.jit(block).lower(clf.params, points).compile())
 
-        def run(index):
-            jax.block_until_ready(compiled(clf.params, points))
+        def run():
+            return compiled(clf.params, points)
         images_per_step, steps_per_call = FINGERPRINT_BATCH, STEPS_PER_BLOCK
-    for index in range(warmup):  # the first steps grow the heap: first touch of its pages
-        run(index)
-    times = []
+    for _ in range(warmup):  # the first steps grow the heap: first touch of its pages
+        harness.clock(run)
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    for index in range(warmup, warmup + steps):
-        start = time.perf_counter()
-        run(index)
-        times.append((time.perf_counter() - start) / steps_per_call)
+    times = harness.measure(run, steps, first_call=False, per_call=steps_per_call).times_s
     after = resource.getrusage(resource.RUSAGE_SELF)
     user, system = after.ru_utime - usage.ru_utime, after.ru_stime - usage.ru_stime
     return {"allocator": train.malloc_in_use(), "compile_s": round(compile_s, 2),
@@ -205,7 +207,7 @@ def summarise(runs: dict) -> dict:
 def render(result: dict) -> str:
     """The summary as Markdown, one table per workload."""
     setting = (
-        f"Machine: {result['environment']}. Load average at the start "
+        f"Machine: {harness.describe(result['environment'])}. Load average at the start "
         f"{result['load_average'][0]}, at the end {result['load_average'][1]}. Each "
         f"(allocator, workload) pair ran {result['rounds']} times, each time in a fresh "
         f"process, in alternating rounds; a process times {result['steps']} steps after "
@@ -217,16 +219,13 @@ def render(result: dict) -> str:
              f"Command: `{result['command']}`", "", setting, ""]
     for workload, rows in result["summary"].items():
         unit = "images/s" if workload.startswith("train") else "point-steps/s"
-        header = (f"| malloc | ms per step | {unit} | speed-up over glibc | system share "
-                  "| minor page faults per step | compile s |")
-        lines += [f"## {workload}", "", header, "|---|---|---|---|---|---|---|"]
-        for allocator, row in rows.items():
-            lines.append(
-                f"| {allocator} | {1e3 * row['median_step_s']:.0f} | {row['per_s']:.0f} | "
-                f"{row.get('speedup_over_glibc', float('nan')):.2f}x | "
-                f"{100 * row['system_share']:.0f}% | {row['minor_faults_per_step']:,} | "
-                f"{row['compile_s']} |")
-        lines.append("")
+        cells = [[allocator, f"{1e3 * row['median_step_s']:.0f}", f"{row['per_s']:.0f}",
+                  f"{row.get('speedup_over_glibc', float('nan')):.2f}x",
+                  f"{100 * row['system_share']:.0f}%", f"{row['minor_faults_per_step']:,}",
+                  row["compile_s"]] for allocator, row in rows.items()]
+        lines += [f"## {workload}", "", *harness.table(
+            ["malloc", "ms per step", unit, "speed-up over glibc", "system share",
+             "minor page faults per step", "compile s"], cells), ""]
     return "\n".join(lines)
 
 
@@ -240,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per process")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before them")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "allocator")
+    parser.add_argument("--out", type=Path, default=harness.RESULTS / "allocator")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.steps < 1 or args.warmup < 0:
@@ -260,24 +259,19 @@ def main(argv: list[str] | None = None) -> dict | None:
     if missing:
         print(f"not installed, skipped: {', '.join(missing)}", flush=True)
     workloads = [f"{w}-{m}" for w in args.workloads for m in args.models]
-    load_start = os.getloadavg()[0]
+    load_start = harness.load_average()
     runs = measure(workloads, allocators, args.rounds, args.steps, args.warmup)
-    import jax
     result = {
-        "command": "python benchmarks/allocator.py " + " ".join(
-            sys.argv[1:] if argv is None else argv),
+        "command": harness.command(__file__, argv),
         "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup,
         "allocators": allocators,
-        "environment": {"jax": jax.__version__, "backend": jax.default_backend(),
-                        "cpus": os.cpu_count(), "python": platform.python_version(),
-                        "machine": platform.machine()},
-        "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+        # This (parent) process's; each child's malloc is in its runs.
+        "environment": harness.environment(),
+        "load_average": [load_start, harness.load_average()],
         "summary": summarise(runs),
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(render(result))
+    harness.write_results(args.out, result, render(result))
     print(render(result))
     return result
 

@@ -21,12 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -36,14 +31,8 @@ from flax import nnx
 import ipguard_jax as ipg
 from ipguard_jax import engine, models
 
-
-def _timed(fn, reps):
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness as harness  # noqa: E402
 
 
 def bench_batch(owner: ipg.Classifier, batch: int, steps: int, reps: int, e2e_steps: int,
@@ -58,25 +47,24 @@ def bench_batch(owner: ipg.Classifier, batch: int, steps: int, reps: int, e2e_st
         flops = (cost[0] if isinstance(cost, (list, tuple)) else cost).get("flops")
     except Exception:  # cost analysis is best effort and backend dependent
         pass
-    grad_s, _ = _timed(lambda: one_step(owner.params, x0), reps)
+    # First call (compile) apart: lower().compile() above does not fill jit's cache.
+    grad_s = harness.measure(lambda: one_step(owner.params, x0), reps).median_s
 
     loops = {}
     for loop in ("host", "device"):
         # a margin no point reaches: every point takes every step
         config = ipg.FingerprintConfig(num=batch, batch_size=batch, init="noise", keep="all",
                                        k=1e6, steps=steps, loop=loop)
-        start = time.perf_counter()
-        fp = ipg.generate(owner, config, key=0, progress=False)
-        first_s = time.perf_counter() - start
-        assert int(fp.steps.min()) == steps, "every point must take every step"
-        median_s, times = _timed(lambda: ipg.generate(owner, config, key=0, progress=False).x,
+        timing = harness.measure(lambda: ipg.generate(owner, config, key=0, progress=False),
                                  reps)
+        assert int(timing.result.steps.min()) == steps, "every point must take every step"
+        median_s = timing.median_s
         loops[loop] = {
             "steps": steps,
-            "first_call_s": round(first_s, 3),
-            "compile_s_approx": round(first_s - median_s, 3),
+            "first_call_s": round(timing.first_s, 3),
+            "compile_s_approx": round(timing.compile_s, 3),
             "median_s": round(median_s, 4),
-            "times_s": [round(t, 4) for t in times],
+            "times_s": [round(t, 4) for t in timing.times_s],
             "steps_per_s": round(steps / median_s, 3),
             "point_steps_per_s": round(batch * steps / median_s, 1),
         }
@@ -92,21 +80,18 @@ def bench_batch(owner: ipg.Classifier, batch: int, steps: int, reps: int, e2e_st
         # make the compacted run refill, which compiles the refill program too
         ipg.generate(owner, dataclasses.replace(config, steps=1, num=batch + 1), key=0,
                      progress=False)
-    times = {mode: [] for mode in configs}
-    results = {}
-    for _ in range(e2e_reps):
-        for mode, config in configs.items():
-            start = time.perf_counter()
-            results[mode] = ipg.generate(owner, config, key=0, progress=False)
-            times[mode].append(time.perf_counter() - start)
+    timings = harness.alternate(
+        {mode: (lambda c=config: ipg.generate(owner, c, key=0, progress=False))
+         for mode, config in configs.items()}, e2e_reps, rotate=False, first_call=False)
+    results = {mode: t.result for mode, t in timings.items()}
     generate = {}
     for mode, config in configs.items():
-        fp, median = results[mode], statistics.median(times[mode])
+        fp, median = results[mode], timings[mode].median_s
         generate[mode] = {
             "config": config.to_dict(),
             "loop": fp.metadata["loop"],
             "median_s": round(median, 4),
-            "times_s": [round(t, 4) for t in times[mode]],
+            "times_s": [round(t, 4) for t in timings[mode].times_s],
             "convergence_rate": float(fp.converged.mean()),
             "mean_steps_per_point": float(fp.steps.mean()),
             "max_steps": int(fp.steps.max()),
@@ -142,8 +127,8 @@ def main(argv=None):
     parser.add_argument("--e2e-batches", type=int, default=4,
                         help="end-to-end runs generate this many batches of points")
     parser.add_argument("--model", default="resnet20")
-    parser.add_argument("--out", type=Path,
-                        default=Path(__file__).parent / "results" / "generate.json")
+    parser.add_argument("--out", type=Path, default=harness.RESULTS / "generate.json",
+                        help="the JSON report (its Markdown summary is written by hand)")
     args = parser.parse_args(argv)
 
     module = models.create(args.model, num_classes=10, rngs=nnx.Rngs(0))
@@ -166,23 +151,16 @@ def main(argv=None):
               f"{g['chunked']['mean_steps_per_point']:.1f} / max {g['chunked']['max_steps']} steps",
               flush=True)
     report = {
-        "command": "python benchmarks/generate.py " + " ".join(argv if argv is not None
-                                                               else sys.argv[1:]),
+        "command": harness.command(__file__, argv),
         "model": args.model,
         "model_params": int(params),
         "weights": "random init (seed 0)",
         "input_shape": [32, 32, 3],
-        "environment": {
-            "jax": jax.__version__, "ipguard_jax": ipg.__version__,
-            "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-            "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "machine": platform.machine(),
-        },
+        "environment": harness.environment(rename={"cpus": "cpu_count"}),
         "results": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    [written] = harness.write_results(args.out, report)
+    print(f"wrote {written}")
 
 
 if __name__ == "__main__":

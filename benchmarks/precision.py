@@ -16,25 +16,21 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
-import numpy as np
 from flax import nnx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness as harness  # noqa: E402
 
+sys.path.insert(0, str(harness.ROOT))
 import ipguard_jax as ipg  # noqa: E402
 from ipguard_jax import data, models, train  # noqa: E402
 
-ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+ARCHIVE = harness.ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 
 
 def _owner(quick: bool):
@@ -68,39 +64,34 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--k", type=float, default=3.0)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="digits CNN, tiny sizes")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=harness.RESULTS,
+                        help="results directory (precision.json and precision.md)")
     args = parser.parse_args(argv)
 
     name, accuracy, owner, x_test = _owner(args.quick)
-    rows = {}
+    configs, warmup_s = {}, {}
     for precision in ("float32", "bfloat16"):
-        config = ipg.FingerprintConfig(num=args.points, k=args.k, steps=args.steps,
-                                       keep="all", batch_size=min(128, args.points),
-                                       precision=precision)
-        start = time.perf_counter()
-        ipg.generate(owner, config, key=1, data=x_test, progress=False)
-        rows[precision] = {"config": config, "warmup_s": time.perf_counter() - start,
-                           "seconds": []}
-    for _ in range(args.reps):
-        for precision, row in rows.items():
-            start = time.perf_counter()
-            fp = ipg.generate(owner, row["config"], key=0, data=x_test, progress=False)
-            row["seconds"].append(time.perf_counter() - start)
-            row["fp"] = fp
-    f32 = rows["float32"]["fp"]
+        configs[precision] = ipg.FingerprintConfig(
+            num=args.points, k=args.k, steps=args.steps, keep="all",
+            batch_size=min(128, args.points), precision=precision)
+        # Compiles: the same shapes, another key.
+        warmup_s[precision], _ = harness.clock(lambda: ipg.generate(
+            owner, configs[precision], key=1, data=x_test, progress=False))
+    timings = harness.alternate(
+        {p: (lambda c=c: ipg.generate(owner, c, key=0, data=x_test, progress=False))
+         for p, c in configs.items()}, args.reps, rotate=False, first_call=False)
+    f32 = timings["float32"].result
     result = {
-        "command": "python benchmarks/precision.py " + " ".join(
-            sys.argv[1:] if argv is None else argv),
+        "command": harness.command(__file__, argv),
         "owner": name, "owner_accuracy": accuracy, "points": args.points,
         "steps": args.steps, "k": args.k, "reps": args.reps,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "jax": jax.__version__, "backend": jax.default_backend()},
+        "machine": harness.environment(),
         "precisions": {},
     }
-    for precision, row in rows.items():
-        fp, median = row["fp"], statistics.median(row["seconds"])
+    for precision, timing in timings.items():
+        fp, median = timing.result, timing.median_s
         result["precisions"][precision] = {
-            "median_s": median, "seconds": row["seconds"], "warmup_s": row["warmup_s"],
+            "median_s": median, "seconds": timing.times_s, "warmup_s": warmup_s[precision],
             "points_per_s": len(fp) / median,
             "converged_per_s": int(fp.converged.sum()) / median,
             "convergence_rate": float(fp.converged.mean()),
@@ -109,21 +100,20 @@ def main(argv: list[str] | None = None) -> dict:
         }
     p32, p16 = result["precisions"]["float32"], result["precisions"]["bfloat16"]
     result["speedup_bf16_over_f32"] = p32["median_s"] / p16["median_s"]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "precision.json").write_text(json.dumps(result, indent=2) + "\n")
+    rows = [[precision, f"{r['median_s']:.2f}", f"{r['points_per_s']:.1f}",
+             f"{r['convergence_rate']:.3f}", f"{r['converged_per_s']:.1f}",
+             f"{r['mean_steps']:.1f}", f"{r['warmup_s']:.1f}"]
+            for precision, r in result["precisions"].items()]
     lines = ["# float32 vs bfloat16 generation", "", f"Command: `{result['command']}`  ",
              f"Owner: {name}, test accuracy {accuracy:.3f}; {args.points} points from test "
              f"images, k={args.k:g}, <= {args.steps} steps, Adam 0.01, keep='all'; medians of "
-             f"{args.reps} alternating runs, compile apart. Machine: {result['machine']}.", "",
-             "| precision | median s | points/s | converged | converged/s | mean steps | "
-             "warm-up s |", "|---|---|---|---|---|---|---|"]
-    for precision, r in result["precisions"].items():
-        lines.append(f"| {precision} | {r['median_s']:.2f} | {r['points_per_s']:.1f} | "
-                     f"{r['convergence_rate']:.3f} | {r['converged_per_s']:.1f} | "
-                     f"{r['mean_steps']:.1f} | {r['warmup_s']:.1f} |")
-    lines += ["", f"bfloat16 / float32 speed: {result['speedup_bf16_over_f32']:.2f}x. "
-              "Convergence under bfloat16 is re-checked with the float32 owner."]
-    (args.out / "precision.md").write_text("\n".join(lines) + "\n")
+             f"{args.reps} alternating runs, compile apart. Machine: "
+             f"{harness.describe(result['machine'])}.", "",
+             *harness.table(["precision", "median s", "points/s", "converged", "converged/s",
+                             "mean steps", "warm-up s"], rows),
+             "", f"bfloat16 / float32 speed: {result['speedup_bf16_over_f32']:.2f}x. "
+             "Convergence under bfloat16 is re-checked with the float32 owner."]
+    harness.write_results(args.out / "precision", result, "\n".join(lines))
     print("\n".join(lines))
     return result
 

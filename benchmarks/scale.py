@@ -22,15 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness as harness  # noqa: E402  (imports no JAX: workers set the device count first)
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -76,14 +75,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
                                    init="noise", keep="all", batch_size=spec["batch"],
                                    compact=spec["compact"], loop="host")
     warm = ipg.FingerprintConfig(**{**config.__dict__, "num": min(spec["batch"], spec["points"])})
-    start = time.perf_counter()
-    ipg.generate(owner, warm, key=1, progress=False)
-    warmup = time.perf_counter() - start
+    warmup, _ = harness.clock(lambda: ipg.generate(owner, warm, key=1, progress=False))
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    start = time.perf_counter()
-    fp = ipg.generate(owner, config, key=0, progress=False)
-    jax.block_until_ready(fp.x)
-    seconds = time.perf_counter() - start
+    seconds, fp = harness.clock(lambda: ipg.generate(owner, config, key=0, progress=False))
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {**spec, "seconds": seconds, "warmup_s": warmup, "points_per_s": len(fp) / seconds,
             "converged": float(fp.converged.mean()), "mean_steps": float(fp.steps.mean()),
@@ -119,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--compact", choices=["off", "on", "both"], default="both")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--k", type=float, default=20.0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=harness.RESULTS,
+                        help="results directory (scale.json and scale.md)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -153,43 +148,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                  intercept_s=a, seconds_per_1000_points=1000 * b, r2=r2,
                                  peak_rss_mib_min=min(mem), peak_rss_mib_max=max(mem)))
     result = {
-        "command": "python benchmarks/scale.py " + " ".join(argv if argv is not None
-                                                            else sys.argv[1:]),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "python": platform.python_version()},
+        "command": harness.command(__file__, argv),
+        # This (parent) process's; each row's device count is its worker's own.
+        "machine": harness.environment(omit=["devices"]),
         "rows": rows, "fits": fits,
     }
-    import jax
-
-    result["machine"]["jax"] = jax.__version__
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "scale.md").write_text(_markdown(result))
+    harness.write_results(args.out / "scale", result, _markdown(result))
     return result
 
 
 def _markdown(result: dict[str, Any]) -> str:
     lines = ["# Generation time and memory against scale", "",
-             f"Command: `{result['command']}`  ", f"Machine: {result['machine']}", "",
+             f"Command: `{result['command']}`  ",
+             f"Machine: {harness.describe(result['machine'])}", "",
              f"MLP owner on digits, noise starts, k={result['rows'][0]['k']}, "
              f"steps<={result['rows'][0]['steps']}, Adam 0.01, keep='all', host loop. Time "
              "excludes compilation (a warm-up run of the same shapes, reported apart). Peak "
              "memory is the process's peak resident set (JAX runtime, data and model "
              "included).", "",
-             "| devices | batch | compact | points | seconds | points/s | converged | mean "
-             "steps | warm-up s | peak MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        lines.append(f"| {r['devices']} | {r['batch']} | {r['compact']} | {r['points']} | "
-                     f"{r['seconds']:.2f} | {r['points_per_s']:.0f} | {r['converged']:.2f} | "
-                     f"{r['mean_steps']:.0f} | {r['warmup_s']:.1f} | "
-                     f"{r['peak_rss_mib']:.0f} |")
-    lines += ["", "Linear fit of time against points (per device count, batch, compaction):",
-              "", "| devices | batch | compact | s per 1000 points | intercept s | R^2 | "
-              "peak MiB (min-max) |", "|---|---|---|---|---|---|---|"]
-    for f in result["fits"]:
-        lines.append(f"| {f['devices']} | {f['batch']} | {f['compact']} | "
-                     f"{f['seconds_per_1000_points']:.2f} | {f['intercept_s']:.2f} | "
-                     f"{f['r2']:.4f} | {f['peak_rss_mib_min']:.0f}-{f['peak_rss_mib_max']:.0f} |")
+             *harness.table(
+                 ["devices", "batch", "compact", "points", "seconds", "points/s", "converged",
+                  "mean steps", "warm-up s", "peak MiB"],
+                 [[r["devices"], r["batch"], r["compact"], r["points"], f"{r['seconds']:.2f}",
+                   f"{r['points_per_s']:.0f}", f"{r['converged']:.2f}",
+                   f"{r['mean_steps']:.0f}", f"{r['warmup_s']:.1f}",
+                   f"{r['peak_rss_mib']:.0f}"] for r in result["rows"]]),
+             "", "Linear fit of time against points (per device count, batch, compaction):", "",
+             *harness.table(
+                 ["devices", "batch", "compact", "s per 1000 points", "intercept s", "R^2",
+                  "peak MiB (min-max)"],
+                 [[f["devices"], f["batch"], f["compact"], f"{f['seconds_per_1000_points']:.2f}",
+                   f"{f['intercept_s']:.2f}", f"{f['r2']:.4f}",
+                   f"{f['peak_rss_mib_min']:.0f}-{f['peak_rss_mib_max']:.0f}"]
+                  for f in result["fits"]])]
     return "\n".join(lines) + "\n"
 
 

@@ -13,11 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -28,7 +24,9 @@ from flax import nnx
 
 from ipguard_jax import Classifier, engine, models
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness as harness  # noqa: E402
+
 STEPS_PER_BLOCK = 4
 
 
@@ -56,26 +54,18 @@ def sweep(model_name: str, batches: list[int], reps: int, seed: int = 0) -> dict
         return engine.run_steps(clf.apply_fn, params, state, i, j, k=3.0, optimizer=optimizer,
                                 num_steps=num_steps, max_steps=10 ** 6)
 
-    blocks, compile_s = {}, {}
+    blocks = {}
     for batch in batches:
         x = jnp.asarray(rng.uniform(0, 1, (batch, 32, 32, 3)).astype(np.float32))
         i = jnp.asarray(rng.integers(0, 10, batch))
         j = (i + 1 + jnp.asarray(rng.integers(0, 9, batch))) % 10
         state = engine.init_points(optimizer, x)
-        run = functools.partial(block, clf.params, state, i, j, STEPS_PER_BLOCK)
-        start = time.perf_counter()
-        jax.block_until_ready(run())
-        compile_s[str(batch)] = round(time.perf_counter() - start, 2)
-        blocks[batch] = run
-    times = {str(b): [] for b in batches}
-    for r in range(reps):
-        order = batches[r % len(batches):] + batches[:r % len(batches)]
-        for batch in order:
-            start = time.perf_counter()
-            jax.block_until_ready(blocks[batch]())
-            elapsed = time.perf_counter() - start
-            times[str(batch)].append(round(1e3 * elapsed / STEPS_PER_BLOCK / batch, 4))
-    return {"compile_s": compile_s,
+        blocks[str(batch)] = functools.partial(block, clf.params, state, i, j, STEPS_PER_BLOCK)
+    # First calls (compile) in batch order, then rounds in an order rotated per round.
+    timings = harness.alternate(blocks, reps)
+    times = {b: [round(1e3 * s / STEPS_PER_BLOCK / int(b), 4) for s in t.times_s]
+             for b, t in timings.items()}
+    return {"compile_s": {b: round(t.first_s, 2) for b, t in timings.items()},
             "ms_per_point_step": {b: float(np.median(t)) for b, t in times.items()},
             "times_ms": times}
 
@@ -84,20 +74,18 @@ def render(result: dict) -> str:
     """The sweep as a Markdown table, fastest batch in bold."""
     lines = ["# One optimisation step per point, by batch size", "",
              f"Command: `{result['command']}`", "",
-             f"Machine: {result['environment']}. Load average at the start "
+             f"Machine: {harness.describe(result['environment'])}. Load average at the start "
              f"{result['load_average'][0]}, at the end {result['load_average'][1]}. Medians of "
              f"{result['reps']} alternating rounds; one round times a compiled block of "
              f"{STEPS_PER_BLOCK} unrolled steps (forward, input gradient, Adam, clip) at every "
              f"batch size.", ""]
     for name, res in result["models"].items():
         best = min(res["ms_per_point_step"], key=res["ms_per_point_step"].get)
-        lines += [f"## {name}", "", "| batch | ms per point-step | relative to the fastest | "
-                  "compile s |", "|---|---|---|---|"]
-        for batch, ms in res["ms_per_point_step"].items():
-            cell = f"**{ms:.3f}**" if batch == best else f"{ms:.3f}"
-            ratio = ms / res["ms_per_point_step"][best]
-            lines.append(f"| {batch} | {cell} | {ratio:.2f}x | {res['compile_s'][batch]} |")
-        lines.append("")
+        rows = [[batch, f"**{ms:.3f}**" if batch == best else f"{ms:.3f}",
+                 f"{ms / res['ms_per_point_step'][best]:.2f}x", res["compile_s"][batch]]
+                for batch, ms in res["ms_per_point_step"].items()]
+        lines += [f"## {name}", "", *harness.table(
+            ["batch", "ms per point-step", "relative to the fastest", "compile s"], rows), ""]
     return "\n".join(lines)
 
 
@@ -106,27 +94,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--models", nargs="+", default=["resnet20", "cnn"])
     parser.add_argument("--batches", type=int, nargs="+", default=[4, 8, 16, 32, 64, 128])
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" /
-                        "step_batch")
+    parser.add_argument("--out", type=Path, default=harness.RESULTS / "step_batch")
     args = parser.parse_args(argv)
     if any(b < 1 for b in args.batches) or args.reps < 1:
         parser.error("batch sizes and --reps must be >= 1")
     for name in args.models:
         if name not in models.available():
             parser.error(f"unknown model {name!r}; one of {models.available()}")
-    load_start = os.getloadavg()[0]
+    load_start = harness.load_average()
     result = {
-        "command": "python benchmarks/step_batch.py " + " ".join(
-            sys.argv[1:] if argv is None else argv),
+        "command": harness.command(__file__, argv),
         "reps": args.reps,
-        "environment": {"jax": jax.__version__, "backend": jax.default_backend(),
-                        "cpus": os.cpu_count(), "python": platform.python_version()},
+        "environment": harness.environment(),
         "models": {name: sweep(name, args.batches, args.reps) for name in args.models},
     }
-    result["load_average"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(render(result))
+    result["load_average"] = [load_start, harness.load_average()]
+    harness.write_results(args.out, result, render(result))
     print(render(result))
     return result
 

@@ -22,11 +22,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -35,8 +32,10 @@ from flax import nnx
 
 from ipguard_jax import data, models, train
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness as harness  # noqa: E402
+
+DEFAULT_ARCHIVE = harness.ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
                              "the weights of the phase before it")
     parser.add_argument("--restart-lr", type=float, nargs="+", default=None,
                         help="peak learning rate of each warm restart (default 0.02 each)")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the JSON report; default "
+                             "benchmarks/results/train_<model>_cifar10.json")
     args = parser.parse_args(argv)
     if not args.data.exists():
         parser.error(f"no CIFAR-10 data at {args.data}")
@@ -71,14 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     cache = Path(os.environ.get("IPGUARD_JAX_CACHE", Path.home() / ".cache" / "ipguard_jax"))
     checkpoint_dir = args.checkpoint_dir or (
         cache / "train" / f"{args.model}-cifar10-seed{args.seed}-e{args.epochs}")
-    out = args.out or ROOT / "benchmarks" / "results" / f"train_{args.model}_cifar10.json"
+    out = args.out or harness.RESULTS / f"train_{args.model}_cifar10.json"
 
     if (hint := train.malloc_hint()) is not None:
         print(f"note: {hint}", flush=True)
-    start = time.perf_counter()
-    train_set = data.load_image_folder(args.data, split="train")
-    test_set = data.load_image_folder(args.data, split="test")
-    load_s = time.perf_counter() - start
+    load_s, (train_set, test_set) = harness.clock(lambda: (
+        data.load_image_folder(args.data, split="train"),
+        data.load_image_folder(args.data, split="test")))
     print(f"loaded {len(train_set)} train / {len(test_set)} test images in {load_s:.0f} s",
           flush=True)
 
@@ -108,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                          "checkpoint_dir": str(phase_config.checkpoint_dir)})
         accuracy = train.evaluate(model, test_set.x, test_set.y)
     report = {
-        "command": "python benchmarks/train_cifar10.py " + " ".join(
-            sys.argv[1:] if argv is None else argv),
+        "command": harness.command(__file__, argv),
         "model": args.model,
         "test_accuracy": accuracy,
         "epochs": args.epochs + sum(args.restart_epochs),
@@ -121,14 +120,12 @@ def main(argv: list[str] | None = None) -> int:
              for r in phases for sec in r.history["seconds"]])), 1),
         "history": result.history,
         "checkpoint_dir": str(checkpoint_dir),
-        "environment": {"jax": jax.__version__, "backend": jax.default_backend(),
-                        "cpu_count": os.cpu_count(), "python": platform.python_version(),
-                        "malloc": train.malloc_in_use()},
+        "environment": harness.environment(rename={"cpus": "cpu_count"}),
     }
     if restarts:
         report["restarts"] = restarts
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"test accuracy {accuracy:.4f}; wrote {out}")
+    [written] = harness.write_results(out, report)
+    print(f"test accuracy {accuracy:.4f}; wrote {written}")
     return 0
 
 

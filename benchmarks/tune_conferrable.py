@@ -69,8 +69,14 @@ VARIANTS = {  # name -> (Conferrable keyword arguments, use the extra members)
     "m3/1": ({"surrogate_margin": 3.0}, False),
     "m1/3": ({"reference_margin": 3.0}, False),
     "m3/3": ({"surrogate_margin": 3.0, "reference_margin": 3.0}, False),
+    "m1/5": ({"reference_margin": 5.0}, False),
     "m1/1 more": ({}, True),
     "m3/3 more": ({"surrogate_margin": 3.0, "reference_margin": 3.0}, True),
+    "m1/3 more": ({"reference_margin": 3.0}, True),
+    "m1/3 more s0.8": ({"reference_margin": 3.0, "min_surrogates": 0.8,
+                        "min_references": 0.8}, True),
+    "m2/3 more s0.8": ({"surrogate_margin": 2.0, "reference_margin": 3.0,
+                        "min_surrogates": 0.8, "min_references": 0.8}, True),
 }
 
 
@@ -155,6 +161,11 @@ def main(argv=None) -> dict:
                 fp = ipg.generate(owner_clf, config, key=0, data=test_ds.x, method=method,
                                   progress=False)
             gen_s = time.perf_counter() - t0
+            if len(fp) == 0:
+                rows.append({"k": k, "method": label, "fingerprints": 0,
+                             "screening": fp.metadata.get("screening"), "generation_s": gen_s})
+                print(f"k={k:g} {label}: no point converged ({gen_s:.0f} s)", flush=True)
+                continue
             rep = ev.evaluate(fp, owner_clf, pirated, independent)
             distilled = [rep.pirated[n] for n in pirated if "distill" in n or "extract" in n]
             rows.append({"k": k, "method": label, "fingerprints": len(fp),
@@ -184,6 +195,9 @@ def main(argv=None) -> dict:
              "| k | method | points | ROC-AUC | ARUC (min) | worst pirated | distilled/extracted "
              "mean | best independent |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        if not r["fingerprints"]:
+            lines.append(f"| {r['k']:g} | {r['method']} | 0 | - | - | - | - | - |")
+            continue
         lines.append(f"| {r['k']:g} | {r['method']} | {r['fingerprints']} | {r['roc_auc']:.3f} | "
                      f"{r['aruc_min']:.3f} | {r['worst_pirated']:.2f} | "
                      f"{r['distilled_mean']:.2f} | {r['best_independent']:.2f} |")

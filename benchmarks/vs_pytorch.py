@@ -46,7 +46,6 @@ import copy
 import hashlib
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -56,8 +55,10 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness as harness  # noqa: E402
+
+DEFAULT_ARCHIVE = harness.ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 IMPLEMENTATIONS = ("a_per_point", "b1_naive", "b2_best", "c_chunked", "c_compact")
@@ -392,20 +393,11 @@ def run_best_batched(model, x0, i, j, *, k, lr, steps, tol, capacity,
                    (res_loss <= tol).numpy(), res_steps.numpy())
 
 
-# --- timing helpers -----------------------------------------------------------------------------
+# --- timing (harness.clock: one call, its result waited for) ----------------------------------
 
 
 def _median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
-
-
-def _timed(fn: Callable[[], Any], reps: int) -> list[float]:
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def _summary(result: dict[str, np.ndarray], times: Sequence[float]) -> dict[str, Any]:
@@ -437,8 +429,8 @@ def measure_peak(sizes: Sequence[int], reps: int) -> dict[str, Any]:
         np.dot(a, b)
         times = {"numpy": [], "jax": []}
         for _ in range(reps):
-            times["numpy"] += _timed(lambda: np.dot(a, b), 1)
-            times["jax"] += _timed(lambda: matmul(ja, jb).block_until_ready(), 1)
+            times["numpy"].append(harness.clock(lambda: np.dot(a, b))[0])
+            times["jax"].append(harness.clock(lambda: matmul(ja, jb))[0])
         out[str(n)] = {lib: {"median_gflops": flops / _median(ts) / 1e9,
                              "best_gflops": flops / min(ts) / 1e9,
                              "times_s": [round(t, 5) for t in ts]}
@@ -463,15 +455,16 @@ def xla_step_flops(owner, batch: int, k: float, lr: float) -> dict[str, Any]:
     def step(params, state, i, j):
         return engine.step_points(owner.apply_fn, params, state, i, j, k=k, optimizer=optimizer)
 
-    start = time.perf_counter()
-    cost = jax.jit(step).lower(owner.params, state, i, j).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    forward = jax.jit(owner.apply_fn).lower(owner.params, x0).cost_analysis()
-    forward = forward[0] if isinstance(forward, (list, tuple)) else forward
+    def analyse():
+        cost = jax.jit(step).lower(owner.params, state, i, j).compile().cost_analysis()
+        forward = jax.jit(owner.apply_fn).lower(owner.params, x0).cost_analysis()
+        return [c[0] if isinstance(c, (list, tuple)) else c for c in (cost, forward)]
+
+    compile_s, (cost, forward) = harness.clock(analyse)
     return {"batch": batch, "step_flops": float(cost.get("flops", float("nan"))),
             "bytes_accessed": float(cost.get("bytes accessed", float("nan"))),
             "forward_flops_unoptimised_hlo": float(forward.get("flops", float("nan"))),
-            "compile_s": time.perf_counter() - start}
+            "compile_s": compile_s}
 
 
 class StepCounter:
@@ -481,6 +474,10 @@ class StepCounter:
     working batch (points that are done or out of budget included), so the executed work is
     ``sum(num_steps * batch)`` over calls. Observation only: the wrapped function is called
     unchanged. The counts stay 0 when that internal function does not exist.
+
+    This replaces a private library function for the duration of the ``with`` block (the one
+    place this script patches library internals); it is to go once ``generate`` reports the
+    executed point-steps and block calls itself.
     """
 
     def __init__(self):
@@ -544,7 +541,7 @@ def probe_threads(model_nchw, model_cl, x0_t, i_t, j_t, batches: dict[str, int],
         for _ in range(reps):
             for t in candidates:
                 torch.set_num_threads(t)
-                times[t] += _timed(lambda: step(x), 1)
+                times[t].append(harness.clock(lambda: step(x))[0])
         medians = {t: _median(ts) for t, ts in times.items()}
         best = min(medians, key=medians.get)
         out[name] = {"batch": batch, "threads": best,
@@ -570,18 +567,14 @@ def probe_torch_compile(model_cl, model_fused, x, i_t, j_t, reps: int) -> dict[s
              "compiled": _torch_step_fn(compiled, i_t, j_t, 3.0)}
     # Without inductor's on-disk caches, so the compile time is that of a first run.
     with torch._inductor.config.patch(force_disable_caches=True):
-        start = time.perf_counter()
-        steps["compiled"](x)
-        first = time.perf_counter() - start
-        start = time.perf_counter()
-        steps["compiled"](x[:max(2, len(x) // 2)])
-        second = time.perf_counter() - start
+        first, _ = harness.clock(lambda: steps["compiled"](x))
+        second, _ = harness.clock(lambda: steps["compiled"](x[:max(2, len(x) // 2)]))
     for fn in steps.values():
         fn(x)
     times = {name: [] for name in steps}
     for _ in range(reps):
         for name, fn in steps.items():
-            times[name] += _timed(lambda: fn(x), 1)
+            times[name].append(harness.clock(lambda: fn(x))[0])
     return {"batch": len(x), "mode": "default", "dynamic": True, "caches": "disabled",
             "compile_s_first_call": first, "compile_s_second_shape": second,
             "median_step_ms": {name: 1e3 * _median(ts) for name, ts in times.items()},
@@ -617,13 +610,11 @@ def probe_steps(owner, model_nchw, model_fused, x0_nhwc, i_np, j_np, batches: Se
             return engine.run_steps(owner.apply_fn, params, state, i, j, k=3.0,
                                     optimizer=optimizer, num_steps=num_steps, max_steps=10 ** 6)
 
-        start = time.perf_counter()
-        jax.block_until_ready(block(owner.params, state, 4))
-        compile_s = time.perf_counter() - start
+        compile_s, _ = harness.clock(lambda: block(owner.params, state, 4))
         xt = torch.from_numpy(np.ascontiguousarray(x0_nhwc[:batch].transpose(0, 3, 1, 2)))
         it, jt = torch.from_numpy(i_np[:batch].astype(np.int64)), torch.from_numpy(
             j_np[:batch].astype(np.int64))
-        fns = {"jax_step": (lambda: jax.block_until_ready(block(owner.params, state, 4)), 4, 0)}
+        fns = {"jax_step": (lambda: block(owner.params, state, 4), 4, 0)}
         for threads in (1, 2):
             fns[f"torch_nchw_{threads}t"] = (
                 functools.partial(_torch_step_fn(model_nchw, it, jt, 3.0), xt), 1, threads)
@@ -635,8 +626,8 @@ def probe_steps(owner, model_nchw, model_fused, x0_nhwc, i_np, j_np, batches: Se
             for name, (fn, per, threads) in fns.items():
                 if threads:
                     torch.set_num_threads(threads)
-                fn()  # one untimed call: thread pools settle after a thread-count change
-                times[name] += [t / per for t in _timed(fn, 1)]
+                harness.clock(fn)  # untimed: thread pools settle after a thread-count change
+                times[name].append(harness.clock(fn)[0] / per)
         out[str(batch)] = {"jax_compile_s": compile_s,
                            "median_ms_per_step": {name: 1e3 * _median(ts)
                                                   for name, ts in times.items()},
@@ -736,22 +727,22 @@ def bench_model(arch: str, net, x0_nhwc: np.ndarray, settings: dict[str, Any], a
     warmup_s = {}
     i_shared = j_shared = None
     for name, config in configs.items():
-        start = time.perf_counter()
-        _, i_w, j_w = run_generate(config, args.ks[0], max_steps=1)
-        warmup_s[name] = time.perf_counter() - start
+        warmup_s[name], (_, i_w, j_w) = harness.clock(
+            lambda: run_generate(config, args.ks[0], max_steps=1))
         if i_shared is not None and not (np.array_equal(i_w, i_shared)
                                          and np.array_equal(j_w, j_shared)):
             raise RuntimeError("the generate variants drew different targets")
         i_shared, j_shared = i_w, j_w
         log(f"{arch}: {name} warm-up (compile) {warmup_s[name]:.1f} s")
     # Compaction shrinks its batch by halves at the end of a run: compile those shapes too.
-    start = time.perf_counter()
-    size = configs["c_compact"].batch_size
+    # (MIN_ROWS_PER_DEVICE mirrors the library's private halving rule, _shrunk_size.)
+    sizes, size = [], configs["c_compact"].batch_size
     while size // 2 >= MIN_ROWS_PER_DEVICE * jax.device_count():
         size //= 2
-        run_generate(dataclasses.replace(configs["c_compact"], batch_size=size), args.ks[0],
-                     max_steps=1)
-    warmup_s["c_compact"] += time.perf_counter() - start
+        sizes.append(size)
+    warmup_s["c_compact"] += harness.clock(lambda: [run_generate(
+        dataclasses.replace(configs["c_compact"], batch_size=size), args.ks[0], max_steps=1)
+        for size in sizes])[0]
     i_t = torch.from_numpy(i_shared.astype(np.int64))
     j_t = torch.from_numpy(j_shared.astype(np.int64))
     labels = {"torch_argmax_equals_generate_i": float((torch_i == i_shared).mean()),
@@ -811,9 +802,7 @@ def bench_model(arch: str, net, x0_nhwc: np.ndarray, settings: dict[str, Any], a
     for name in ("a_per_point", "b1_naive", "b2_best"):  # warm-up: 2 steps each
         if name in impls:
             choose_threads(name)
-            start = time.perf_counter()
-            impls[name](args.ks[0], 2)
-            warmup_s[name] = time.perf_counter() - start
+            warmup_s[name], _ = harness.clock(lambda: impls[name](args.ks[0], 2))
     slow = ("b1_naive", "c_chunked")
 
     per_k = {}
@@ -828,15 +817,14 @@ def bench_model(arch: str, net, x0_nhwc: np.ndarray, settings: dict[str, Any], a
                     continue
                 counter = StepCounter() if name.startswith("c_") else None
                 chosen = None if name.startswith("c_") else choose_threads(name)
-                start = time.perf_counter()
                 if counter is not None:
                     with counter:
-                        res = impls[name](k)
+                        seconds, res = harness.clock(lambda: impls[name](k))
                     executed[name] = {"point_steps": counter.point_steps,
                                       "block_calls": counter.calls}
                 else:
-                    res = impls[name](k)
-                times[name].append(time.perf_counter() - start)
+                    seconds, res = harness.clock(lambda: impls[name](k))
+                times[name].append(seconds)
                 results[name] = res
                 threads_used.setdefault(name, []).append(chosen)
                 log(f"{arch} k={k:g} round {rnd + 1}: {name} {times[name][-1]:.1f} s, "
@@ -950,27 +938,6 @@ def _load_cifar(path: Path, quick: bool, seed: int) -> dict[str, Any]:
             "test_y": np.asarray(test.y)}
 
 
-def _environment() -> dict[str, Any]:
-    import jax
-    import torch
-
-    import ipguard_jax as ipg
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"python": platform.python_version(), "jax": jax.__version__,
-            "ipguard_jax": ipg.__version__, "torch": torch.__version__,
-            "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-            "cpu_count": os.cpu_count(), "cpu": cpu, "machine": platform.machine(),
-            "load_average_at_start": list(os.getloadavg())}
-
-
 def _per_model(values: list | None, models: list[str], default, name: str, parser):
     if values is None:
         return [default(m) for m in models]
@@ -986,7 +953,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="tiny end-to-end check: untrained ResNet-8, random images, "
                              "8 points, 20 steps, 1 round")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results",
+    parser.add_argument("--out", type=Path, default=harness.RESULTS,
                         help="results directory (vs_pytorch.json and vs_pytorch.md)")
     parser.add_argument("--data", type=Path, default=DEFAULT_ARCHIVE)
     parser.add_argument("--models", nargs="+", default=None,
@@ -1059,7 +1026,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - run_start:7.1f} s] {message}", flush=True)
 
-    env = _environment()
+    import torch
+
+    env = harness.environment(rename={"cpus": "cpu_count"}, torch=torch.__version__,
+                              load_average_at_start=list(os.getloadavg()))
     log(f"environment: {json.dumps(env)}")
     cifar = _load_cifar(args.data, args.quick, args.seed)
     # Start points: a fixed random order of the test images (random images with --quick).
@@ -1100,7 +1070,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for arch, result in models_out.items():
         result["roofline"] = _roofline(result, args, peak_gflops)
     report = {
-        "command": " ".join(["python benchmarks/vs_pytorch.py", *argv]),
+        "command": harness.command(__file__, argv),
         "quick": args.quick,
         "settings": {"ks": args.ks, "optimizer": f"adam(lr={args.lr})", "tol": args.tol,
                      "init": "data (CIFAR-10 test images)" if not args.quick else
@@ -1115,10 +1085,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "wall_time_s": time.perf_counter() - run_start,
         "load_average_at_end": list(os.getloadavg()),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "vs_pytorch.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "vs_pytorch.md").write_text(render_markdown(report))
-    log(f"wrote {args.out / 'vs_pytorch.json'} and {args.out / 'vs_pytorch.md'}")
+    written = harness.write_results(args.out / "vs_pytorch", report, render_markdown(report))
+    log("wrote " + " and ".join(str(p) for p in written))
     return 0
 
 
@@ -1178,33 +1146,28 @@ def render_markdown(report: dict[str, Any]) -> str:
                   " PyTorch runs take the faster of 1 and 2 threads, measured just before each "
                   "run (the threads used are in the JSON).", ""]
         for k, per in m["per_k"].items():
-            lines += [f"### k = {k}", "",
-                      "| implementation | time (s) | fp/s | pts/s | converged | mean steps | "
-                      "speed-up of c_compact | rounds |",
-                      "|---|---|---|---|---|---|---|---|"]
+            rows = []
             for name in IMPLEMENTATIONS:
                 if name not in per:
                     continue
                 r = per[name]
                 speed = per["speedup"].get(f"c_compact_vs_{name}")
+                rates = [_fmt(r["seconds"], 1), _fmt(r["fingerprints_per_s"], 3),
+                         _fmt(r["points_per_s"], 3), f"{r['converged_share']:.0%}",
+                         _fmt(r["mean_steps"], 1)]
                 if name == "a_per_point":
                     e = r["extrapolated_all_points"]
-                    lines.append(
-                        f"| {_LABELS[name]}, {r['points']} points measured | "
-                        f"{_fmt(r['seconds'], 1)} | {_fmt(r['fingerprints_per_s'], 3)} | "
-                        f"{_fmt(r['points_per_s'], 3)} | {r['converged_share']:.0%} | "
-                        f"{_fmt(r['mean_steps'], 1)} | - | {len(r['times_s'])} |")
-                    lines.append(
-                        f"| {_LABELS[name]}, extrapolated to {s['num_points']} points | "
-                        f"{_fmt(e['seconds'], 1)} | {_fmt(e['fingerprints_per_s'], 3)} | "
-                        f"{_fmt(e['points_per_s'], 3)} | - | - | {_fmt(speed)}x | - |")
+                    rows += [[f"{_LABELS[name]}, {r['points']} points measured", *rates, "-",
+                              len(r["times_s"])],
+                             [f"{_LABELS[name]}, extrapolated to {s['num_points']} points",
+                              _fmt(e["seconds"], 1), _fmt(e["fingerprints_per_s"], 3),
+                              _fmt(e["points_per_s"], 3), "-", "-", f"{_fmt(speed)}x", "-"]]
                     continue
-                lines.append(
-                    f"| {_LABELS[name]} | {_fmt(r['seconds'], 1)} | "
-                    f"{_fmt(r['fingerprints_per_s'], 3)} | {_fmt(r['points_per_s'], 3)} | "
-                    f"{r['converged_share']:.0%} | {_fmt(r['mean_steps'], 1)} | "
-                    + ("-" if speed is None else f"{_fmt(speed)}x")
-                    + f" | {len(r['times_s'])} |")
+                rows.append([_LABELS[name], *rates,
+                             "-" if speed is None else f"{_fmt(speed)}x", len(r["times_s"])])
+            lines += [f"### k = {k}", "", *harness.table(
+                ["implementation", "time (s)", "fp/s", "pts/s", "converged", "mean steps",
+                 "speed-up of c_compact", "rounds"], rows)]
             sp = per["speedup"]
             lines += ["", "Speed-ups of ipguard_jax (other time / ours): " + ", ".join(
                 f"{key.replace('_vs_', ' vs ')} {value:.2f}x" for key, value in sp.items()), ""]
@@ -1216,26 +1179,25 @@ def render_markdown(report: dict[str, Any]) -> str:
                   "Executed point-steps count every point of every compiled block "
                   "(`batch x block steps`, done and padding slots included); useful ones are "
                   "the updates the points took (the sum of their step counts).", "",
-                  "| run | executed point-steps | useful share | achieved GFLOP/s | "
-                  "utilisation of peak |", "|---|---|---|---|---|"]
-        for key, g in rf["generate"].items():
-            lines.append(f"| {key} | {g['executed_point_steps']} | {g['useful_share']:.0%} | "
-                         f"{g['achieved_gflops']:.1f} | {g['utilisation_of_peak']:.1%} |")
-        lines.append("")
+                  *harness.table(
+                      ["run", "executed point-steps", "useful share", "achieved GFLOP/s",
+                       "utilisation of peak"],
+                      [[key, g["executed_point_steps"], f"{g['useful_share']:.0%}",
+                        f"{g['achieved_gflops']:.1f}", f"{g['utilisation_of_peak']:.1%}"]
+                       for key, g in rf["generate"].items()]), ""]
         sp_ = m.get("step_probe") or {}
         if sp_:
             lines += ["One optimisation step at a fixed batch, without the loop around it "
                       "(ms per step, alternating medians; ipguard_jax: a compiled block of 4 "
                       "steps / 4; PyTorch: one input-gradient pass):", "",
-                      "| batch | ipguard_jax | torch NCHW 1 thread | 2 threads | torch "
-                      "channels_last + folded BN 1 thread | 2 threads | load average |",
-                      "|---|---|---|---|---|---|---|"]
-            for b, p in sp_.items():
-                ms = p["median_ms_per_step"]
-                lines.append(f"| {b} | {ms['jax_step']:.1f} | {ms['torch_nchw_1t']:.1f} | "
-                             f"{ms['torch_nchw_2t']:.1f} | {ms['torch_cl_folded_1t']:.1f} | "
-                             f"{ms['torch_cl_folded_2t']:.1f} | {p['load_average'][0]:.1f} |")
-            lines.append("")
+                      *harness.table(
+                          ["batch", "ipguard_jax", "torch NCHW 1 thread", "2 threads",
+                           "torch channels_last + folded BN 1 thread", "2 threads",
+                           "load average"],
+                          [[b, *(f"{p['median_ms_per_step'][name]:.1f}" for name in (
+                              "jax_step", "torch_nchw_1t", "torch_nchw_2t",
+                              "torch_cl_folded_1t", "torch_cl_folded_2t")),
+                            f"{p['load_average'][0]:.1f}"] for b, p in sp_.items()]), ""]
         bound = m.get("batching_bound")
         if bound:
             passes = {k: v["a_per_point"].get("seconds_per_pass")
@@ -1248,17 +1210,15 @@ def render_markdown(report: dict[str, Any]) -> str:
                       + ", ".join(f"{v:.1f} ms (k={k})" for k, v in passes.items())
                       + ". Every point takes the same updates in (a) and with compaction, so at "
                       "equal steps c/a is at most the cost of an update in (a) over the cost of "
-                      "one point-step in a batch:", "",
-                      "| batch | ipguard_jax ms per point-step | fastest PyTorch ms per point-step "
-                      "| largest possible c/a | largest possible batched-PyTorch/a |",
-                      "|---|---|---|---|---|"]
+                      "one point-step in a batch:", ""]
             per_update = max(passes.values()) if passes else bound["torch_batch1_ms"]
-            for b, v in bound["by_batch"].items():
-                lines.append(f"| {b} | {v['jax_ms_per_point_step']:.2f} | "
-                             f"{v['torch_ms_per_point_step']:.2f} | "
-                             f"{per_update / v['jax_ms_per_point_step']:.1f}x | "
-                             f"{per_update / v['torch_ms_per_point_step']:.1f}x |")
-            lines.append("")
+            lines += [*harness.table(
+                ["batch", "ipguard_jax ms per point-step", "fastest PyTorch ms per point-step",
+                 "largest possible c/a", "largest possible batched-PyTorch/a"],
+                [[b, f"{v['jax_ms_per_point_step']:.2f}", f"{v['torch_ms_per_point_step']:.2f}",
+                  f"{per_update / v['jax_ms_per_point_step']:.1f}x",
+                  f"{per_update / v['torch_ms_per_point_step']:.1f}x"]
+                 for b, v in bound["by_batch"].items()]), ""]
         cp = m.get("torch_compile_probe")
         if cp:
             ms = cp["median_step_ms"]

@@ -17,6 +17,8 @@ import pytest
 MODULES = [
     "ipguard_jax",
     "ipguard_jax._fileutil",
+    "ipguard_jax.backends",
+    "ipguard_jax.backends.cpu",
     "ipguard_jax.engine",
     "ipguard_jax.baselines",
     "ipguard_jax.conferrable",
