@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from ipguard_jax import baselines, engine
+from ipguard_jax import core, methods
 from ipguard_jax._version import __version__
 from ipguard_jax.classifier import Classifier, labels_from_logits
 from ipguard_jax.config import FingerprintConfig
@@ -126,7 +126,7 @@ def _noise_points(key, ids, lo, hi, *, input_shape, dtype):
 def _targets(apply_fn, target, params, x0, key, ids):
     start_logits = apply_fn(params, x0)
     target_keys = jax.vmap(lambda kk: jax.random.fold_in(kk, 1))(_candidate_keys(key, ids))
-    i, j = engine.choose_targets(start_logits, target_keys, target)
+    i, j = core.choose_targets(start_logits, target_keys, target)
     return i, j, jnp.all(jnp.isfinite(start_logits), axis=-1)
 
 
@@ -163,8 +163,8 @@ def _run_chunk(apply_fn, plan, target, params, x0, key, ids, valid, k, lr, steps
     """One chunk, the whole optimisation loop on device (``lax.while_loop``)."""
     i, j, start_finite, extra, x0 = _prepare(apply_fn, plan, target, params, x0, key, ids, lo,
                                              hi, hyper, extra_in)
-    result = engine.optimize_points(apply_fn, params, x0, i, j,
-                                    optimizer=baselines.make_optimizer(plan, lr), steps=steps,
+    result = core.optimize_points(apply_fn, params, x0, i, j,
+                                    optimizer=methods.make_optimizer(plan, lr), steps=steps,
                                     active=valid,
                                     **_engine_args(plan, extra, k, tol, lo, hi, hyper))
     return _outputs(result, i, j, start_finite)
@@ -175,16 +175,16 @@ def _start_chunk(apply_fn, plan, target, params, x0, key, ids, valid, lr, lo, hi
                  extra_in):
     i, j, start_finite, extra, x0 = _prepare(apply_fn, plan, target, params, x0, key, ids, lo,
                                              hi, hyper, extra_in)
-    v0 = engine.encode_points(plan.objective, x0, (lo, hi))
-    state = engine.init_points(baselines.make_optimizer(plan, lr), v0, valid, plan.objective)
+    v0 = core.encode_points(plan.objective, x0, (lo, hi))
+    state = core.init_points(methods.make_optimizer(plan, lr), v0, valid, plan.objective)
     return i, j, start_finite, extra, state
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "plan", "num_steps"))
 def _advance_chunk(apply_fn, plan, num_steps, params, state, i, j, extra, k, lr, tol, lo, hi,
                    hyper, max_steps):
-    state = engine.run_steps(apply_fn, params, state, i, j,
-                             optimizer=baselines.make_optimizer(plan, lr), num_steps=num_steps,
+    state = core.run_steps(apply_fn, params, state, i, j,
+                             optimizer=methods.make_optimizer(plan, lr), num_steps=num_steps,
                              max_steps=max_steps,
                              **_engine_args(plan, extra, k, tol, lo, hi, hyper))
     return state, jnp.all(state.done)
@@ -193,7 +193,7 @@ def _advance_chunk(apply_fn, plan, num_steps, params, state, i, j, extra, k, lr,
 @functools.partial(jax.jit, static_argnames=("apply_fn", "plan"))
 def _finish_chunk(apply_fn, plan, params, state, i, j, extra, start_finite, k, tol, lo, hi,
                   hyper):
-    result = engine.finish_points(apply_fn, params, state, i, j,
+    result = core.finish_points(apply_fn, params, state, i, j,
                                   **_engine_args(plan, extra, k, tol, lo, hi, hyper))
     return _outputs(result, i, j, start_finite)
 
@@ -203,7 +203,7 @@ def _run_chunk_host_loop(apply_fn, plan, target, block, params, x0, key, ids, va
     """One chunk, the step loop driven from the host in unrolled blocks of ``block`` steps.
 
     Same steps, same results as :func:`_run_chunk`; XLA's CPU backend runs convolutions inside
-    a loop body several times slower (see :func:`ipguard_jax.engine.run_steps`).
+    a loop body several times slower (see :func:`ipguard_jax.core.run_steps`).
     """
     i, j, start_finite, extra, state = _start_chunk(apply_fn, plan, target, params, x0, key,
                                                     ids, valid, lr, lo, hi, hyper, extra_in)
@@ -479,8 +479,8 @@ class _Run:
     apply_fn: Callable
     params: Any
     config: FingerprintConfig
-    method: baselines.Method
-    plan: baselines.Plan
+    method: methods.Method
+    plan: methods.Plan
     loop: str
     key: jax.Array
     scalars: dict[str, Any]
@@ -526,7 +526,7 @@ def _run_search(run: _Run, x0, ids, valid):
         best = {name: np.where(better.reshape((num,) + (1,) * (v.ndim - 1)), v, best[name])
                 for name, v in out.items()}
         best_dist = np.minimum(best_dist, dist)
-        c, lower, upper = baselines.cw_search_update(c, lower, upper, out["converged"])
+        c, lower, upper = methods.cw_search_update(c, lower, upper, out["converged"])
         c = c.astype(np.float32)
     best["steps"] = total_steps.astype(np.int32)
     return best
@@ -541,7 +541,7 @@ def _run_chunked(run: _Run) -> None:
         ids = np.arange(drawn, drawn + run.batch)
         valid = ids < budget
         x0, source = run.starts(ids)
-        if isinstance(run.method, baselines.CW):
+        if isinstance(run.method, methods.CW):
             out = _run_search(run, x0, ids, valid)
         else:
             out = _run_candidates(run, x0, ids, valid, {})
@@ -558,7 +558,7 @@ def _refill_chunk(apply_fn, plan, target, params, state, i, j, extra, start_fini
     """Puts fresh candidates into the ``refill`` slots; ``retire`` slots stop for good."""
     new_i, new_j, new_finite, new_extra, new_state = _start_chunk(
         apply_fn, plan, target, params, x0, key, ids, refill, lr, lo, hi, hyper, {})
-    pick = lambda new, old: engine._select_points(refill, new, old)
+    pick = lambda new, old: core.select_points(refill, new, old)
     state = jax.tree.map(pick, new_state, state)
     state = state._replace(done=state.done | retire)
     return (pick(new_i, i), pick(new_j, j), jax.tree.map(pick, new_extra, extra),
@@ -705,7 +705,7 @@ def generate(
     key: Any = None,
     data: Any = None,
     *,
-    method: str | baselines.Method = "ipguard",
+    method: str | methods.Method = "ipguard",
     mesh: Mesh | str | None = "auto",
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 1,
@@ -793,7 +793,7 @@ def generate(
                         f"{type(classifier).__name__}")
     if not isinstance(config, FingerprintConfig):
         raise TypeError(f"config must be a FingerprintConfig, got {type(config).__name__}")
-    method = baselines.resolve_method(method)
+    method = methods.resolve_method(method)
     method.check(classifier)
     plan = method.plan(config)
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) \
@@ -807,7 +807,7 @@ def generate(
             if saved is not None else (secret_key(), "os")
     key = as_key(key)
     place = Placement(resolve_mesh(mesh))
-    if config.precision != "float32" and not isinstance(method, baselines.IPGuard):
+    if config.precision != "float32" and not isinstance(method, methods.IPGuard):
         raise ValueError(f"precision={config.precision!r} is for the ipguard method; the "
                          f"baselines run in float32")
     start_time = time.perf_counter()
@@ -845,7 +845,7 @@ def generate(
         return _noise_points(run_key, place.put(ids), scalars["lo"], scalars["hi"],
                              input_shape=classifier.input_shape, dtype=classifier.dtype), ids
 
-    compact = config.compact and loop == "host" and not isinstance(method, baselines.CW)
+    compact = config.compact and loop == "host" and not isinstance(method, methods.CW)
     collector = _Collector(config, want, progress)
     if saver is not None:
         identity = {"config": config.to_dict(), "method": method.to_dict(),
@@ -968,7 +968,7 @@ def _recheck_in_float32(classifier: Classifier, arrays: dict[str, np.ndarray],
     losses, labels = [], []
     for s in range(0, len(arrays["x"]), batch_size):
         logits = classifier(arrays["x"][s:s + batch_size])
-        losses.append(np.asarray(engine.batched_ipguard_loss(
+        losses.append(np.asarray(core.batched_ipguard_loss(
             logits, jnp.asarray(arrays["i"][s:s + batch_size]),
             jnp.asarray(arrays["j"][s:s + batch_size]), jnp.float32(config.k))))
         labels.append(labels_from_logits(logits, s))
