@@ -18,4 +18,4 @@ from ipguard_jax.core import *  # noqa: F401,F403
 from ipguard_jax.core import (  # noqa: F401
     IPGUARD, ApplyFn, Objective, OptimizeResult, PointState, Target, batched_ipguard_loss,
     choose_targets, encode_points, finish_points, init_points, ipguard_loss, loss_and_grad,
-    optimize_points, run_steps, select_points, step_points)
+    optimize_points, point_optimizer, PointOptimizer, run_steps, select_points, step_points)

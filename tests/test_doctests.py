@@ -30,6 +30,8 @@ MODULES = [
     "ipguard_jax.sharding",
     "ipguard_jax.fingerprints",
     "ipguard_jax.generation",
+    "ipguard_jax.runners",
+    "ipguard_jax.runners.compacted",
     "ipguard_jax.verification",
     "ipguard_jax.calibration",
     "ipguard_jax.sequential",

@@ -27,12 +27,14 @@ from ipguard_jax.core.objectives import normalized_step as normalized_step
 from ipguard_jax.core.objectives import sign_step as sign_step
 from ipguard_jax.core.optimizer import ApplyFn as ApplyFn
 from ipguard_jax.core.optimizer import OptimizeResult as OptimizeResult
+from ipguard_jax.core.optimizer import PointOptimizer as PointOptimizer
 from ipguard_jax.core.optimizer import PointState as PointState
 from ipguard_jax.core.optimizer import encode_points as encode_points
 from ipguard_jax.core.optimizer import finish_points as finish_points
 from ipguard_jax.core.optimizer import init_points as init_points
 from ipguard_jax.core.optimizer import loss_and_grad as loss_and_grad
 from ipguard_jax.core.optimizer import optimize_points as optimize_points
+from ipguard_jax.core.optimizer import point_optimizer as point_optimizer
 from ipguard_jax.core.optimizer import run_steps as run_steps
 from ipguard_jax.core.optimizer import select_points as select_points
 from ipguard_jax.core.optimizer import step_points as step_points

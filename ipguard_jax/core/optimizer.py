@@ -34,7 +34,6 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from ipguard_jax.core.loss import ipguard_loss  # noqa: F401  (the doctest above)
 from ipguard_jax.core.objectives import IPGUARD, Objective
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
@@ -496,3 +495,83 @@ def finish_points(apply_fn: ApplyFn, params: Any, state: PointState, i: jax.Arra
         x = select_points(use_best, state.best_x, x)
         losses, logits, ok = _evaluate(objective, apply_fn, params, x, point, hyper)
     return OptimizeResult(x=x, loss=losses, converged=ok, steps=state.steps, logits=logits)
+
+
+class PointOptimizer(NamedTuple):
+    """The batched optimiser closed over one model, objective, step rule and settings.
+
+    Built by :func:`point_optimizer`; each field is a pure function (jittable, no state of its
+    own), so code that drives the optimisation passes one value instead of a dozen keywords.
+
+    Attributes:
+        init: ``init(x0, active=None) -> PointState``: start at inputs ``x0`` (projected onto
+            the bounds, encoded when the objective has a change of variables).
+        step: ``step(params, state, i, j, extra=None, enabled=True) -> PointState``: one step.
+        run: ``run(params, state, i, j, num_steps, extra=None, max_steps=None) -> PointState``:
+            ``num_steps`` unrolled steps (:func:`run_steps`).
+        finish: ``finish(params, state, i, j, extra=None) -> OptimizeResult``: the final
+            measurement (:func:`finish_points`).
+        optimize: ``optimize(params, x0, i, j, steps, extra=None, active=None) ->
+            OptimizeResult``: the whole loop on device (:func:`optimize_points`).
+    """
+    init: Callable[..., PointState]
+    step: Callable[..., PointState]
+    run: Callable[..., PointState]
+    finish: Callable[..., OptimizeResult]
+    optimize: Callable[..., OptimizeResult]
+
+
+def point_optimizer(apply_fn: ApplyFn, objective: Objective = IPGUARD,
+                    optimizer: optax.GradientTransformation | None = None, *, k: ArrayLike,
+                    tol: ArrayLike = 0.0, bounds: tuple[ArrayLike, ArrayLike] = (0.0, 1.0),
+                    hyper: dict[str, ArrayLike] | None = None) -> PointOptimizer:
+    """The functions of this module with the model, objective, step rule and settings fixed.
+
+    In the style of optax: a factory returns a tuple of pure functions. Call it inside a
+    ``jax.jit`` when ``k``, ``tol``, ``bounds``, ``hyper`` or the step size of ``optimizer``
+    are traced values; the functions then close over them.
+
+    Args:
+        apply_fn: ``apply_fn(params, x) -> logits``, batched over the leading axis.
+        objective: what to minimise (default :data:`IPGUARD`).
+        optimizer: the optax transformation (default ``optax.adam(0.01)``).
+        k: margin.
+        tol: success tolerance (``hyper["tol"]`` for the objective).
+        bounds: ``(lo, hi)`` of the input box.
+        hyper: more batch-wide values for the objective.
+
+    Returns:
+        A :class:`PointOptimizer`.
+
+    Example:
+        >>> import jax.numpy as jnp, optax
+        >>> opt = point_optimizer(lambda p, x: x @ p, optimizer=optax.sgd(0.25), k=0.5)
+        >>> state = opt.init(jnp.array([[0.75, 0.25, 0.0]]))
+        >>> state = opt.run(jnp.eye(3), state, jnp.array([0]), jnp.array([1]), num_steps=4)
+        >>> result = opt.finish(jnp.eye(3), state, jnp.array([0]), jnp.array([1]))
+        >>> result.converged.tolist(), result.steps.tolist()
+        ([True], [2])
+    """
+    if optimizer is None:
+        optimizer = optax.adam(0.01)
+    common = dict(k=k, tol=tol, bounds=bounds, objective=objective, hyper=hyper)
+
+    def init(x0, active=None):
+        return init_points(optimizer, encode_points(objective, x0, bounds), active, objective)
+
+    def step(params, state, i, j, extra=None, enabled=True):
+        return step_points(apply_fn, params, state, i, j, optimizer=optimizer, enabled=enabled,
+                           extra=extra, **common)
+
+    def run(params, state, i, j, num_steps, extra=None, max_steps=None):
+        return run_steps(apply_fn, params, state, i, j, optimizer=optimizer,
+                         num_steps=num_steps, max_steps=max_steps, extra=extra, **common)
+
+    def finish(params, state, i, j, extra=None):
+        return finish_points(apply_fn, params, state, i, j, extra=extra, **common)
+
+    def optimize(params, x0, i, j, steps, extra=None, active=None):
+        return optimize_points(apply_fn, params, x0, i, j, optimizer=optimizer, steps=steps,
+                               active=active, extra=extra, **common)
+
+    return PointOptimizer(init, step, run, finish, optimize)
