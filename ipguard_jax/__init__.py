@@ -22,11 +22,14 @@ Example:
     >>> ipg.verify(fp, owner).is_copy
     True
 
-The pure functional core (loss, one step, batched optimiser) lives in :mod:`ipguard_jax.engine`
-for use inside your own ``jax.jit`` or training loop.
+The pure functional core (loss, objectives, one step, batched optimiser) lives in
+:mod:`ipguard_jax.core` for use inside your own ``jax.jit`` or training loop; the methods
+(IPGuard and the baselines, as values) in :mod:`ipguard_jax.methods`.
 """
 
+from ipguard_jax import core as core
 from ipguard_jax import engine as engine
+from ipguard_jax import methods as methods
 from ipguard_jax._version import __version__ as __version__
 from ipguard_jax.calibration import Calibration as Calibration
 from ipguard_jax.calibration import calibrate as calibrate
@@ -34,8 +37,8 @@ from ipguard_jax.calibration import with_calibration as with_calibration
 from ipguard_jax.classifier import Classifier as Classifier
 from ipguard_jax.classifier import params_hash as params_hash
 from ipguard_jax.config import FingerprintConfig as FingerprintConfig
-from ipguard_jax.engine import ipguard_loss as ipguard_loss
-from ipguard_jax.engine import optimize_points as optimize_points
+from ipguard_jax.core import ipguard_loss as ipguard_loss
+from ipguard_jax.core import optimize_points as optimize_points
 from ipguard_jax.fingerprints import Fingerprints as Fingerprints
 from ipguard_jax.fingerprints import commit as commit
 from ipguard_jax.fingerprints import new_nonce as new_nonce

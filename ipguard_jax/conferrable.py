@@ -63,8 +63,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ipguard_jax import engine
-from ipguard_jax.baselines import Method, Plan
+from ipguard_jax import core
+from ipguard_jax.methods import Method, Plan
 from ipguard_jax.classifier import Classifier
 
 __all__ = ["Conferrable", "MemberGroup", "stack_members", "member_lead"]
@@ -179,7 +179,7 @@ class _ConferrableLoss:
         return jnp.concatenate(parts, axis=0)
 
     def __call__(self, logits, x, point, hyper):
-        loss = engine.ipguard_loss(logits, point["i"], point["j"], hyper["k"])
+        loss = core.ipguard_loss(logits, point["i"], point["j"], hyper["k"])
         members = hyper["members"]
         if self.surrogate_fns:
             lead = member_lead(self._logits(self.surrogate_fns, members["surrogates"], x),
@@ -325,7 +325,7 @@ class Conferrable(Method):
             tuple(g.apply_fn for g in self._groups["surrogates"]),
             tuple(g.apply_fn for g in self._groups["references"]),
             self.surrogates_needed, self.references_needed)
-        return Plan(engine.Objective(loss=loss), "adam", config.optimizer)
+        return Plan(core.Objective(loss=loss), "adam", config.optimizer)
 
     def hyper(self, config):
         del config
@@ -412,7 +412,7 @@ class Conferrable(Method):
             owner_ok = passed
         else:
             s_agree, r_agree = self.agreement(x, labels)
-            owner_loss = np.concatenate([np.asarray(engine.batched_ipguard_loss(
+            owner_loss = np.concatenate([np.asarray(core.batched_ipguard_loss(
                 classifier(x[s:s + 1024]), jnp.asarray(arrays["i"][s:s + 1024]),
                 jnp.asarray(arrays["j"][s:s + 1024]), jnp.float32(config.k)))
                 for s in range(0, n, 1024)])

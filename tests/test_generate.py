@@ -227,16 +227,16 @@ def test_compaction_returns_the_same_fingerprints(owner, digits, keep):
 
 
 def test_compaction_shrinks_the_batch_to_the_stragglers(owner, digits, monkeypatch):
-    from ipguard_jax import generation
+    from ipguard_jax.runners import compacted as compaction, programs
 
     sizes = []
-    take = generation._take_points
+    take = programs.take
 
-    def spy(tree, index, valid):
+    def spy(points, state, index, valid):
         sizes.append((len(index), int(np.asarray(valid).sum())))
-        return take(tree, index, valid)
+        return take(points, state, index, valid)
 
-    monkeypatch.setattr(generation, "_take_points", spy)
+    monkeypatch.setattr(programs, "take", spy)
     # k=20 within 100 steps: most points converge, a few run to the limit alone.
     base = dict(num=24, k=20.0, steps=100, batch_size=16, keep="all", loop="host",
                 block_steps=4)
@@ -249,7 +249,7 @@ def test_compaction_shrinks_the_batch_to_the_stragglers(owner, digits, monkeypat
     batch_sizes = [16] + [size for size, _ in sizes]
     assert all(b // a == 2 ** round(np.log2(b / a)) and a < b
                for a, b in zip(batch_sizes[1:], batch_sizes[:-1])), batch_sizes
-    assert all(size >= generation.MIN_ROWS_PER_DEVICE and running <= size
+    assert all(size >= compaction.MIN_ROWS_PER_DEVICE and running <= size
                for size, running in sizes)
     for name in ("source", "i", "j", "labels", "converged", "steps"):
         np.testing.assert_array_equal(getattr(compacted, name), getattr(plain, name),
@@ -271,3 +271,21 @@ def test_bfloat16_generation_labels_points_with_the_float32_owner(owner, digits)
                      progress=False)
     with pytest.raises(ValueError, match="precision must be one of"):
         ipg.FingerprintConfig(precision="float16")
+
+
+def test_runner_counters_record_the_work_executed(owner, digits):
+    # The host loop runs blocks of block_steps over the whole batch: point_steps counts every
+    # row of every block, so it bounds the useful steps (sum of each point's steps) from above;
+    # compaction spends fewer point-steps on the same candidates.
+    base = dict(num=24, k=20.0, steps=100, batch_size=16, keep="all", loop="host",
+                block_steps=4)
+    runs = {compact: ipg.generate(owner, ipg.FingerprintConfig(**base, compact=compact), key=2,
+                                  data=digits["test"][0], progress=False)
+            for compact in (False, True)}
+    for fp in runs.values():
+        runner = fp.metadata["runner"]
+        assert runner["point_steps"] >= int(fp.steps.sum()) > 0
+        assert runner["syncs"] >= runner["blocks"] > 0 and runner["programs"] > runner["blocks"]
+    plain = runs[False].metadata["runner"]
+    assert plain["point_steps"] == plain["blocks"] * 4 * 16  # whole chunks of 16 rows
+    assert runs[True].metadata["runner"]["point_steps"] < plain["point_steps"]

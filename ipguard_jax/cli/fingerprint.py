@@ -144,11 +144,11 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
         raise UsageError(f"--data {args.data or 'digits'} holds images of shape "
                          f"{tuple(dataset.x.shape[1:])}, the model takes {owner.input_shape}")
 
-    from ipguard_jax import baselines
+    from ipguard_jax import methods
 
     if args.eps is not None and args.method not in ("fgsm", "pgd"):
         raise UsageError("--eps is for --method fgsm or pgd")
-    method = {"fgsm": baselines.FGSM, "pgd": baselines.PGD}.get(args.method)
+    method = {"fgsm": methods.FGSM, "pgd": methods.PGD}.get(args.method)
     method = (method(eps=args.eps) if args.eps is not None else method()) if method \
         else args.method
     with warnings.catch_warnings(record=True) as caught:

@@ -531,7 +531,7 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
     import jax
 
     import ipguard_jax as ipg
-    from ipguard_jax import baselines
+    from ipguard_jax import methods
     from ipguard_jax import evaluation as ev
     from ipguard_jax import train
     from ipguard_jax.evaluation import postprocess as pp
@@ -718,12 +718,12 @@ def run(setting: Setting, *, out: str | os.PathLike, command: str, seed: int = 0
     # adversarial ones keep only successful attacks (like IPGuard keeps converged points).
     eps = setting.eps
     baseline_methods = {
-        "random": [("random init=data", baselines.RandomPoints(), "data"),
-                   ("random init=noise", baselines.RandomPoints(), "noise")],
-        "fgsm": [(f"fgsm eps={eps:.3g}", baselines.FGSM(eps=eps), "data")],
-        "pgd": [(f"pgd-linf eps={eps:.3g}", baselines.PGD(eps=eps, steps=20), "data")],
-        "cw": [("cw-l2 kappa=0 target=random", baselines.CW(kappa=0.0), "data"),
-               ("cw-l2 kappa=5 target=random", baselines.CW(kappa=5.0), "data")],
+        "random": [("random init=data", methods.RandomPoints(), "data"),
+                   ("random init=noise", methods.RandomPoints(), "noise")],
+        "fgsm": [(f"fgsm eps={eps:.3g}", methods.FGSM(eps=eps), "data")],
+        "pgd": [(f"pgd-linf eps={eps:.3g}", methods.PGD(eps=eps, steps=20), "data")],
+        "cw": [("cw-l2 kappa=0 target=random", methods.CW(kappa=0.0), "data"),
+               ("cw-l2 kappa=5 target=random", methods.CW(kappa=5.0), "data")],
     }
     for name in setting.baselines:
         for label, method, init in baseline_methods[name]:
