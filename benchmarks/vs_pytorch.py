@@ -467,45 +467,6 @@ def xla_step_flops(owner, batch: int, k: float, lr: float) -> dict[str, Any]:
             "compile_s": compile_s}
 
 
-class StepCounter:
-    """Counts the point-steps ``generate`` executes, by wrapping its compiled block call.
-
-    Each call of ``ipguard_jax.generation._advance_chunk`` runs ``num_steps`` steps of its whole
-    working batch (points that are done or out of budget included), so the executed work is
-    ``sum(num_steps * batch)`` over calls. Observation only: the wrapped function is called
-    unchanged. The counts stay 0 when that internal function does not exist.
-
-    This replaces a private library function for the duration of the ``with`` block (the one
-    place this script patches library internals); it is to go once ``generate`` reports the
-    executed point-steps and block calls itself.
-    """
-
-    def __init__(self):
-        from ipguard_jax import generation
-
-        self._module = generation
-        self._original = getattr(generation, "_advance_chunk", None)
-        self.point_steps = 0
-        self.calls = 0
-
-    def __enter__(self) -> StepCounter:
-        if self._original is None:
-            return self
-        original = self._original
-
-        def counted(apply_fn, plan, num_steps, params, state, *args, **kwargs):
-            self.calls += 1
-            self.point_steps += int(num_steps) * int(state.x.shape[0])
-            return original(apply_fn, plan, num_steps, params, state, *args, **kwargs)
-
-        self._module._advance_chunk = counted
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._original is not None:
-            self._module._advance_chunk = self._original
-
-
 def _torch_step_fn(model, i, j, k):
     """One forward/backward pass w.r.t. the input of a batch, as every implementation does."""
     import torch
@@ -681,7 +642,7 @@ def bench_model(arch: str, net, x0_nhwc: np.ndarray, settings: dict[str, Any], a
 
     import ipguard_jax as ipg
     from ipguard_jax.convert import from_torch
-    from ipguard_jax.generation import MIN_ROWS_PER_DEVICE
+    from ipguard_jax.runners.compacted import shrunk_size
 
     _, Normalized = _torch_models()
     n, steps, reps = len(x0_nhwc), settings["steps"], settings["reps"]
@@ -711,9 +672,13 @@ def bench_model(arch: str, net, x0_nhwc: np.ndarray, settings: dict[str, Any], a
                "c_compact": ipg.FingerprintConfig(compact=True, batch_size=args.compact_batch,
                                                   **cc)}
 
+    last_runner = {}  # the last run's counters (metadata["runner"]): executed point-steps
+
     def run_generate(config, k, max_steps=None):
         config = dataclasses.replace(config, k=float(k), steps=max_steps or config.steps)
         fp = ipg.generate(owner, config, key=args.seed, data=x0_nhwc, progress=False)
+        last_runner.clear()
+        last_runner.update(fp.metadata["runner"])
         order = np.argsort(fp.source)  # back to the data order
         if not np.array_equal(fp.source[order], np.arange(n)):
             raise RuntimeError("generate did not return every start point once")
@@ -735,11 +700,9 @@ def bench_model(arch: str, net, x0_nhwc: np.ndarray, settings: dict[str, Any], a
         i_shared, j_shared = i_w, j_w
         log(f"{arch}: {name} warm-up (compile) {warmup_s[name]:.1f} s")
     # Compaction shrinks its batch by halves at the end of a run: compile those shapes too.
-    # (MIN_ROWS_PER_DEVICE mirrors the library's private halving rule, _shrunk_size.)
-    sizes, size = [], configs["c_compact"].batch_size
-    while size // 2 >= MIN_ROWS_PER_DEVICE * jax.device_count():
-        size //= 2
-        sizes.append(size)
+    batch = configs["c_compact"].batch_size
+    sizes = sorted({shrunk_size(batch, running, jax.device_count())
+                    for running in range(batch + 1)} - {batch}, reverse=True)
     warmup_s["c_compact"] += harness.clock(lambda: [run_generate(
         dataclasses.replace(configs["c_compact"], batch_size=size), args.ks[0], max_steps=1)
         for size in sizes])[0]
@@ -815,15 +778,11 @@ def bench_model(arch: str, net, x0_nhwc: np.ndarray, settings: dict[str, Any], a
             for name in names[shift:] + names[:shift]:
                 if name in slow and rnd >= args.slow_reps:
                     continue
-                counter = StepCounter() if name.startswith("c_") else None
                 chosen = None if name.startswith("c_") else choose_threads(name)
-                if counter is not None:
-                    with counter:
-                        seconds, res = harness.clock(lambda: impls[name](k))
-                    executed[name] = {"point_steps": counter.point_steps,
-                                      "block_calls": counter.calls}
-                else:
-                    seconds, res = harness.clock(lambda: impls[name](k))
+                seconds, res = harness.clock(lambda: impls[name](k))
+                if name.startswith("c_"):  # what generate reports it executed
+                    executed[name] = {"point_steps": last_runner["point_steps"],
+                                      "block_calls": last_runner["blocks"]}
                 times[name].append(seconds)
                 results[name] = res
                 threads_used.setdefault(name, []).append(chosen)
