@@ -272,6 +272,7 @@ class Conferrable(Method):
     min_references: float = 1.0
 
     name: ClassVar[str] = "conferrable"
+    config_fields: ClassVar[tuple[str, ...]] = ("k", "steps", "lr", "optimizer", "tol")
 
     def __post_init__(self):
         surrogates = _members(self.surrogates, "surrogates")

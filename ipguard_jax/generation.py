@@ -269,6 +269,7 @@ def generate(
         raise TypeError(f"config must be a FingerprintConfig, got {type(config).__name__}")
     method = methods.resolve_method(method)
     method.check(classifier)
+    method.check_config(config)
     plan = method.plan(config)
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) \
             or checkpoint_every <= 0:

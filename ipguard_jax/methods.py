@@ -163,6 +163,10 @@ class Method:
         del config
         return {}
 
+    #: The :class:`~ipguard_jax.FingerprintConfig` fields this method reads besides the run
+    #: settings (``num``, ``init``, ``target``, ``batch_size``, ``keep``, the loop...).
+    config_fields: ClassVar[tuple[str, ...]] = ()
+
     def check(self, classifier: Any) -> None:
         """Refuses an owner the method cannot run on (nothing to check by default).
 
@@ -170,6 +174,43 @@ class Method:
             classifier: the owner :class:`~ipguard_jax.Classifier`.
         """
         del classifier
+
+    def check_config(self, config: Any) -> None:
+        """Refuses a config that sets IPGuard's own settings for a method that ignores them.
+
+        ``k``, ``steps``, ``lr``, ``optimizer`` and ``tol`` of a
+        :class:`~ipguard_jax.FingerprintConfig` belong to IPGuard (and the methods built on
+        its loss); a baseline carries its own parameters, so a changed value there would be
+        silently ignored.
+
+        Args:
+            config: the run's :class:`~ipguard_jax.FingerprintConfig`.
+
+        Raises:
+            ValueError: such a field differs from its default and the method does not read it.
+
+        Example:
+            >>> from ipguard_jax import FingerprintConfig
+            >>> from ipguard_jax.methods import PGD
+            >>> PGD().check_config(FingerprintConfig(k=5.0))
+            Traceback (most recent call last):
+            ...
+            ValueError: FingerprintConfig.k=5.0 is IPGuard's setting; the pgd method ignores it: set the method's own parameters instead (PGD(eps=..., step_size=...))
+        """
+        defaults = type(config)()
+        for name in ("k", "steps", "lr", "optimizer", "tol"):
+            if name in self.config_fields:
+                continue
+            value = getattr(config, name)
+            if value is not getattr(defaults, name) and value != getattr(defaults, name):
+                shown = type(value).__name__ if name == "optimizer" else value
+                raise ValueError(
+                    f"FingerprintConfig.{name}={shown} is IPGuard's setting; the {self.name} "
+                    f"method ignores it: set the method's own parameters instead "
+                    f"({type(self).__name__}({', '.join(self._own_parameters())}))")
+
+    def _own_parameters(self) -> list[str]:
+        return [f"{f.name}=..." for f in dataclasses.fields(self)][:2] or ["..."]
 
     def screen(self, classifier: Any, arrays: dict[str, np.ndarray], config: Any
                ) -> tuple[np.ndarray, dict[str, Any]] | None:
@@ -238,6 +279,7 @@ class IPGuard(Method):
     """
 
     name: ClassVar[str] = "ipguard"
+    config_fields: ClassVar[tuple[str, ...]] = ("k", "steps", "lr", "optimizer", "tol")
 
     def plan(self, config):
         return Plan(IPGUARD, "adam", config.optimizer)

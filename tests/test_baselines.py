@@ -232,3 +232,12 @@ def test_fgsm_and_pgd_match_foolbox(owner, digits, foolbox):
     theirs = _foolbox_attack(foolbox, owner, foolbox.attacks.L2PGD(
         abs_stepsize=0.2, steps=10, random_start=False), x0, fp.i, 1.0)
     np.testing.assert_allclose(fp.x[ok], theirs[ok], atol=1e-3)
+
+
+@pytest.mark.parametrize("field, value", [("k", 5.0), ("steps", 10), ("lr", 0.5), ("tol", 0.1)])
+def test_a_baseline_refuses_ipguard_settings_it_would_ignore(owner, digits, field, value):
+    config = ipg.FingerprintConfig(num=4, keep="all", **{field: value})
+    with pytest.raises(ValueError, match=rf"FingerprintConfig\.{field}=.*the pgd method ignores"):
+        _run(owner, digits, PGD(eps=0.1), config)
+    fp = _run(owner, digits, "ipguard", config)  # IPGuard reads them
+    assert len(fp) == 4
