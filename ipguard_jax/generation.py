@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from ipguard_jax import core, methods
+from ipguard_jax import compile_cache, core, methods
 from ipguard_jax.runners import programs
 from ipguard_jax.runners.checkpoint import Checkpoint
 from ipguard_jax.runners.chunked import run_chunked
@@ -188,6 +188,10 @@ def generate(
 ) -> Fingerprints:
     """Generates IPGuard fingerprints (or a baseline's) for an owner classifier.
 
+    The first call in a process turns on JAX's persistent compilation cache (in
+    ``~/.cache/ipguard_jax/xla`` unless the process set its own, or ``IPGUARD_COMPILE_CACHE=0``:
+    see :mod:`ipguard_jax.compile_cache`), so a later process loads the compiled programs.
+
     Candidates are optimised ``config.batch_size`` at a time with ``vmap``-ed per-point
     optimiser states, each chunk one compiled ``lax.while_loop`` (or, on CPU, compiled blocks of
     unrolled steps driven from the host: see ``FingerprintConfig.loop``), so device memory is
@@ -270,6 +274,7 @@ def generate(
     method = methods.resolve_method(method)
     method.check(classifier)
     method.check_config(config)
+    compile_cache.ensure_enabled()
     plan = method.plan(config)
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) \
             or checkpoint_every <= 0:

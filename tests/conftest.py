@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
+
+# The tests do not write JAX's persistent compilation cache into the home directory
+# (tests/test_compile_cache.py turns it on in subprocesses of its own).
+os.environ.setdefault("IPGUARD_COMPILE_CACHE", "0")
 
 import jax
 import jax.numpy as jnp

@@ -32,6 +32,7 @@ MODULES = [
     "ipguard_jax.sharding",
     "ipguard_jax.fingerprints",
     "ipguard_jax.generation",
+    "ipguard_jax.compile_cache",
     "ipguard_jax.runners",
     "ipguard_jax.runners.compacted",
     "ipguard_jax.verification",
