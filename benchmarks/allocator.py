@@ -74,9 +74,9 @@ def _tune_glibc() -> None:
 def _child(workload: str, steps: int, warmup: int) -> dict:
     """Times ``steps`` steps of ``workload`` after ``warmup`` untimed ones, in this process.
 
-    The training step is the library's own compiled step, reached through private helpers of
-    :mod:`ipguard_jax.train` (``_make_optimizer``, ``_epoch_permutation``,
-    ``_make_train_step``): the library has no public way yet to build one step of ``fit``.
+    The training step is the library's own, built and compiled as ``fit`` does it
+    (:func:`ipguard_jax.train.make_optimizer`, :class:`~ipguard_jax.train.TrainState`,
+    :class:`~ipguard_jax.train.TrainStep`, whose lowering is compiled here to time it apart).
     """
     import jax
     import jax.numpy as jnp
@@ -94,16 +94,16 @@ def _child(workload: str, steps: int, warmup: int) -> dict:
         n = TRAIN_BATCH * 4
         x_all = jax.device_put(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
         y_all = jax.device_put(rng.integers(0, 10, n).astype(np.int32))
-        model.train()  # as fit trains: BatchNorm on batch statistics
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        tx, _ = train._make_optimizer(config, 1000, 4)
-        leaves, state_def = jax.tree.flatten((params, tx.init(params), rest))
-        perm, key = train._epoch_permutation(0, 0, n)
+        tx, _ = train.make_optimizer(config, 1000, 4)
+        # fit's state: the model in train mode (BatchNorm on batch statistics); copied, since
+        # steps donate it
+        train_state = train.TrainState.create(model, tx).copy()
+        perm, key = train.epoch_permutation(config.seed, 0, n)
         metrics = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
-        step_fn = train._make_train_step(graphdef, state_def, tx, config)
+        step = train.TrainStep(train_state, tx, config)
         compile_s, compiled = harness.clock(
-            lambda: step_fn.lower(leaves, metrics, x_all, y_all, perm, np.int32(0), key).compile())
-        state = [leaves, metrics]
+            lambda: step.lower(train_state, x_all, y_all).compile())
+        state = [train_state.leaves, metrics]
         index = itertools.count()
 
         def run():

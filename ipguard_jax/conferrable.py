@@ -23,7 +23,7 @@ owner's label ``i`` and a target ``j`` it minimises, per point::
 where ``lead_j = Z_j - max_{t != j} Z_t`` of that member: a surrogate must give ``j`` by the
 margin ``m_s``; a reference must prefer another class by ``m_r``. ``n_s`` and ``n_r`` are the
 shares :attr:`Conferrable.min_surrogates` and :attr:`Conferrable.min_references` of the
-members (all of them by default). A point succeeds when ``L(x) <= tol``: every condition holds.
+members (80% by default: the members that fit best count). A point succeeds when ``L(x) <= tol``: every condition holds.
 
 Members of one architecture are stacked and ``vmap``-ped over their parameters, so one jitted
 step evaluates the owner and every member. After the run, the points are **screened** once more
@@ -42,7 +42,8 @@ Example:
     >>> owner = ipg.Classifier(apply, jnp.eye(3), input_shape=(3,))
     >>> copy = ipg.Classifier(apply, jnp.eye(3) * 1.1, input_shape=(3,))
     >>> other = ipg.Classifier(apply, jnp.eye(3)[:, [1, 2, 0]], input_shape=(3,))
-    >>> method = Conferrable(surrogates={"copy": copy}, references={"other": other})
+    >>> method = Conferrable(surrogates={"copy": copy}, references={"other": other},
+    ...                      reference_margin=0.5)  # logits of this toy span [0, 1.1]
     >>> fp = ipg.generate(owner, ipg.FingerprintConfig(num=4, k=0.1, init="noise"), key=0,
     ...                   method=method, progress=False)
     >>> bool((copy.predict(fp.x) == fp.labels).all()), bool((other.predict(fp.x) != fp.labels).all())
@@ -247,6 +248,12 @@ class Conferrable(Method):
             are free): ``1.0`` means all of them.
         min_references: share of the references that must meet theirs.
 
+    The defaults (margins 1 and 3, shares 0.8) were chosen on development models that no
+    evaluation scores (``benchmarks/tune_conferrable.py``, results in
+    ``benchmarks/results/conferrable_tuning_digits.md``): a wider reference margin clears
+    independent models best, and with ten surrogates and eight references requiring every
+    member leaves few points that converge.
+
     Raises:
         TypeError: members that are not classifiers, or not given as a mapping or sequence.
         ValueError: no member at all, a negative or non-finite margin or weight, or a share
@@ -265,11 +272,11 @@ class Conferrable(Method):
     surrogates: Any = ()
     references: Any = ()
     surrogate_margin: float = 1.0
-    reference_margin: float = 1.0
+    reference_margin: float = 3.0
     surrogate_weight: float = 1.0
     reference_weight: float = 1.0
-    min_surrogates: float = 1.0
-    min_references: float = 1.0
+    min_surrogates: float = 0.8
+    min_references: float = 0.8
 
     name: ClassVar[str] = "conferrable"
     config_fields: ClassVar[tuple[str, ...]] = ("k", "steps", "lr", "optimizer", "tol")

@@ -169,9 +169,6 @@ def test_every_script_parses_its_options(name, benchmark_script, capsys):
 # Private library names the scripts still use, each waiting for a public hook in the library
 # (see the docstrings at each use). The list may only shrink.
 PRIVATE_USES = {
-    ("allocator", "ipguard_jax.train._make_optimizer"),
-    ("allocator", "ipguard_jax.train._epoch_permutation"),
-    ("allocator", "ipguard_jax.train._make_train_step"),
     ("conv_grad", "ipguard_jax.models._common"),  # sets conv_general_dilated, WGRAD_ROW_BLOCKS
 }
 

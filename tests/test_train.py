@@ -1,16 +1,29 @@
 """Training loop: config validation, accuracy on digits, augmentation, checkpoint resume."""
 
 import dataclasses
+import json
 import os
+import platform
+from importlib import metadata
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from ipguard_jax import models
+from ipguard_jax import models, params_hash
 from ipguard_jax.data import load_digits
-from ipguard_jax.train import TrainConfig, augment, evaluate, fit
+from ipguard_jax.train import (
+    TrainConfig,
+    TrainState,
+    TrainStep,
+    augment,
+    evaluate,
+    fit,
+    make_optimizer,
+    train_epoch,
+)
 
 
 def build(fn):
@@ -233,6 +246,83 @@ def test_batchnorm_statistics_update_in_training_and_serve_in_eval(uninterrupted
     evaluate(model, x_test[:10], y_test[:10])
     assert not model.stages[0][0].bn.use_running_average
     model.eval()
+
+
+# Digests (``ipguard_jax.params_hash``) of the two fixtures' trained models, computed with the
+# train.py of before its split into make_optimizer / TrainState / TrainStep / train_epoch /
+# Checkpointer: the same config and data must still give the same parameters bit for bit. XLA
+# may round sums in another order on another platform (docs/determinism.md), so the digests
+# are checked only on the one that wrote them.
+PINNED_PLATFORM = {
+    "jax": "0.10.2", "jaxlib": "0.10.2", "flax": "0.12.8", "optax": "0.2.8",
+    "machine": "x86_64", "backend": "cpu",
+    "cpu": "avx,avx2,avx512_bf16,avx512_bitalg,avx512_vbmi2,avx512_vnni,avx512_vpopcntdq,"
+           "avx512bw,avx512cd,avx512dq,avx512f,avx512ifma,avx512vbmi,avx512vl,fma,sse4_1,"
+           "sse4_2,sse4a",
+}
+PINNED_MLP_PARAMS = "f2810300aa9e1a9d512b846bfc29e329c40b736ef37ac25faf8fadf55621f8c8"
+PINNED_CNN_PARAMS_AND_STATS = "9ed86f4b2d7c63af591816735aff8b10d76c9bdb73b77959fc7e6c8b7b4577d4"
+
+
+def _platform() -> dict[str, str]:
+    flags = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                names = line.split(":", 1)[1].split()
+                flags = ",".join(sorted(f for f in names if f.startswith(("avx", "fma", "sse4"))))
+                break
+    except OSError:
+        pass
+    versions = {name: metadata.version(name) for name in ("jax", "jaxlib", "flax", "optax")}
+    return {**versions, "machine": platform.machine(), "backend": jax.default_backend(),
+            "cpu": flags}
+
+
+def test_fixed_configs_train_to_the_pinned_parameters(trained_mlp, uninterrupted):
+    if _platform() != PINNED_PLATFORM:
+        pytest.skip("digests pinned on another platform: "
+                    f"{json.dumps(PINNED_PLATFORM)}, here {json.dumps(_platform())}")
+    mlp, _ = trained_mlp
+    cnn, _, _ = uninterrupted
+    assert params_hash(nnx.state(mlp, nnx.Param)) == PINNED_MLP_PARAMS  # Adam(W), validation
+    # SGD with Nesterov, warmup, label smoothing, reflect-padded crops, flips, BatchNorm, dropout
+    assert params_hash(nnx.state(cnn, nnx.Param, nnx.BatchStat)) == PINNED_CNN_PARAMS_AND_STATS
+
+
+def test_public_pieces_train_as_fit_does(digits_split):
+    """make_optimizer, TrainState, TrainStep and train_epoch by hand give fit's parameters."""
+    x, y, _, _ = digits_split
+    x, y = x[:200], y[:200]  # 3 steps of 64 per epoch, 8 images dropped
+    config = TrainConfig(epochs=2, batch_size=64, lr=0.05, crop_padding=1, seed=7)
+
+    def mlp():
+        return build(lambda: models.create("mlp", in_features=64, in_channels=1, hidden=(16,),
+                                           dropout=0.1, rngs=rngs(2)))
+
+    reference = mlp()
+    result = fit(reference, x, y, config, progress=False)
+
+    model = mlp()
+    steps = len(x) // config.batch_size
+    tx, schedule = make_optimizer(config, config.epochs * steps, steps)
+    state = TrainState.create(model, tx).copy()
+    x_all, y_all = jax.device_put(x), jax.device_put(y.astype(np.int32))
+    step = TrainStep(state, tx, config)
+    lowered = step.lower(state, x_all, y_all)
+    assert "dynamic_slice" in lowered.as_text()  # the batch is gathered on the device
+    assert step.compiled is None and step.compile_time_s == 0.0
+    step.compile(state, x_all, y_all)
+    assert step.compile_time_s > 0
+    seen = []
+    losses = [train_epoch(step, state, x_all, y_all, epoch,
+                          on_step=lambda i, metrics: seen.append(i))[0]
+              for epoch in range(config.epochs)]
+    assert seen == [0, 1, 2] * config.epochs
+    assert losses == result.history["loss"]
+    assert float(schedule(config.epochs * steps - 1)) == result.history["lr"][-1]
+    state.update_model(model)
+    assert params_hash(nnx.state(model)) == params_hash(nnx.state(reference))
 
 
 MAPS_LINE = "7f0000000000-7f0000001000 r-xp 00000000 08:01 123 {}\n"

@@ -69,9 +69,11 @@ class Setting:
     as ``(label, arch, kwargs)``, the distillation student as ``(arch, kwargs)``, which
     :data:`VARIANTS` of the owner's own architecture train as independent models, and the
     conferrable fingerprints' parts: a distillation student of an architecture no surrogate
-    has (``heldout_student``, a scored pirate), the reference models ``(name, arch, kwargs,
-    seed)`` the defender trains on the owner's split, and the margins ``k`` to run them at
-    (none: no conferrable rows, no surrogates or references trained).
+    has (``heldout_student``, a scored pirate), surrogates beyond the five of
+    :func:`~ipguard_jax.evaluation.factories.default_surrogate_specs` (``extra_surrogates``),
+    the reference models ``(name, arch, kwargs, seed)`` the defender trains on the owner's
+    split, and the margins ``k`` to run them at (none: no conferrable rows, no surrogates or
+    references trained).
 
     Example:
         >>> setting = make_setting(parse_args(["--quick", "--ks", "1,3"]))
@@ -101,6 +103,8 @@ class Setting:
     distill_student: tuple[str, dict[str, Any]]
     owner_variants: list[str] = dataclasses.field(default_factory=lambda: list(VARIANTS))
     heldout_student: tuple[str, dict[str, Any]] | None = None
+    extra_surrogates: list[tuple[str, str, dict[str, Any]]] = dataclasses.field(
+        default_factory=list)
     references: list[tuple[str, str, dict[str, Any], int]] = dataclasses.field(
         default_factory=list)
     conferrable_ks: list[float] = dataclasses.field(default_factory=list)
@@ -240,11 +244,25 @@ def make_setting(args: argparse.Namespace, default_data: str | os.PathLike | Non
             distill_student=("cnn", {"in_channels": 1}) if (args.owner or "mlp") == "mlp"
             else ("mlp", {"in_features": 64, "in_channels": 1}),
             heldout_student=("resnet20", {"in_channels": 1}),
+            extra_surrogates=[
+                ("sur2-distill-same", "distill", {"temperature": 4.0, "label_copies": 1}),
+                ("sur2-distill-cnn", "distill", {"temperature": 4.0, "label_copies": 1,
+                                                 "student": "cnn",
+                                                 "student_kwargs": {"in_channels": 1}}),
+                ("sur2-extract-same", "extract", {}),
+                ("sur2-extract-mlp128", "extract", {"student": "mlp", "student_kwargs": {
+                    "in_features": 64, "in_channels": 1, "hidden": [128]}}),
+                ("sur2-FTAL", "ftal", {})],
             references=[("ref-mlp-s11", "mlp", {"in_features": 64, "in_channels": 1}, 11),
                         ("ref-mlp128-s12", "mlp", {"in_features": 64, "in_channels": 1,
                                                    "hidden": [128]}, 12),
                         ("ref-cnn-s13", "cnn", {"in_channels": 1}, 13),
-                        ("ref-mlp-s14", "mlp", {"in_features": 64, "in_channels": 1}, 14)],
+                        ("ref-mlp-s14", "mlp", {"in_features": 64, "in_channels": 1}, 14),
+                        ("ref2-mlp-s21", "mlp", {"in_features": 64, "in_channels": 1}, 21),
+                        ("ref2-cnn-s22", "cnn", {"in_channels": 1}, 22),
+                        ("ref2-mlp128-s23", "mlp", {"in_features": 64, "in_channels": 1,
+                                                    "hidden": [128]}, 23),
+                        ("ref2-mlp-s24", "mlp", {"in_features": 64, "in_channels": 1}, 24)],
             conferrable_ks=conferrable_ks,
         )
     data = args.data or (None if default_data is None else str(default_data))
@@ -257,9 +275,17 @@ def make_setting(args: argparse.Namespace, default_data: str | os.PathLike | Non
                   pirate_lr=1e-3, num=args.num, steps=args.steps, ks=floats, inits=inits,
                   targets=targets, subset=args.subset, baselines=names, eps=args.eps or 8 / 255,
                   heldout_student=("mobilenet_v2", {}), conferrable_ks=conferrable_ks,
+                  extra_surrogates=[
+                      ("sur2-distill-cnn", "distill", {"temperature": 4.0, "label_copies": 1,
+                                                       "student": "cnn", "student_kwargs": {}}),
+                      ("sur2-extract-cnn-narrow", "extract", {
+                          "student": "cnn", "student_kwargs": {"widths": [16, 32, 64]}}),
+                      ("sur2-FTAL", "ftal", {})],
                   references=[(f"ref-{owner}-s11", owner, {}, 11), ("ref-cnn-s12", "cnn", {}, 12),
                               ("ref-cnn-narrow-s13", "cnn", {"widths": [16, 32, 64]}, 13),
-                              ("ref-mlp-s14", "mlp", {}, 14)])
+                              ("ref-mlp-s14", "mlp", {}, 14), ("ref2-cnn-s22", "cnn", {}, 22),
+                              ("ref2-cnn-narrow-s23", "cnn", {"widths": [16, 32, 64]}, 23),
+                              ("ref2-mlp-s24", "mlp", {}, 24)])
     if getattr(args, "preset", "cpu") == "wide":
         return Setting(
             **common, epochs=args.epochs or 30, pirate_epochs=args.pirate_epochs or 10,
@@ -443,7 +469,8 @@ def surrogate_specs(setting: Setting) -> list[tuple[str, str, dict[str, Any]]]:
 
     if not setting.conferrable_ks:
         return []
-    return factories.default_surrogate_specs(*setting.distill_student)
+    return factories.default_surrogate_specs(*setting.distill_student) + list(
+        setting.extra_surrogates)
 
 
 def independent_specs(setting: Setting, owner_ds, indep_ds, seed: int) -> list[tuple]:
