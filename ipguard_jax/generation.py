@@ -266,54 +266,18 @@ def generate(
         >>> len(fp), bool(fp.converged.all()), bool((fp.labels == fp.j).all())
         (8, True, True)
     """
-    if not isinstance(classifier, Classifier):
-        raise TypeError(f"classifier must be an ipguard_jax.Classifier, got "
-                        f"{type(classifier).__name__}")
-    if not isinstance(config, FingerprintConfig):
-        raise TypeError(f"config must be a FingerprintConfig, got {type(config).__name__}")
-    method = methods.resolve_method(method)
-    method.check(classifier)
-    method.check_config(config)
+    method = _check_arguments(classifier, config, method, checkpoint_every)
     compile_cache.ensure_enabled()
-    plan = method.plan(config)
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) \
-            or checkpoint_every <= 0:
-        raise ValueError(f"checkpoint_every must be an int > 0, got {checkpoint_every!r}")
     saver = None if checkpoint is None else Checkpoint(checkpoint, checkpoint_every)
-    key_source = "explicit"
-    if key is None:
-        saved = None if saver is None else saver.saved_key()
-        key, key_source = (_key_from_record(saved, saver.directory), "checkpoint") \
-            if saved is not None else (secret_key(), "os")
-    key = as_key(key)
+    key, key_source = _resolve_key(key, saver)
     place = Placement(resolve_mesh(mesh))
-    if config.precision != "float32" and not isinstance(method, methods.IPGuard):
-        raise ValueError(f"precision={config.precision!r} is for the ipguard method; the "
-                         f"baselines run in float32")
     start_time = time.perf_counter()
-    lo, hi = classifier.bounds
-
     # One stream for the data order, one for the per-candidate draws (keyed by candidate index).
     order_key, point_key = jax.random.split(key)
-    budget = config.candidate_budget
-    if config.init == "data":
-        data = _check_data(classifier, data, config)
-        budget = min(budget, data.shape[0])
-        order = np.asarray(jax.random.permutation(order_key, data.shape[0]))
-    elif data is not None:
-        raise ValueError('data is only used with init="data"; drop it or set init="data"')
+    budget, data, order = _candidate_budget(classifier, config, data, order_key)
     batch = place.padded(min(config.batch_size, budget))
     loop = resolve_loop(config.loop)
-    want = config.num
-
-    scalars = place.replicate(dict(
-        k=np.float32(config.k), lr=np.float32(method.learning_rate(config)),
-        steps=np.int32(method.budget(config)), tol=np.float32(config.tol),
-        lo=np.asarray(lo, classifier.dtype), hi=np.asarray(hi, classifier.dtype),
-        hyper={name: np.float32(v) if isinstance(v, (int, float)) else v
-               for name, v in method.hyper(config).items()}))
-    if place.mesh is None:
-        scalars = jax.tree.map(jnp.asarray, scalars)
+    scalars = _settings(classifier, config, method, place)
     run_key = jax.random.wrap_key_data(place.replicate(jax.random.key_data(point_key)),
                                        impl=jax.random.key_impl(point_key))
 
@@ -323,28 +287,28 @@ def generate(
             source = order[ids % data.shape[0]]
             return place.put(data[source]), source
         return programs.noise_points(run_key, place.put(ids), scalars["lo"], scalars["hi"],
-                             input_shape=classifier.input_shape, dtype=classifier.dtype), ids
+                                     input_shape=classifier.input_shape,
+                                     dtype=classifier.dtype), ids
 
     compact = config.compact and loop == "host" and not isinstance(method, methods.CW)
-    collector = Collector(config, want, progress)
-    if saver is not None:
-        identity = {"config": config.to_dict(), "method": method.to_dict(),
-                    "key": _key_record(key), "owner": classifier.params_hash,
-                    "input": classifier.input_spec,
-                    "data": _data_digest(data) if config.init == "data" else None,
-                    "budget": budget, "batch": batch, "compact": compact}
-        identity = json.loads(json.dumps(identity))
+    collector = Collector(config, config.num, progress)
     apply_fn, params = classifier.apply_fn, classifier.params
     if config.precision != "float32":
         apply_fn = _low_precision(apply_fn, config.precision)
         params = _cast_floats(params, config.precision)
-    run = Run(spec=programs.Spec(apply_fn, plan, config.target),
+    run = Run(spec=programs.Spec(apply_fn, method.plan(config), config.target),
               params=place.replicate(params), sc=scalars, key=run_key, config=config,
               method=method, loop=loop, place=place, starts=starts, budget=budget, batch=batch,
-               collector=collector, checkpoint=saver)
+              collector=collector, checkpoint=saver)
     try:
         if saver is not None:
-            saver.load(collector, identity, budget, _checkpoint_arrays(classifier), (lo, hi))
+            identity = {"config": config.to_dict(), "method": method.to_dict(),
+                        "key": _key_record(key), "owner": classifier.params_hash,
+                        "input": classifier.input_spec,
+                        "data": _data_digest(data) if config.init == "data" else None,
+                        "budget": budget, "batch": batch, "compact": compact}
+            saver.load(collector, json.loads(json.dumps(identity)), budget,
+                       _checkpoint_arrays(classifier), classifier.bounds)
         (run_compacted if compact else run_chunked)(run)
     except BaseException:
         if saver is not None:
@@ -352,31 +316,8 @@ def generate(
         raise
     finally:
         collector.bar.close()
-    arrays, drawn, converged = collector.arrays(), collector.drawn, collector.converged
-    if config.precision != "float32":
-        converged -= _recheck_in_float32(classifier, arrays, config)
-    else:
-        relabelled = _relabel(classifier, arrays)
-        converged -= relabelled
-        if relabelled and saver is not None and saver.resume is not None:
-            warnings.warn(
-                f"{relabelled} point(s) restored from the checkpoint {saver.directory} carried "
-                f"a label the owner does not give there (an edited or damaged checkpoint): "
-                f"they now carry the owner's label and count as not converged",
-                RuntimeWarning, stacklevel=2)
-    screened = method.screen(classifier, arrays, config)
-    if screened is not None:
-        passed, screening = screened
-        converged -= int((arrays["converged"] & ~passed).sum())
-        arrays["converged"] = arrays["converged"] & passed
-    if config.keep == "converged":
-        keep = np.flatnonzero(arrays["converged"])[:want]
-        if keep.size < want:
-            warnings.warn(
-                f"only {keep.size} of the {want} requested fingerprints converged "
-                f"({converged} of {drawn} candidates, budget {budget}); raise steps or "
-                f"max_candidates, lower k, or use keep='all'", ConvergenceWarning, stacklevel=2)
-        arrays = {name: a[keep] for name, a in arrays.items()}
+    arrays, converged, screening = _final_arrays(classifier, config, method, collector, saver,
+                                                 budget)
     metadata = {
         "format_version": 1,
         "library": {"name": "ipguard_jax", "version": __version__, "jax": jax.__version__},
@@ -389,13 +330,13 @@ def generate(
         "processes": jax.process_count(),
         "key": {**_key_record(key), "source": key_source},
         "classifier": {"params_sha256": classifier.params_hash, **classifier.input_spec},
-        "num_candidates": drawn,
+        "num_candidates": collector.drawn,
         "num_converged": converged,
-        "convergence_rate": converged / drawn,
+        "convergence_rate": converged / collector.drawn,
         "wall_time_s": round(time.perf_counter() - start_time, 3),
         "runner": dict(run.stats),
     }
-    if screened is not None:
+    if screening is not None:
         metadata["screening"] = screening
     fingerprints = Fingerprints(**arrays, metadata=metadata)
     if saver is not None:
@@ -404,6 +345,97 @@ def generate(
         else:
             saver.remove()
     return fingerprints
+
+
+def _check_arguments(classifier: Any, config: Any, method: Any, checkpoint_every: Any
+                     ) -> methods.Method:
+    """The method, once the arguments of :func:`generate` fit together."""
+    if not isinstance(classifier, Classifier):
+        raise TypeError(f"classifier must be an ipguard_jax.Classifier, got "
+                        f"{type(classifier).__name__}")
+    if not isinstance(config, FingerprintConfig):
+        raise TypeError(f"config must be a FingerprintConfig, got {type(config).__name__}")
+    method = methods.resolve_method(method)
+    if config.precision != "float32" and not isinstance(method, methods.IPGuard):
+        raise ValueError(f"precision={config.precision!r} is for the ipguard method; the "
+                         f"baselines run in float32")
+    method.check(classifier)
+    method.check_config(config)
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) \
+            or checkpoint_every <= 0:
+        raise ValueError(f"checkpoint_every must be an int > 0, got {checkpoint_every!r}")
+    return method
+
+
+def _resolve_key(key: Any, saver: Checkpoint | None) -> tuple[jax.Array, str]:
+    """The run's key and where it came from: given, a checkpoint's, or the OS's."""
+    if key is not None:
+        return as_key(key), "explicit"
+    saved = None if saver is None else saver.saved_key()
+    if saved is not None:
+        return _key_from_record(saved, saver.directory), "checkpoint"
+    return secret_key(), "os"
+
+
+def _candidate_budget(classifier: Classifier, config: FingerprintConfig, data: Any,
+                      order_key: jax.Array) -> tuple[int, np.ndarray | None, np.ndarray | None]:
+    """How many candidates the run may draw, the checked start data and its random order."""
+    budget = config.candidate_budget
+    if config.init == "data":
+        data = _check_data(classifier, data, config)
+        return (min(budget, data.shape[0]), data,
+                np.asarray(jax.random.permutation(order_key, data.shape[0])))
+    if data is not None:
+        raise ValueError('data is only used with init="data"; drop it or set init="data"')
+    return budget, None, None
+
+
+def _settings(classifier: Classifier, config: FingerprintConfig, method: methods.Method,
+              place: Placement) -> dict[str, Any]:
+    """The traced settings of the compiled programs, replicated over the mesh."""
+    lo, hi = classifier.bounds
+    scalars = place.replicate(dict(
+        k=np.float32(config.k), lr=np.float32(method.learning_rate(config)),
+        steps=np.int32(method.budget(config)), tol=np.float32(config.tol),
+        lo=np.asarray(lo, classifier.dtype), hi=np.asarray(hi, classifier.dtype),
+        hyper={name: np.float32(v) if isinstance(v, (int, float)) else v
+               for name, v in method.hyper(config).items()}))
+    return jax.tree.map(jnp.asarray, scalars) if place.mesh is None else scalars
+
+
+def _final_arrays(classifier: Classifier, config: FingerprintConfig, method: methods.Method,
+                  collector: Collector, saver: Checkpoint | None, budget: int
+                  ) -> tuple[dict[str, np.ndarray], int, dict[str, Any] | None]:
+    """The kept points in candidate order, labelled again by the owner in float32 and
+    screened by the method; how many converged; the screening record."""
+    arrays, drawn, converged = collector.arrays(), collector.drawn, collector.converged
+    if config.precision != "float32":
+        converged -= _recheck_in_float32(classifier, arrays, config)
+    else:
+        relabelled = _relabel(classifier, arrays)
+        converged -= relabelled
+        if relabelled and saver is not None and saver.resume is not None:
+            warnings.warn(
+                f"{relabelled} point(s) restored from the checkpoint {saver.directory} carried "
+                f"a label the owner does not give there (an edited or damaged checkpoint): "
+                f"they now carry the owner's label and count as not converged",
+                RuntimeWarning, stacklevel=3)
+    screened = method.screen(classifier, arrays, config)
+    screening = None
+    if screened is not None:
+        passed, screening = screened
+        converged -= int((arrays["converged"] & ~passed).sum())
+        arrays["converged"] = arrays["converged"] & passed
+    if config.keep == "converged":
+        want = config.num
+        keep = np.flatnonzero(arrays["converged"])[:want]
+        if keep.size < want:
+            warnings.warn(
+                f"only {keep.size} of the {want} requested fingerprints converged "
+                f"({converged} of {drawn} candidates, budget {budget}); raise steps or "
+                f"max_candidates, lower k, or use keep='all'", ConvergenceWarning, stacklevel=3)
+        arrays = {name: a[keep] for name, a in arrays.items()}
+    return arrays, converged, screening
 
 
 def _key_from_record(record: Any, where: str) -> jax.Array:
