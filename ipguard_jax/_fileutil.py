@@ -13,5 +13,5 @@ from __future__ import annotations
 
 from ipguard_jax.storage.digest import sha256_regular  # noqa: F401
 from ipguard_jax.storage.files import (  # noqa: F401
-    _KINDS, MAX_EXPANSION, SMALL_ARRAYS_BYTES, UnsafeFileError, _kind, _not_regular, array_nbytes,
-    check_expansion, check_tree, open_regular, orbax_array_specs, read_regular, rename_new)
+    MAX_EXPANSION, SMALL_ARRAYS_BYTES, UnsafeFileError, array_nbytes, check_expansion,
+    check_tree, open_regular, orbax_array_specs, read_regular, rename_new)

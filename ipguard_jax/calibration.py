@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -58,6 +57,9 @@ import numpy as np
 
 from ipguard_jax.classifier import Classifier
 from ipguard_jax.fingerprints import Fingerprints, content_digest
+from ipguard_jax.suspects import redact_url
+from ipguard_jax.verification import (RemoteSuspect, check_fingerprints, check_fpr, is_real,
+                                      query_labels)
 
 __all__ = ["Calibration", "calibrate", "with_calibration", "calibration_of",
            "betabinom_logpmf", "betabinom_sf", "points_sha256", "FORMAT_VERSION"]
@@ -74,8 +76,17 @@ _TAU_GRID = np.logspace(-2, 7, 121)
 
 # -- beta-binomial arithmetic --------------------------------------------------------------------
 
-def _log_rising(a: float, m: int) -> np.ndarray:
-    """``log Gamma(a + k) - log Gamma(a)`` for ``k = 0..m``: cumulative sums of ``log(a + j)``."""
+def log_rising(a: float, m: int) -> np.ndarray:
+    """``log Gamma(a + k) - log Gamma(a)`` for ``k = 0..m``: cumulative sums of ``log(a + j)``.
+
+    The logarithms of the rising factorials ``a (a + 1) ... (a + k - 1)``, from which the
+    beta-binomial's probabilities (and its predictive law, :mod:`ipguard_jax.sequential`)
+    are sums.
+
+    Example:
+        >>> np.exp(log_rising(2.0, 3)).round(9).tolist()  # 1, 2, 2*3, 2*3*4
+        [1.0, 2.0, 6.0, 24.0]
+    """
     out = np.zeros(m + 1)
     out[1:] = np.cumsum(np.log(a + np.arange(m, dtype=np.float64)))
     return out
@@ -83,7 +94,7 @@ def _log_rising(a: float, m: int) -> np.ndarray:
 
 def _check_ab(alpha: Any, beta: Any) -> tuple[float, float]:
     for name, value in (("alpha", alpha), ("beta", beta)):
-        if not (_is_real(value) and math.isfinite(value) and value > 0):
+        if not (is_real(value) and math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(alpha), float(beta)
 
@@ -120,8 +131,8 @@ def betabinom_logpmf(n: int, alpha: float, beta: float) -> np.ndarray:
     n = _check_count("n", n, 0)
     alpha, beta = _check_ab(alpha, beta)
     k = np.arange(n + 1)
-    log_fact = _log_rising(1.0, n)
-    la, lb, lab = _log_rising(alpha, n), _log_rising(beta, n), _log_rising(alpha + beta, n)
+    log_fact = log_rising(1.0, n)
+    la, lb, lab = log_rising(alpha, n), log_rising(beta, n), log_rising(alpha + beta, n)
     return log_fact[n] - log_fact[k] - log_fact[n - k] + la[k] + lb[n - k] - lab[n]
 
 
@@ -260,10 +271,6 @@ def _widen(rho: float, n: int, m: int) -> float:
 
 # -- the record ----------------------------------------------------------------------------------
 
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -340,7 +347,7 @@ class Calibration:
                 f"rates, names and descriptions must have one entry per reference, got "
                 f"{len(self.rates)}, {len(self.names)} and {len(self.descriptions)}")
         for index, rate in enumerate(self.rates):
-            if not (_is_real(rate) and 0.0 <= rate <= 1.0):
+            if not (is_real(rate) and 0.0 <= rate <= 1.0):
                 raise ValueError(f"rates[{index}] must be a number in [0, 1], got {rate!r}")
             if abs(rate * self.n_points - round(rate * self.n_points)) > 1e-6:
                 raise ValueError(f"rates[{index}] = {rate!r} is not a count of matches out of "
@@ -356,7 +363,7 @@ class Calibration:
             raise ValueError("ml_alpha and ml_beta must both be numbers or both be None")
         if self.ml_alpha is not None:
             _check_ab(self.ml_alpha, self.ml_beta)
-        if not (_is_real(self.min_dispersion) and 0.0 <= self.min_dispersion < 1.0):
+        if not (is_real(self.min_dispersion) and 0.0 <= self.min_dispersion < 1.0):
             raise ValueError(f"min_dispersion must be a number in [0, 1), got "
                              f"{self.min_dispersion!r}")
         if not isinstance(self.method, str):
@@ -426,7 +433,7 @@ class Calibration:
             >>> m, cal.p_value(m) <= 0.01 < cal.p_value(m - 1)
             (57, True)
         """
-        _check_fpr(fpr)
+        check_fpr(fpr)
         n = self.n_points if n is None else _check_count("n", n, 1)
         tails = _log_upper_tails(betabinom_logpmf(n, self.alpha, self.beta))
         below = np.flatnonzero(tails <= math.log(fpr))
@@ -492,20 +499,12 @@ class Calibration:
                 f"{self.n_points} fingerprints)")
 
 
-def _check_fpr(fpr: Any) -> float:
-    if not (_is_real(fpr) and 0.0 < fpr < 1.0):
-        raise ValueError(f"fpr must be a number in (0, 1), got {fpr!r}")
-    return float(fpr)
-
-
 # -- calibrate -----------------------------------------------------------------------------------
 
 def _describe(reference: Any) -> str:
-    from ipguard_jax.suspects import HTTPSuspect, redact_url
-
     if isinstance(reference, Classifier):
         return f"Classifier, parameters sha256 {reference.params_hash}"
-    if isinstance(reference, HTTPSuspect):
+    if isinstance(reference, RemoteSuspect):
         return f"HTTP endpoint {redact_url(reference.url)}"
     if callable(reference):
         name = getattr(reference, "__qualname__", None) or type(reference).__name__
@@ -515,8 +514,6 @@ def _describe(reference: Any) -> str:
 
 def _reference_labels(fingerprints: Fingerprints, reference: Any, name: str, batch_size: int,
                       mesh: Any) -> np.ndarray:
-    from ipguard_jax.verification import query_labels
-
     if isinstance(reference, Classifier) or callable(reference):
         try:
             return query_labels(fingerprints, reference, batch_size, mesh=mesh)
@@ -596,11 +593,9 @@ def calibrate(fingerprints: Fingerprints, references: Any, *,
         ...
         ValueError: calibrate needs at least 5 reference models, got 3: fewer cannot estimate ...
     """
-    from ipguard_jax.verification import _check_fingerprints
-
-    _check_fingerprints(fingerprints)
+    check_fingerprints(fingerprints)
     min_references = _check_count("min_references", min_references, 2)
-    if not (_is_real(min_dispersion) and 0.0 <= min_dispersion < 1.0):
+    if not (is_real(min_dispersion) and 0.0 <= min_dispersion < 1.0):
         raise ValueError(f"min_dispersion must be a number in [0, 1), got {min_dispersion!r}")
     n = len(fingerprints)
     if n < 2:

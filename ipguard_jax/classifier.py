@@ -29,7 +29,23 @@ from ipguard_jax.storage.digest import pytree_sha256
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
 
-def _check_bounds(bounds: Any) -> tuple[float, float]:
+def check_bounds(bounds: Any) -> tuple[float, float]:
+    """Checks an input box ``(lo, hi)``: two finite numbers with ``lo < hi``.
+
+    Args:
+        bounds: the pair to check (any iterable of two numbers; not strings or bools).
+
+    Returns:
+        ``(lo, hi)`` as Python floats.
+
+    Raises:
+        TypeError: not a pair of numbers.
+        ValueError: a bound that is not finite, or ``lo >= hi``.
+
+    Example:
+        >>> check_bounds([0, 255])
+        (0.0, 255.0)
+    """
     try:
         if isinstance(bounds, (str, bytes)):
             raise TypeError
@@ -46,7 +62,23 @@ def _check_bounds(bounds: Any) -> tuple[float, float]:
     return lo, hi
 
 
-def _check_shape(input_shape: Any) -> tuple[int, ...]:
+def check_shape(input_shape: Any) -> tuple[int, ...]:
+    """Checks one example's shape: a non-empty tuple of positive ints.
+
+    Args:
+        input_shape: the shape to check (any iterable of ints; not strings, bools or floats).
+
+    Returns:
+        The shape as a tuple of Python ints.
+
+    Raises:
+        TypeError: not a sequence of ints.
+        ValueError: empty, or a size that is not positive.
+
+    Example:
+        >>> check_shape([32, 32, 3])
+        (32, 32, 3)
+    """
     try:
         if isinstance(input_shape, (str, bytes)):
             raise TypeError
@@ -182,8 +214,8 @@ class Classifier:
     def __post_init__(self):
         if not callable(self.apply_fn):
             raise TypeError(f"apply_fn must be callable, got {type(self.apply_fn).__name__}")
-        object.__setattr__(self, "input_shape", _check_shape(self.input_shape))
-        object.__setattr__(self, "bounds", _check_bounds(self.bounds))
+        object.__setattr__(self, "input_shape", check_shape(self.input_shape))
+        object.__setattr__(self, "bounds", check_bounds(self.bounds))
         try:
             dtype = jnp.dtype(self.dtype)
         except (TypeError, ValueError):
@@ -293,7 +325,20 @@ class Classifier:
         return cls(apply_fn, variables, input_shape, bounds, dtype)
 
     @functools.cached_property
-    def _jit_apply(self) -> Callable[[Any, jax.Array], jax.Array]:
+    def jit_apply(self) -> Callable[[Any, jax.Array], jax.Array]:
+        """``apply_fn`` compiled with :func:`jax.jit`, made once per classifier object.
+
+        It takes the parameters as an argument, so it also runs on a copy of them placed
+        elsewhere (e.g. replicated over a mesh); the input is not checked (see
+        :meth:`check_input`).
+
+        Example:
+            >>> import jax.numpy as jnp
+            >>> from ipguard_jax import Classifier
+            >>> clf = Classifier(lambda p, x: x @ p, jnp.eye(3), input_shape=(3,))
+            >>> clf.jit_apply(2 * clf.params, jnp.ones((1, 3))).tolist()
+            [[2.0, 2.0, 2.0]]
+        """
         return jax.jit(self.apply_fn)
 
     @functools.cached_property
@@ -385,7 +430,7 @@ class Classifier:
             >>> clf(jnp.array([[0.1, 0.7, 0.2]])).shape
             (1, 3)
         """
-        return self._jit_apply(self.params, self.check_input(x))
+        return self.jit_apply(self.params, self.check_input(x))
 
     def predict(self, x: jax.typing.ArrayLike, batch_size: int = 1024) -> np.ndarray:
         """Predicted labels ``(N,)`` (int32) for a batch, computed in batches of ``batch_size``.
@@ -415,7 +460,7 @@ class Classifier:
             raise ValueError(f"batch_size must be an int > 0, got {batch_size!r}")
         batch_size = int(batch_size)
         x = self.check_input(x)
-        labels = [labels_from_logits(self._jit_apply(self.params, x[s:s + batch_size]), s)
+        labels = [labels_from_logits(self.jit_apply(self.params, x[s:s + batch_size]), s)
                   for s in range(0, x.shape[0], batch_size)]
         return np.concatenate(labels)
 

@@ -66,11 +66,11 @@ from typing import Any
 
 import numpy as np
 
-from ipguard_jax.calibration import Calibration, _check_fpr, _is_real, _log_rising
+from ipguard_jax.calibration import Calibration, log_rising
 from ipguard_jax.fingerprints import Fingerprints
-from ipguard_jax.verification import (USER_NULL, Suspect, Verdict, _answers,
-                                      _binomial_threshold, _check_fingerprints,
-                                      _resolve_null)
+from ipguard_jax.verification import (USER_NULL, Suspect, Verdict, binomial_threshold,
+                                      check_fingerprints, check_fpr, is_real, query_batches,
+                                      resolve_null)
 
 __all__ = ["SequentialDesign", "SequentialVerdict", "sequential_design", "verify_sequential"]
 
@@ -85,8 +85,8 @@ class _Null:
         self.calibration, self.rate = calibration, rate
         if calibration is not None:
             a, b = calibration.alpha, calibration.beta
-            self._la, self._lb = _log_rising(a, n), _log_rising(b, n)
-            self._lab = _log_rising(a + b, n)
+            self._la, self._lb = log_rising(a, n), log_rising(b, n)
+            self._lab = log_rising(a + b, n)
             self.mean = calibration.mean
         else:
             self.mean = float(rate)
@@ -254,16 +254,16 @@ def sequential_design(num_points: int, *, fpr: float = 0.01, fnr: float = 0.05,
             and num_points >= 1):
         raise ValueError(f"num_points must be an int >= 1, got {num_points!r}")
     n = int(num_points)
-    fpr = _check_fpr(fpr)
-    if not (_is_real(fnr) and 0.0 < fnr < 1.0):
+    fpr = check_fpr(fpr)
+    if not (is_real(fnr) and 0.0 < fnr < 1.0):
         raise ValueError(f"fnr must be a number in (0, 1), got {fnr!r}")
     if (calibration is None) == (null_rate is None):
         raise ValueError("give the null as calibration= or null_rate=, one of them")
-    if null_rate is not None and not (_is_real(null_rate) and 0.0 < null_rate < 1.0):
+    if null_rate is not None and not (is_real(null_rate) and 0.0 < null_rate < 1.0):
         raise ValueError(f"null_rate must be a number in (0, 1) for a sequential test, got "
                          f"{null_rate!r}")
     null = _Null(n, calibration, None if null_rate is None else float(null_rate))
-    if not (_is_real(pirate_rate) and null.mean < pirate_rate < 1.0):
+    if not (is_real(pirate_rate) and null.mean < pirate_rate < 1.0):
         raise ValueError(f"pirate_rate must be a number between the null's mean rate "
                          f"({null.mean:.3g}) and 1, got {pirate_rate!r}")
     return _design(n, fpr, float(fnr), float(pirate_rate), calibration,
@@ -284,7 +284,7 @@ def _design(n: int, fpr: float, fnr: float, pirate_rate: float,
     tails = np.concatenate([np.cumsum(final0[::-1])[::-1], [0.0]])
     fits = np.flatnonzero(spent + tails <= fpr)
     fixed = (calibration.threshold(fpr, n) if calibration is not None
-             else _binomial_threshold(fpr, n, float(null_rate)))
+             else binomial_threshold(fpr, n, float(null_rate)))
     upper[n] = max(fixed, int(fits[0]) if len(fits) else n + 1)
     lower[n] = upper[n] - 1
     upper.setflags(write=False)
@@ -412,8 +412,8 @@ def verify_sequential(fingerprints: Fingerprints, suspect: Suspect, *, fpr: floa
         >>> v.is_copy, v.stopped_by, v.num_points, v.num_queried
         (True, 'copy boundary', 4, 10)
     """
-    _check_fingerprints(fingerprints)
-    source, calibration = _resolve_null(fingerprints, null_rate)
+    check_fingerprints(fingerprints)
+    source, calibration = resolve_null(fingerprints, null_rate)
     if calibration is None and null_rate is None:
         raise ValueError("sequential verification needs a null: calibrate the set "
                          "(ipguard_jax.calibration.calibrate, with_calibration) or pass "
@@ -422,7 +422,7 @@ def verify_sequential(fingerprints: Fingerprints, suspect: Suspect, *, fpr: floa
     design = sequential_design(n, fpr=fpr, fnr=fnr, pirate_rate=pirate_rate,
                                calibration=calibration,
                                null_rate=None if calibration is not None else null_rate)
-    stream = _answers(fingerprints, suspect, batch_size, decoys, decoy_ratio, key, mesh,
+    stream = query_batches(fingerprints, suspect, batch_size, decoys, decoy_ratio, key, mesh,
                       shuffle=True)
     t = s = queried = num_decoys = 0
     stopped_by = None

@@ -29,7 +29,7 @@ import json
 import math
 import numbers
 import secrets
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -38,9 +38,41 @@ import numpy as np
 from ipguard_jax.classifier import Classifier, labels_from_logits
 from ipguard_jax.fingerprints import Fingerprints, content_digest
 from ipguard_jax.sharding import Placement, resolve_mesh
-from ipguard_jax.suspects import HTTPSuspect
 
 Suspect = Classifier | Callable[[np.ndarray], Any]
+
+
+@runtime_checkable
+class RemoteSuspect(Protocol):
+    """A suspect behind a prediction endpoint, such as :class:`~ipguard_jax.HTTPSuspect`:
+    what the query functions and :func:`~ipguard_jax.calibrate` rely on beyond a callable.
+
+    A suspect that offers these (checked with ``isinstance``, by their presence) is treated
+    like an :class:`~ipguard_jax.HTTPSuspect`: it is bound to each run before it is queried,
+    requests mixing decoys are cut to its ``batch_size``, and a calibration records it by its
+    URL (redacted). Any other callable is only called.
+
+    Attributes:
+        url: the endpoint (it may hold credentials: only its redacted form is recorded).
+        batch_size: the most points it sends in one request.
+
+    Example:
+        >>> from ipguard_jax import HTTPSuspect
+        >>> isinstance(HTTPSuspect("http://127.0.0.1:8000/predict"), RemoteSuspect)
+        True
+        >>> isinstance(lambda x: x.argmax(axis=1), RemoteSuspect)
+        False
+    """
+
+    url: str
+    batch_size: int
+
+    def __call__(self, x: np.ndarray) -> Any:
+        """The labels ``(n,)`` or logits ``(n, C)`` of a batch ``(n, *input_shape)``."""
+
+    def bind(self, context: Mapping[str, Any], *, num_classes: int | None = None) -> None:
+        """Ties the suspect's state (a resume file, say) to one run, named by ``context``
+        (see :meth:`ipguard_jax.HTTPSuspect.bind`); called before the run's first query."""
 
 
 def _labels_from_output(out: Any, batch_len: int, num_classes: int | None) -> np.ndarray:
@@ -86,11 +118,40 @@ def _labels_from_output(out: Any, batch_len: int, num_classes: int | None) -> np
     )
 
 
-def _is_real(value: Any) -> bool:
+def is_real(value: Any) -> bool:
+    """Whether ``value`` is a real number and not a bool: the type check of the rates,
+    thresholds and probabilities that verification and calibration take.
+
+    Example:
+        >>> is_real(0.5), is_real(np.float32(1)), is_real(True), is_real("0.5")
+        (True, True, False, False)
+    """
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
-def _check_fingerprints(fingerprints: Any) -> None:
+def check_fpr(fpr: Any) -> float:
+    """Checks a false-positive rate: a number in ``(0, 1)``; returns it as a float.
+
+    Raises:
+        ValueError: anything else.
+
+    Example:
+        >>> check_fpr(0.01)
+        0.01
+    """
+    if not (is_real(fpr) and 0.0 < fpr < 1.0):
+        raise ValueError(f"fpr must be a number in (0, 1), got {fpr!r}")
+    return float(fpr)
+
+
+def check_fingerprints(fingerprints: Any) -> None:
+    """Checks that ``fingerprints`` is a non-empty :class:`~ipguard_jax.Fingerprints`, as
+    every query of a suspect (or of a reference model) needs.
+
+    Raises:
+        TypeError: not :class:`~ipguard_jax.Fingerprints`.
+        ValueError: an empty set.
+    """
     if not isinstance(fingerprints, Fingerprints):
         raise TypeError(f"fingerprints must be Fingerprints, got {type(fingerprints).__name__}")
     if len(fingerprints) == 0:
@@ -169,7 +230,7 @@ def _interleave(n: int, num_decoy_pool: int, decoy_ratio: Any, batch_size: int,
     number ``index - n`` of ``picks``) and ``picks``, the decoys drawn from the pool. Every
     batch holds at least one decoy; the rest of the items are spread at random.
     """
-    if not (_is_real(decoy_ratio) and math.isfinite(decoy_ratio) and decoy_ratio > 0):
+    if not (is_real(decoy_ratio) and math.isfinite(decoy_ratio) and decoy_ratio > 0):
         raise ValueError(f"decoy_ratio must be a finite number > 0, got {decoy_ratio!r}")
     m = max(1, int(round(float(decoy_ratio) * n)))
     if m > num_decoy_pool:
@@ -207,12 +268,13 @@ def _rng_sha256(rng: np.random.Generator) -> str:
 def _bind(suspect: Suspect, fingerprints: Fingerprints, num_classes: int | None,
           decoys: np.ndarray | None = None, ratio: float | None = None,
           order: str | None = None, shuffled: bool = False) -> None:
-    """Ties an :class:`HTTPSuspect` (and its resume file) to this run before it is queried:
-    the fingerprints' points and labels and the decoy settings (the pool, the ratio and
-    ``order``, the key's state; ``None`` for fresh randomness). A run that queries the
-    fingerprints alone in a secret order (``shuffled``, see :func:`_answers`) binds that
-    order's ``order`` too. Other suspects are left alone."""
-    if not isinstance(suspect, HTTPSuspect):
+    """Ties a :class:`RemoteSuspect` (an :class:`~ipguard_jax.HTTPSuspect` and its resume
+    file) to this run before it is queried: the fingerprints' points and labels and the decoy
+    settings (the pool, the ratio and ``order``, the key's state; ``None`` for fresh
+    randomness). A run that queries the fingerprints alone in a secret order (``shuffled``,
+    see :func:`query_batches`) binds that order's ``order`` too. Other suspects are left
+    alone."""
+    if not isinstance(suspect, RemoteSuspect):
         return
     settings = None if decoys is None else {"sha256": content_digest({"decoys": decoys}, {}),
                                              "ratio": float(ratio), "key": order}
@@ -236,7 +298,7 @@ def _asker(suspect: Suspect, num_classes: int | None,
             batch = np.asarray(suspect.check_input(batch))
             fill = np.repeat(batch[-1:], place.padded(rows) - rows, axis=0)
             padded = np.concatenate([batch, fill])
-            logits = place.fetch(suspect._jit_apply(params, place.put(padded)))[:rows]
+            logits = place.fetch(suspect.jit_apply(params, place.put(padded)))[:rows]
             return _labels_from_output(logits, rows, num_classes)
 
         return ask_sharded
@@ -314,17 +376,20 @@ def _query(fingerprints: Fingerprints, suspect: Suspect, batch_size: Any, decoys
     """:func:`query_labels`'s labels, and how many decoys were sent with them."""
     labels = np.full(len(fingerprints), -1, np.int64)
     num_decoys = 0
-    for items, answers, sent in _answers(fingerprints, suspect, batch_size, decoys, decoy_ratio,
-                                         key, mesh):
+    for items, answers, sent in query_batches(fingerprints, suspect, batch_size, decoys,
+                                              decoy_ratio, key, mesh):
         labels[items] = answers
         num_decoys += sent
     return labels, num_decoys
 
 
-def _answers(fingerprints: Fingerprints, suspect: Suspect, batch_size: Any, decoys: Any,
-             decoy_ratio: Any, key: Any, mesh: Any, *,
-             shuffle: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-    """Checks the arguments, binds an :class:`HTTPSuspect`, and returns the query loop.
+def query_batches(fingerprints: Fingerprints, suspect: Suspect, batch_size: Any, decoys: Any,
+                  decoy_ratio: Any, key: Any, mesh: Any, *,
+                  shuffle: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """Checks the arguments, binds a :class:`RemoteSuspect`, and returns the query loop: what
+    :func:`query_labels` and :func:`~ipguard_jax.verify_sequential` consume.
+
+    The arguments are :func:`query_labels`'s (checked here, before anything is sent).
 
     The loop yields, batch by batch as the suspect answers, ``(items, labels, num_decoys)``:
     the indices of the fingerprints in the batch (in the order sent), the suspect's labels
@@ -335,7 +400,7 @@ def _answers(fingerprints: Fingerprints, suspect: Suspect, batch_size: Any, deco
     order drawn from ``key`` (``None``: 128 bits from the OS, :mod:`secrets`); with decoys
     the order is always :func:`_interleave`'s, drawn from ``key``.
     """
-    _check_fingerprints(fingerprints)
+    check_fingerprints(fingerprints)
     if not (isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
             and batch_size > 0):
         raise ValueError(f"batch_size must be an int > 0, got {batch_size!r}")
@@ -361,7 +426,7 @@ def _answers(fingerprints: Fingerprints, suspect: Suspect, batch_size: Any, deco
         return ((items, ask(fingerprints.x[items]), 0)
                 for items in (permutation[s:s + batch_size] for s in range(0, n, batch_size)))
     decoys = _check_decoys(fingerprints, decoys)
-    if isinstance(suspect, HTTPSuspect):  # it cuts batches into requests: each must mix too
+    if isinstance(suspect, RemoteSuspect):  # it cuts batches into requests: each must mix too
         batch_size = min(batch_size, suspect.batch_size)
     rng = _rng(key)
     # the key's state names the draw; key=None draws afresh every run and binds as None
@@ -523,12 +588,27 @@ class Verdict:
         return text
 
 
-def _resolve_null(fingerprints: Fingerprints, null_rate: Any):
-    """``(source, calibration)`` of a verification's null, checked before any query."""
+def resolve_null(fingerprints: Fingerprints, null_rate: Any):
+    """``(source, calibration)`` of a verification's null, checked before any query.
+
+    Args:
+        fingerprints: the set verified (its calibration, if any, is read from its metadata).
+        null_rate: the user's null rate, or ``None``.
+
+    Returns:
+        ``(USER_NULL, None)`` for a ``null_rate``, else the stored calibration's
+        :attr:`~ipguard_jax.calibration.Calibration.source` and the calibration, else
+        ``(NO_NULL, None)``.
+
+    Raises:
+        ValueError: a ``null_rate`` outside ``[0, 1]``, or an invalid stored calibration.
+    """
+    # A real import cycle: calibration queries its reference models through this module
+    # (query_labels), and imports it at its top.
     from ipguard_jax.calibration import calibration_of
 
     if null_rate is not None:
-        if not (_is_real(null_rate) and 0.0 <= null_rate <= 1.0):
+        if not (is_real(null_rate) and 0.0 <= null_rate <= 1.0):
             raise ValueError(f"null_rate must be a number in [0, 1] or None, got {null_rate!r}")
         return USER_NULL, None
     calibration = calibration_of(fingerprints) if isinstance(fingerprints, Fingerprints) \
@@ -536,9 +616,14 @@ def _resolve_null(fingerprints: Fingerprints, null_rate: Any):
     return (NO_NULL, None) if calibration is None else (calibration.source, calibration)
 
 
-def _binomial_threshold(fpr: float, n: int, p: float) -> int:
+def binomial_threshold(fpr: float, n: int, p: float) -> int:
     """The fewest matches out of ``n`` whose binomial p-value at ``p`` is at most ``fpr``
-    (``n + 1`` when none is)."""
+    (``n + 1`` when none is).
+
+    Example:
+        >>> binomial_threshold(0.05, 10, 0.5)  # 9 or more heads in 10 tosses: p = 0.011
+        9
+    """
     lo, hi = 0, n + 1  # binomial_sf decreases in the count: bisect
     while lo < hi:
         mid = (lo + hi) // 2
@@ -611,11 +696,10 @@ def verify(fingerprints: Fingerprints, suspect: Suspect, threshold: float | None
         >>> verdict.num_decoys, verdict.null_source  # one decoy per fingerprint by default
         (3, 'user-given rate')
     """
-    if threshold is not None and not (_is_real(threshold) and 0.0 <= threshold <= 1.0):
+    if threshold is not None and not (is_real(threshold) and 0.0 <= threshold <= 1.0):
         raise ValueError(f"threshold must be a number in [0, 1] or None, got {threshold!r}")
-    if not (_is_real(fpr) and 0.0 < fpr < 1.0):
-        raise ValueError(f"fpr must be a number in (0, 1), got {fpr!r}")
-    source, calibration = _resolve_null(fingerprints, null_rate)
+    check_fpr(fpr)
+    source, calibration = resolve_null(fingerprints, null_rate)
     labels, num_decoys = _query(fingerprints, suspect, batch_size, decoys, decoy_ratio, key,
                                 mesh)
     matches = int(np.sum(labels == fingerprints.labels))
@@ -630,7 +714,7 @@ def verify(fingerprints: Fingerprints, suspect: Suspect, threshold: float | None
             threshold = count / n
     elif null_rate is not None:
         p_value = binomial_sf(matches, n, float(null_rate))
-        count = _binomial_threshold(float(fpr), n, float(null_rate))
+        count = binomial_threshold(float(fpr), n, float(null_rate))
     threshold = 0.5 if threshold is None else float(threshold)
     return Verdict(matching_rate=rate, threshold=threshold, is_copy=rate >= threshold,
                    num_points=n, num_matches=matches,

@@ -93,3 +93,45 @@ def test_fingerprints_container_checks(owner_fingerprints):
         ipg.matching_rate(arrays, lambda b: np.zeros(len(b), int))
     with pytest.raises(ValueError, match="returned 3 rows"):
         ipg.matching_rate(owner_fingerprints, lambda b: np.zeros((3, 10)))
+
+
+def test_any_suspect_offering_url_batch_size_and_bind_is_treated_like_an_http_suspect(
+        owner, owner_fingerprints):
+    """The query functions rely on a protocol (verification.RemoteSuspect), not on the class
+    HTTPSuspect: another class with the same attributes is bound to the run, has its decoy
+    batches cut to its batch_size and is recorded by its redacted URL."""
+    from ipguard_jax.calibration import calibrate
+    from ipguard_jax.verification import RemoteSuspect
+
+    class Endpoint:
+        url = "https://user:secret@api.example/v1?key=abc"
+        batch_size = 16
+
+        def __init__(self):
+            self.contexts, self.batches = [], []
+
+        def bind(self, context, *, num_classes=None):
+            self.contexts.append((dict(context), num_classes))
+
+        def __call__(self, x):
+            self.batches.append(len(x))
+            return owner.predict(x)
+
+    endpoint = Endpoint()
+    assert isinstance(endpoint, RemoteSuspect)
+    decoys = owner_fingerprints.x[:50] * 0.5
+    assert ipg.matching_rate(owner_fingerprints, endpoint, batch_size=64, decoys=decoys,
+                             decoy_ratio=0.5, key=0) == 1.0
+    assert max(endpoint.batches) <= 16 and sum(endpoint.batches) == 150
+    (context, num_classes), = endpoint.contexts
+    assert num_classes == 10 and set(context) == {"fingerprints", "decoys"}
+    assert context["decoys"]["ratio"] == 0.5
+
+    plain = []  # a plain callable is only called, as before
+    assert ipg.matching_rate(owner_fingerprints, lambda x: plain.append(len(x)) or
+                             owner.predict(x), batch_size=64) == 1.0
+    assert plain == [64, 36]
+
+    references = [endpoint] + [owner.predict(owner_fingerprints.x)] * 4
+    descriptions = calibrate(owner_fingerprints, references).descriptions
+    assert descriptions[0] == "HTTP endpoint https://***@api.example/v1?***"

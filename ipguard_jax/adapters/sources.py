@@ -34,6 +34,12 @@ from typing import Any
 
 import numpy as np
 
+from ipguard_jax import data
+from ipguard_jax.classifier import Classifier
+from ipguard_jax.models import bundle
+from ipguard_jax.storage.sealed import is_sealed_file
+from ipguard_jax.suspects import HTTPSuspect, redact_url
+
 __all__ = ["URL_PREFIXES", "SourceError", "load_data", "load_model", "model_kind"]
 
 #: The prefixes of a model reference that names a prediction endpoint.
@@ -61,17 +67,6 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _is_sealed(path: Path) -> bool:
-    """Whether ``path`` is a sealed fingerprint file (it starts with the sealed magic)."""
-    from ipguard_jax.io import SEALED_MAGIC
-
-    try:
-        with open(path, "rb") as f:
-            return f.read(len(SEALED_MAGIC)) == SEALED_MAGIC
-    except OSError:
-        return False
-
-
 def model_kind(source: str) -> str:
     """Which kind of model ``source`` names, without loading it.
 
@@ -95,13 +90,12 @@ def model_kind(source: str) -> str:
     """
     if source.startswith(URL_PREFIXES):
         return "url"
-    from ipguard_jax.models.bundle import is_model_file
 
     path = Path(source).expanduser()
     if not path.exists():
         raise SourceError(f"{source}: no such file or directory")
     if path.is_dir():
-        if is_model_file(path):
+        if bundle.is_model_file(path):
             return "bundle"
         if (path / "CURRENT").is_file():
             raise SourceError(f"{source} is a fingerprint file, not a model")
@@ -109,7 +103,7 @@ def model_kind(source: str) -> str:
                           "save models with ipguard_jax.models.save_model")
     if path.suffix.lower() == ".keras":
         return "keras"
-    if _is_sealed(path):
+    if is_sealed_file(path):
         raise SourceError(f"{source} is a sealed fingerprint file, not a model")
     return "torch"
 
@@ -126,7 +120,7 @@ def _load_torch(path: Path, *, input_shape: tuple[int, ...], arch: str | None,
     except ImportError:
         raise SourceError("reading PyTorch files needs torch: pip install 'ipguard-jax[torch]'"
                           ) from None
-    from ipguard_jax.convert import SUPPORTED_ARCHS, from_torch
+    from ipguard_jax.convert import SUPPORTED_ARCHS, from_torch  # for torch files only
 
     if arch is not None and arch not in SUPPORTED_ARCHS:
         raise SourceError(f"--arch {arch!r} is not a supported PyTorch architecture; "
@@ -157,8 +151,6 @@ def _load_torch(path: Path, *, input_shape: tuple[int, ...], arch: str | None,
 
 def _load_keras(path: Path, *, input_shape: tuple[int, ...] | None,
                 bounds: tuple[float, float] | None, arch: str | None, mean: Any, std: Any):
-    import ipguard_jax as ipg
-
     if arch is not None or mean is not None or std is not None:
         raise SourceError("--arch, --mean and --std apply to PyTorch files only")
     os.environ.setdefault("KERAS_BACKEND", "jax")  # read by keras at its first import
@@ -176,7 +168,7 @@ def _load_keras(path: Path, *, input_shape: tuple[int, ...] | None,
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise SourceError(f"{path}: cannot load it as a Keras model ({type(e).__name__}: "
                           f"{first[:200]})") from None
-    clf = ipg.Classifier.from_keras(model, input_shape=input_shape,
+    clf = Classifier.from_keras(model, input_shape=input_shape,
                                     bounds=bounds or (0.0, 1.0))
     return clf, {"kind": "keras file", "file": path.name, "file_sha256": _sha256_file(path),
                  "params_sha256": clf.params_hash}
@@ -248,10 +240,7 @@ def load_model(source: str, *, arch: str | None = None,
         if not allow_url:
             raise SourceError("fingerprinting needs the owner's weights, not an endpoint; give "
                               "a model file")
-        import ipguard_jax as ipg
-        from ipguard_jax.suspects import redact_url
-
-        suspect = ipg.HTTPSuspect(
+        suspect = HTTPSuspect(
             source, batch_size=batch_size, timeout=timeout, max_retries=max_retries,
             query_budget=query_budget, log_path=log_path, resume_path=resume_path)
         return suspect, {"kind": "http endpoint", "url": redact_url(source)}
@@ -262,8 +251,6 @@ def load_model(source: str, *, arch: str | None = None,
             raise SourceError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} "
                               "to PyTorch and Keras files only; a model file carries its own "
                               "spec")
-        from ipguard_jax.models import bundle
-
         module, spec = bundle.load_model(path)
         return spec.classifier(module), {"kind": "model file", "file": path.name,
                                          "arch": spec.arch, "params_sha256": spec.state_sha256}
@@ -308,11 +295,8 @@ def load_data(source: str | None, *, split: str | None = None, channels: int | N
         >>> load_data("cifar10.tar.gz", split="test").x.shape  # doctest: +SKIP
         (10000, 32, 32, 3)
     """
-    from ipguard_jax import data
-    from ipguard_jax.data import _folder
-
-    max_bytes = _folder.DEFAULT_MAX_ARCHIVE_BYTES if max_input_bytes is None else max_input_bytes
-    max_pixels = _folder.DEFAULT_MAX_IMAGE_PIXELS if max_image_pixels is None \
+    max_bytes = data.DEFAULT_MAX_ARCHIVE_BYTES if max_input_bytes is None else max_input_bytes
+    max_pixels = data.DEFAULT_MAX_IMAGE_PIXELS if max_image_pixels is None \
         else max_image_pixels
     if source is None or source == "digits":
         return data.load_digits()

@@ -20,7 +20,7 @@ state dict file (``torch.save(model.state_dict(), path)``; converted by
 The package holds one module per command (:mod:`~ipguard_jax.cli.fingerprint`,
 :mod:`~ipguard_jax.cli.verify`, :mod:`~ipguard_jax.cli.calibrate`,
 :mod:`~ipguard_jax.cli.inspect`, :mod:`~ipguard_jax.cli.evaluate`, :mod:`~ipguard_jax.cli.demo`),
-each with its sub-parser (``add_parser``) and its runner (``_cmd_<command>``), and
+each with its sub-parser (``add_parser``) and its runner (``run``), and
 :mod:`~ipguard_jax.cli._common` for what they share. The commands only parse and report: models
 and data are opened by :mod:`ipguard_jax.adapters.sources`, the work is done by the library.
 
@@ -47,7 +47,7 @@ from ipguard_jax.cli._common import EXIT_ERROR as EXIT_ERROR
 from ipguard_jax.cli._common import EXIT_NOT_COPY as EXIT_NOT_COPY
 from ipguard_jax.cli._common import PROG as PROG
 from ipguard_jax.cli._common import UsageError as UsageError
-from ipguard_jax.cli._common import _error_line, _help_text, _Parser, _quiet_library_logs
+from ipguard_jax.cli._common import Parser, error_line, help_text, quiet_library_logs
 from ipguard_jax.cli._common import load_data_source as load_data_source
 from ipguard_jax.cli._common import load_fingerprints as load_fingerprints
 from ipguard_jax.cli._common import load_model_source as load_model_source
@@ -70,9 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         >>> args.command, args.fingerprints
         ('inspect', 'owner_fp')
     """
-    parser = _Parser(
+    parser = Parser(
         prog=PROG,
-        **_help_text(
+        **help_text(
             """
             IPGuard fingerprints of a classifier's decision boundary: fingerprint an owner
             model, verify whether a suspect model is a copy of it, inspect fingerprint files,
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         if index is not None and argv[index] == "demo":  # the demo parses its own options
-            return demo._cmd_demo(argv[index + 1:])
+            return demo.run(argv[index + 1:])
         parser = build_parser()
         try:
             args = parser.parse_args(argv)
@@ -137,11 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 0
         debug = args.debug
-        commands = {"fingerprint": fingerprint._cmd_fingerprint, "verify": verify._cmd_verify,
-                    "calibrate": calibrate._cmd_calibrate, "inspect": inspect._cmd_inspect}
-        with _quiet_library_logs(not debug):
+        commands = {"fingerprint": fingerprint.run, "verify": verify.run,
+                    "calibrate": calibrate.run, "inspect": inspect.run}
+        with quiet_library_logs(not debug):
             if args.command == "evaluate":
-                return evaluate._cmd_evaluate(args, argv)
+                return evaluate.run(args, argv)
             return commands[args.command](args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
@@ -149,5 +149,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # every failure is reported as one line with exit status 2
         if debug:
             traceback.print_exc()
-        print(f"{PROG}: error: {_error_line(e)}", file=sys.stderr)
+        print(f"{PROG}: error: {error_line(e)}", file=sys.stderr)
         return EXIT_ERROR

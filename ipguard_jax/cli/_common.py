@@ -1,6 +1,9 @@
 """What the ``ipguard`` commands share: exit codes, option types and groups, error lines, the
 passphrase, commitment and output checks, and the command line's view of the source loaders.
 
+The module is private to :mod:`ipguard_jax.cli`; its public names are what the command
+modules use from it.
+
 The loaders themselves live in :mod:`ipguard_jax.adapters.sources`; :func:`load_model_source`
 and :func:`load_data_source` only turn the parsed options into its keyword arguments and its
 :class:`~ipguard_jax.adapters.sources.SourceError` into :class:`UsageError`.
@@ -22,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
+import ipguard_jax as ipg
+from ipguard_jax import data
 from ipguard_jax.adapters import sources
-from ipguard_jax.adapters.sources import URL_PREFIXES as _URL_PREFIXES
-from ipguard_jax.adapters.sources import _is_sealed as _is_sealed
+from ipguard_jax.storage.sealed import is_sealed_file
 
 PROG = "ipguard"
 #: ``verify``: the suspect is not judged a copy.
@@ -41,7 +45,7 @@ class UsageError(Exception):
     __module__ = "ipguard_jax.cli"  # where it is public (and was defined before the split)
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """An argument parser whose errors raise :class:`UsageError` instead of exiting."""
 
     def error(self, message: str):
@@ -50,7 +54,8 @@ class _Parser(argparse.ArgumentParser):
 
 # --- option types -------------------------------------------------------------------------------
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An option type: a whole number > 0."""
     try:
         value = int(text)
     except ValueError:
@@ -60,7 +65,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _non_negative_int(text: str) -> int:
+def non_negative_int(text: str) -> int:
+    """An option type: a whole number >= 0."""
     try:
         value = int(text)
     except ValueError:
@@ -70,14 +76,16 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _seed(text: str) -> int:
-    value = _non_negative_int(text)
+def seed_int(text: str) -> int:
+    """An option type: a 64-bit seed, a whole number in ``[0, 2**64)``."""
+    value = non_negative_int(text)
     if value >= 2 ** 64:
         raise argparse.ArgumentTypeError(f"must be < 2**64 (a 64-bit seed), got {text}")
     return value
 
 
-def _finite(text: str) -> float:
+def finite_float(text: str) -> float:
+    """An option type: a finite number."""
     try:
         value = float(text)
     except ValueError:
@@ -87,22 +95,25 @@ def _finite(text: str) -> float:
     return value
 
 
-def _rate(text: str) -> float:
-    value = _finite(text)
+def closed_rate(text: str) -> float:
+    """An option type: a rate in ``[0, 1]``."""
+    value = finite_float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be a rate in [0, 1], got {text}")
     return value
 
 
-def _open_rate(text: str) -> float:
-    value = _finite(text)
+def open_rate(text: str) -> float:
+    """An option type: a rate strictly between 0 and 1."""
+    value = finite_float(text)
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"must be a rate strictly between 0 and 1, got {text}")
     return value
 
 
-def _unit_interval(text: str) -> float:
-    value = _finite(text)
+def unit_interval(text: str) -> float:
+    """An option type: a number in ``[0, 1)``."""
+    value = finite_float(text)
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text}")
     return value
@@ -140,18 +151,23 @@ def _shape(text: str) -> tuple[int, ...]:
 
 # --- option groups ------------------------------------------------------------------------------
 
-def _help_text(description: str, examples: Sequence[str]) -> dict[str, Any]:
+def help_text(description: str, examples: Sequence[str]) -> dict[str, Any]:
+    """The ``description``, ``epilog`` (the examples) and formatter of a parser, as
+    keyword arguments of ``add_parser``; ``description`` is dedented."""
     epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples)
     return {"description": textwrap.dedent(description).strip(), "epilog": epilog,
             "formatter_class": argparse.RawDescriptionHelpFormatter}
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def add_common(parser: argparse.ArgumentParser) -> None:
+    """Adds the options every command takes (``--debug``) to a command's parser."""
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the full traceback of an error")
 
 
-def _add_model_options(parser: argparse.ArgumentParser, role: str) -> None:
+def add_model_options(parser: argparse.ArgumentParser, role: str) -> None:
+    """Adds the options of a PyTorch or Keras model file (``--arch``, ``--input-shape``,
+    ``--bounds``, ``--mean``, ``--std``) for the model in the ``role`` named."""
     group = parser.add_argument_group(
         f"{role} model options (PyTorch and Keras files only; a model file carries its own spec)")
     group.add_argument("--arch", help="architecture of a PyTorch state dict (detected from its "
@@ -166,22 +182,23 @@ def _add_model_options(parser: argparse.ArgumentParser, role: str) -> None:
                        help="per-channel std the PyTorch model's inputs were normalised with")
 
 
-def _add_data_limits(parser: argparse.ArgumentParser) -> None:
-    from ipguard_jax.data import _folder
-
+def add_data_limits(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--max-input-bytes`` and ``--max-image-pixels`` (see :func:`data_limits`)."""
     group = parser.add_argument_group(
         "input limits (a small hostile file must not exhaust memory or disk; raise them for "
         "larger data you trust)")
-    group.add_argument("--max-input-bytes", type=_positive_int,
-                       default=_folder.DEFAULT_MAX_ARCHIVE_BYTES, metavar="N",
+    group.add_argument("--max-input-bytes", type=positive_int,
+                       default=data.DEFAULT_MAX_ARCHIVE_BYTES, metavar="N",
                        help="most bytes an archive extracts to, or an .npz array unpacks to "
                             "(default %(default)s)")
-    group.add_argument("--max-image-pixels", type=_positive_int,
-                       default=_folder.DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
+    group.add_argument("--max-image-pixels", type=positive_int,
+                       default=data.DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
                        help="most pixels of one image (default %(default)s)")
 
 
-def _add_passphrase_options(parser: argparse.ArgumentParser, action: str) -> None:
+def add_passphrase_options(parser: argparse.ArgumentParser, action: str) -> None:
+    """Adds ``--passphrase-env`` and ``--passphrase-file`` for a sealed file; ``action`` says
+    what the passphrase is for."""
     group = parser.add_argument_group(
         f"sealed fingerprint files (encrypted; {action}; needs the cryptography package)")
     group.add_argument("--passphrase-env", metavar="VAR",
@@ -190,7 +207,8 @@ def _add_passphrase_options(parser: argparse.ArgumentParser, action: str) -> Non
                        help="read the passphrase from the first line of this file")
 
 
-def _add_commitment_options(parser: argparse.ArgumentParser) -> None:
+def add_commitment_options(parser: argparse.ArgumentParser) -> None:
+    """Adds ``--commitment`` and ``--nonce-env`` (see :func:`check_commitment`)."""
     group = parser.add_argument_group(
         "commitment (check FINGERPRINTS against a commitment published before any dispute: "
         "ipguard_jax.commit)")
@@ -204,7 +222,9 @@ def _add_commitment_options(parser: argparse.ArgumentParser) -> None:
 
 # --- errors and warnings ------------------------------------------------------------------------
 
-def _error_line(error: BaseException) -> str:
+def error_line(error: BaseException) -> str:
+    """The one line an error is reported as after ``ipguard: error:`` (its type named only
+    for unexpected errors)."""
     if isinstance(error, OSError) and error.strerror and error.filename:
         text = f"{error.filename}: {error.strerror}"
     else:
@@ -215,7 +235,9 @@ def _error_line(error: BaseException) -> str:
     return " ".join(text.split())
 
 
-def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
+def print_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """Prints each distinct warning caught (deprecations left out) as one
+    ``ipguard: warning:`` line on stderr."""
     seen = set()
     for w in caught:
         if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning)):
@@ -238,7 +260,7 @@ def _usage_errors() -> Iterator[None]:
         raise UsageError(str(e)) from e
 
 
-def _model_kind(source: str) -> str:
+def model_kind(source: str) -> str:
     """``"url"``, ``"bundle"``, ``"keras"`` or ``"torch"``; raises UsageError for the rest."""
     with _usage_errors():
         return sources.model_kind(source)
@@ -272,7 +294,7 @@ def load_model_source(source: str, args: argparse.Namespace, *,
         >>> clf, about = load_model_source("owner_model", args)  # doctest: +SKIP
     """
     endpoint: dict[str, Any] = {}
-    if allow_url and source.startswith(_URL_PREFIXES):
+    if allow_url and source.startswith(sources.URL_PREFIXES):
         endpoint = {"batch_size": args.batch_size, "timeout": args.timeout,
                     "max_retries": args.retries, "query_budget": args.query_budget,
                     "log_path": args.query_log, "resume_path": args.resume}
@@ -320,7 +342,9 @@ def load_data_source(source: str | None, split: str | None = None, channels: int
                                  option=option)
 
 
-def _limits(args: argparse.Namespace) -> dict[str, int]:
+def data_limits(args: argparse.Namespace) -> dict[str, int]:
+    """``--max-input-bytes`` and ``--max-image-pixels`` as keyword arguments of
+    :func:`load_data_source`."""
     return {"max_bytes": args.max_input_bytes, "max_pixels": args.max_image_pixels}
 
 
@@ -348,10 +372,8 @@ def _passphrase(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _check_commitment(fingerprints, args: argparse.Namespace) -> str | None:
+def check_commitment(fingerprints, args: argparse.Namespace) -> str | None:
     """Checks ``--commitment``/``--nonce-env``; returns the commitment file, or ``None``."""
-    import ipguard_jax as ipg
-
     file, env = getattr(args, "commitment", None), getattr(args, "nonce_env", None)
     if file is None:
         if env is not None:
@@ -403,11 +425,9 @@ def load_fingerprints(source: str, args: argparse.Namespace):
         >>> args = build_parser().parse_args(["inspect", "owner_fp"])
         >>> fp = load_fingerprints("owner_fp", args)  # doctest: +SKIP
     """
-    import ipguard_jax as ipg
-
     path = Path(source).expanduser()
     passphrase = _passphrase(args)
-    if path.is_file() and _is_sealed(path) and passphrase is None:
+    if path.is_file() and is_sealed_file(path) and passphrase is None:
         raise UsageError(f"{source} is a sealed fingerprint file: give its passphrase with "
                          "--passphrase-env VAR or --passphrase-file FILE")
     if path.is_dir() and (path / "model.json").is_file():
@@ -421,7 +441,7 @@ def _check_out(out: Path, overwrite: bool, sealed: bool) -> None:
     if out.exists() or out.is_symlink():
         if not overwrite:
             raise UsageError(f"{out} exists; pass --overwrite to replace it")
-        if sealed and not (out.is_file() and _is_sealed(out)):
+        if sealed and not (out.is_file() and is_sealed_file(out)):
             raise UsageError(f"{out} exists and is not a sealed fingerprint file; refusing to "
                              "overwrite it")
         if not sealed and not (out.is_dir() and (out / "CURRENT").is_file()):
@@ -431,7 +451,7 @@ def _check_out(out: Path, overwrite: bool, sealed: bool) -> None:
         raise UsageError(f"the directory {out.absolute().parent} does not exist")
 
 
-def _output(args: argparse.Namespace) -> tuple[Path, str | None]:
+def checked_output(args: argparse.Namespace) -> tuple[Path, str | None]:
     """``--out`` and the passphrase to seal it with, checked before any work is done."""
     out = Path(args.out).expanduser()
     passphrase = _passphrase(args)
@@ -450,7 +470,7 @@ _KEY_SOURCES = {
 }
 
 
-def _describe_key(record: Any) -> str:
+def describe_key(record: Any) -> str:
     """The key's source in words, for ``fingerprint`` and ``inspect`` (never its value)."""
     if not isinstance(record, Mapping):
         return "not recorded (a set written before keys were recorded)"
@@ -467,7 +487,9 @@ _LIBRARY_LOGGERS = ("absl", "orbax", "asyncio", "jax._src.distributed")
 
 
 @contextlib.contextmanager
-def _quiet_library_logs(quiet: bool):
+def quiet_library_logs(quiet: bool):
+    """Silences, while active and if ``quiet``, the logs of the libraries underneath and the
+    errors raised where nobody can catch them, so that a failure is the one error line."""
     if not quiet:
         yield
         return

@@ -8,29 +8,31 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import ipguard_jax as ipg
+from ipguard_jax.adapters.sources import URL_PREFIXES
+from ipguard_jax.calibration import calibrate, with_calibration
 from ipguard_jax.cli._common import (
-    _URL_PREFIXES,
     UsageError,
-    _add_common,
-    _add_model_options,
-    _add_passphrase_options,
-    _help_text,
-    _is_sealed,
-    _open_rate,
-    _output,
-    _positive_int,
-    _print_warnings,
-    _unit_interval,
+    add_common,
+    add_model_options,
+    add_passphrase_options,
+    checked_output,
+    help_text,
     load_fingerprints,
     load_model_source,
+    open_rate,
+    positive_int,
+    print_warnings,
+    unit_interval,
 )
+from ipguard_jax.storage.sealed import is_sealed_file
 
 
 def add_parser(commands: Any) -> argparse.ArgumentParser:
     """Adds the ``calibrate`` sub-parser to ``commands`` (``add_subparsers``' result)."""
     p = commands.add_parser(
         "calibrate", help="measure the null on independent reference models",
-        **_help_text(
+        **help_text(
             """
             Query reference models trained independently of the owner (other seeds, data or
             architectures: never copies of it) on the fingerprints, fit how often such
@@ -53,27 +55,25 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
                    help="fingerprint file to write, with the calibration")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing fingerprint file at --out")
-    p.add_argument("--min-references", type=_positive_int, default=5,
+    p.add_argument("--min-references", type=positive_int, default=5,
                    help="fewest reference models accepted (default %(default)s, at least 2)")
-    p.add_argument("--min-dispersion", type=_unit_interval, default=0.01,
+    p.add_argument("--min-dispersion", type=unit_interval, default=0.01,
                    help="floor on the fitted over-dispersion (default %(default)s)")
-    p.add_argument("--fpr", type=_open_rate, default=0.01,
+    p.add_argument("--fpr", type=open_rate, default=0.01,
                    help="false-positive rate whose threshold is shown (default %(default)s)")
-    p.add_argument("--batch-size", type=_positive_int, default=256,
+    p.add_argument("--batch-size", type=positive_int, default=256,
                    help="points per query (default %(default)s)")
-    _add_model_options(p, "reference")
-    _add_passphrase_options(p, "reads a sealed FINGERPRINTS; with a passphrase, --out is "
+    add_model_options(p, "reference")
+    add_passphrase_options(p, "reads a sealed FINGERPRINTS; with a passphrase, --out is "
                                "written as one sealed file")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    _add_common(p)
+    add_common(p)
     return p
 
 
-def _cmd_calibrate(args: argparse.Namespace) -> int:
-    import ipguard_jax as ipg
-    from ipguard_jax.calibration import calibrate, with_calibration
-
-    out, passphrase = _output(args)  # a refusal must not cost a run
+def run(args: argparse.Namespace) -> int:
+    """Runs ``ipguard calibrate`` with the parsed ``args``; returns the exit status."""
+    out, passphrase = checked_output(args)  # a refusal must not cost a run
     if args.min_references < 2:
         raise UsageError(f"--min-references must be at least 2, got {args.min_references}")
     if len(args.references) < args.min_references:
@@ -83,7 +83,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     if len(set(args.references)) != len(args.references):
         raise UsageError("a reference model is given twice")
     source = Path(args.fingerprints).expanduser()
-    sealed_in = source.is_file() and _is_sealed(source)
+    sealed_in = source.is_file() and is_sealed_file(source)
     reading = args if sealed_in else argparse.Namespace(
         **{**vars(args), "passphrase_env": None, "passphrase_file": None})
     fingerprints = load_fingerprints(args.fingerprints, reading)
@@ -93,7 +93,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     owner_hash = fingerprints.metadata.get("classifier", {}).get("params_sha256")
     models, descriptions = [], []
     for ref in args.references:
-        if ref.startswith(_URL_PREFIXES):
+        if ref.startswith(URL_PREFIXES):
             raise UsageError(f"{ref}: references must be model files here (for an endpoint, "
                              "call ipguard_jax.calibrate with an HTTPSuspect)")
         model, about = load_model_source(ref, args, input_shape=fingerprints.input_shape)
@@ -107,7 +107,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         calibration = calibrate(fingerprints, models, names=list(args.references),
                                 descriptions=descriptions, min_references=args.min_references,
                                 min_dispersion=args.min_dispersion, batch_size=args.batch_size)
-    _print_warnings(caught)
+    print_warnings(caught)
     path = ipg.save(with_calibration(fingerprints, calibration), out, overwrite=args.overwrite,
                     passphrase=passphrase)
     n = len(fingerprints)

@@ -8,16 +8,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ipguard_jax.cli._common import PROG, UsageError, _add_common, _help_text
+from ipguard_jax.cli._common import PROG, UsageError, add_common, help_text
+from ipguard_jax.evaluation import benchmark
 
 
 def add_parser(commands: Any) -> argparse.ArgumentParser:
     """Adds the ``evaluate`` sub-parser to ``commands`` (``add_subparsers``' result)."""
-    from ipguard_jax.evaluation import benchmark
-
     p = commands.add_parser(
         "evaluate", help="robustness/uniqueness (ARUC) benchmark",
-        **_help_text(
+        **help_text(
             """
             Train an owner, pirated copies (fine-tuning, retraining, pruning, distillation,
             int8) and independent models, fingerprint the owner under several configurations
@@ -31,13 +30,13 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     benchmark.add_arguments(p, data_default="none: give --data, or --quick")
     p.add_argument("--out", default=".", metavar="DIR",
                    help="directory for the reports (created; default the current directory)")
-    _add_common(p)
+    add_common(p)
     return p
 
 
-def _cmd_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from ipguard_jax.evaluation import benchmark
-
+def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Runs ``ipguard evaluate`` with the parsed ``args``; ``argv`` is the whole command line,
+    recorded in the reports. Returns the exit status."""
     setting = benchmark.make_setting(args)
     if args.from_zoo and args.zoo is None:
         raise UsageError("--from-zoo needs --zoo DIR")

@@ -11,35 +11,35 @@ from typing import Any
 
 import numpy as np
 
+import ipguard_jax as ipg
+from ipguard_jax import methods
 from ipguard_jax.cli._common import (
     PROG,
     UsageError,
-    _add_common,
-    _add_data_limits,
-    _add_model_options,
-    _add_passphrase_options,
-    _describe_key,
-    _finite,
-    _help_text,
-    _limits,
-    _model_kind,
-    _output,
-    _positive_int,
-    _print_warnings,
-    _seed,
+    add_common,
+    add_data_limits,
+    add_model_options,
+    add_passphrase_options,
+    checked_output,
+    data_limits,
+    describe_key,
+    finite_float,
+    help_text,
     load_data_source,
     load_model_source,
+    model_kind,
+    positive_int,
+    print_warnings,
+    seed_int,
 )
 
 
 def add_parser(commands: Any) -> argparse.ArgumentParser:
     """Adds the ``fingerprint`` sub-parser to ``commands`` (``add_subparsers``' result)."""
-    from ipguard_jax.config import FingerprintConfig
-
-    defaults = FingerprintConfig()
+    defaults = ipg.FingerprintConfig()
     p = commands.add_parser(
         "fingerprint", help="fingerprint an owner model: model + data -> fingerprint file",
-        **_help_text(
+        **help_text(
             """
             Generate IPGuard fingerprints of an owner model and write them to a fingerprint
             file (a directory, checksummed, written atomically).
@@ -66,30 +66,30 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     data.add_argument("--split", help="split directory inside an image folder, e.g. test, or "
                                       "the TFDS split (default test)")
     gen = p.add_argument_group("generation (ipguard_jax.FingerprintConfig)")
-    gen.add_argument("--num", type=_positive_int, default=defaults.num,
+    gen.add_argument("--num", type=positive_int, default=defaults.num,
                      help="fingerprints to generate (default %(default)s)")
-    gen.add_argument("--k", type=_finite, default=defaults.k,
+    gen.add_argument("--k", type=finite_float, default=defaults.k,
                      help="margin in logit units (default %(default)s)")
-    gen.add_argument("--steps", type=_positive_int, default=defaults.steps,
+    gen.add_argument("--steps", type=positive_int, default=defaults.steps,
                      help="most optimisation steps per point (default %(default)s)")
-    gen.add_argument("--lr", type=_finite, default=defaults.lr,
+    gen.add_argument("--lr", type=finite_float, default=defaults.lr,
                      help="Adam learning rate (default %(default)s)")
-    gen.add_argument("--tol", type=_finite, default=defaults.tol,
+    gen.add_argument("--tol", type=finite_float, default=defaults.tol,
                      help="a point with loss <= tol has converged (default %(default)s)")
     gen.add_argument("--init", choices=("data", "noise"), default=defaults.init,
                      help="start points (default %(default)s)")
     gen.add_argument("--target", choices=("random", "least_likely"), default=defaults.target,
                      help="target class (default %(default)s)")
-    gen.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size,
+    gen.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
                      help="candidates optimised together (default %(default)s)")
     gen.add_argument("--keep", choices=("converged", "all"), default=defaults.keep,
                      help="keep converged points only, drawing more candidates, or all "
                           "(default %(default)s)")
-    gen.add_argument("--max-candidates", type=_positive_int, default=None,
+    gen.add_argument("--max-candidates", type=positive_int, default=None,
                      help="candidate budget for --keep converged (default 4 x --num)")
     gen.add_argument("--compact", action="store_true",
                      help="swap finished points out of the working batch (CPU loop)")
-    gen.add_argument("--seed", type=_seed, default=None,
+    gen.add_argument("--seed", type=seed_int, default=None,
                      help="PRNG seed in [0, 2**64) (default: 64 bits drawn from the OS, so "
                           "nobody, not even a thief holding the weights, can regenerate the "
                           "set; a seed you give makes it reproducible by anyone who knows it)")
@@ -98,7 +98,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
                      help="ipguard (default), or a baseline on the same engine: random start "
                           "points, FGSM, PGD (L-inf) or Carlini-Wagner L2 "
                           "(ipguard_jax.baselines; their own defaults but --eps)")
-    gen.add_argument("--eps", type=_finite, default=None,
+    gen.add_argument("--eps", type=finite_float, default=None,
                      help="L-inf radius of --method fgsm/pgd (default 0.03)")
     gen.add_argument("--checkpoint", metavar="DIR", default=None,
                      help="save progress to DIR after every chunk; run the same command "
@@ -106,19 +106,18 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
                           "point in plaintext and is deleted after success)")
     gen.add_argument("--keep-checkpoint", action="store_true",
                      help="keep --checkpoint DIR after success")
-    _add_model_options(p, "owner")
-    _add_data_limits(p)
-    _add_passphrase_options(p, "with a passphrase, --out is written as one sealed file")
+    add_model_options(p, "owner")
+    add_data_limits(p)
+    add_passphrase_options(p, "with a passphrase, --out is written as one sealed file")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_common(p)
+    add_common(p)
     return p
 
 
-def _cmd_fingerprint(args: argparse.Namespace) -> int:
-    import ipguard_jax as ipg
-
-    out, passphrase = _output(args)  # a refusal must not cost a run
+def run(args: argparse.Namespace) -> int:
+    """Runs ``ipguard fingerprint`` with the parsed ``args``; returns the exit status."""
+    out, passphrase = checked_output(args)  # a refusal must not cost a run
     config = ipg.FingerprintConfig(
         num=args.num, k=args.k, steps=args.steps, lr=args.lr, tol=args.tol, init=args.init,
         target=args.target, batch_size=args.batch_size, keep=args.keep,
@@ -128,23 +127,21 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
     if args.keep_checkpoint and args.checkpoint is None:
         raise UsageError("--keep-checkpoint needs --checkpoint DIR")
 
-    kind = _model_kind(args.model)
+    kind = model_kind(args.model)
     dataset = None
     if args.init == "data" and kind == "torch":  # its input shape may come from the data
         channels = args.input_shape[-1] if args.input_shape else None
-        dataset = load_data_source(args.data, args.split, channels, **_limits(args))
+        dataset = load_data_source(args.data, args.split, channels, **data_limits(args))
         owner, about = load_model_source(args.model, args,
                                          input_shape=tuple(dataset.x.shape[1:]))
     else:
         owner, about = load_model_source(args.model, args)
         if args.init == "data":
             dataset = load_data_source(args.data, args.split, owner.input_shape[-1],
-                                       **_limits(args))
+                                       **data_limits(args))
     if dataset is not None and tuple(dataset.x.shape[1:]) != owner.input_shape:
         raise UsageError(f"--data {args.data or 'digits'} holds images of shape "
                          f"{tuple(dataset.x.shape[1:])}, the model takes {owner.input_shape}")
-
-    from ipguard_jax import methods
 
     if args.eps is not None and args.method not in ("fgsm", "pgd"):
         raise UsageError("--eps is for --method fgsm or pgd")
@@ -158,7 +155,7 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
                                     method=method, checkpoint=args.checkpoint,
                                     keep_checkpoint=args.keep_checkpoint,
                                     progress=not args.quiet)
-    _print_warnings(caught)
+    print_warnings(caught)
     if args.keep_checkpoint and passphrase is not None:
         print(f"{PROG}: warning: --checkpoint {args.checkpoint} is kept and holds every "
               "candidate point and label in plaintext beside the sealed file; delete it once "
@@ -201,6 +198,6 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
             print("  start points uniform noise")
         print(f"  converged    {meta['num_converged']} of {meta['num_candidates']} candidates "
               f"({meta['convergence_rate']:.1%}), k={config.k:g}, at most {config.steps} steps")
-        print(f"  key          {_describe_key(meta['key'])}")
+        print(f"  key          {describe_key(meta['key'])}")
         print(f"  content      sha256 {summary['sha256']}")
     return 0

@@ -8,13 +8,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ipguard_jax.calibration import calibration_of
 from ipguard_jax.cli._common import (
-    _add_commitment_options,
-    _add_common,
-    _add_passphrase_options,
-    _check_commitment,
-    _describe_key,
-    _help_text,
+    add_commitment_options,
+    add_common,
+    add_passphrase_options,
+    check_commitment,
+    describe_key,
+    help_text,
     load_fingerprints,
 )
 
@@ -23,7 +24,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     """Adds the ``inspect`` sub-parser to ``commands`` (``add_subparsers``' result)."""
     p = commands.add_parser(
         "inspect", help="show a fingerprint file's provenance (never its points)",
-        **_help_text(
+        **help_text(
             """
             Check a fingerprint file's integrity (its sha256: catches damage, not deliberate
             edits; a sealed file is also authenticated) and show its provenance: the
@@ -36,10 +37,10 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
             ["ipguard inspect owner_fp", "ipguard inspect owner_fp --json",
              "ipguard inspect owner_fp --commitment commitment.txt --nonce-env FP_NONCE"]))
     p.add_argument("fingerprints", metavar="FINGERPRINTS", help="a fingerprint file")
-    _add_passphrase_options(p, "to read a sealed FINGERPRINTS")
-    _add_commitment_options(p)
+    add_passphrase_options(p, "to read a sealed FINGERPRINTS")
+    add_commitment_options(p)
     p.add_argument("--json", action="store_true", help="print as JSON")
-    _add_common(p)
+    add_common(p)
     return p
 
 
@@ -47,9 +48,9 @@ def _format_config(config: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in config.items())
 
 
-def _cmd_inspect(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     fingerprints = load_fingerprints(args.fingerprints, args)  # the integrity check
-    commitment = _check_commitment(fingerprints, args)
+    commitment = check_commitment(fingerprints, args)
     sealed = Path(args.fingerprints).expanduser().is_file()
     meta = dict(fingerprints.metadata)
     if isinstance(meta.get("key"), Mapping) and "data" in meta["key"]:
@@ -64,7 +65,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps({"path": str(Path(args.fingerprints).absolute()), "sha256": digest,
                           "integrity_checked": True, "sealed": sealed,
                           "authenticated": sealed, "commitment": commitment,
-                          "key_source": _describe_key(meta.get("key")),
+                          "key_source": describe_key(meta.get("key")),
                           "num_points": len(fingerprints),
                           "num_converged": converged, "metadata": meta},
                          indent=1, sort_keys=True, default=str))
@@ -84,7 +85,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                         f"{tuple(clf.get('input_shape', ()))}, {clf.get('dtype', '?')} in "
                         f"{clf.get('bounds', '?')}"),
         ("config", _format_config(meta.get("config", {}))),
-        ("key", _describe_key(meta.get("key"))),
+        ("key", describe_key(meta.get("key"))),
         ("candidates", f"{meta.get('num_candidates', '?')} drawn, "
                        f"{meta.get('num_converged', '?')} converged (rate "
                        f"{fingerprints.convergence_rate:.1%})"),
@@ -102,8 +103,6 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         if isinstance(origin.get("data"), Mapping):
             rows.append(("start data", ", ".join(f"{k}={v}" for k, v in origin["data"].items())))
     if meta.get("calibration") is not None:
-        from ipguard_jax.calibration import calibration_of
-
         try:
             calibration = calibration_of(fingerprints)
             rows.append(("null", f"{calibration}; at 1% false positives a copy matches >= "

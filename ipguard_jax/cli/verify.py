@@ -9,27 +9,29 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import ipguard_jax as ipg
+from ipguard_jax.calibration import calibration_of
 from ipguard_jax.cli._common import (
     EXIT_COPY,
     EXIT_NOT_COPY,
     UsageError,
-    _add_commitment_options,
-    _add_common,
-    _add_data_limits,
-    _add_model_options,
-    _add_passphrase_options,
-    _check_commitment,
-    _finite,
-    _help_text,
-    _non_negative_int,
-    _open_rate,
-    _positive_int,
-    _print_warnings,
-    _rate,
-    _seed,
+    add_commitment_options,
+    add_common,
+    add_data_limits,
+    add_model_options,
+    add_passphrase_options,
+    check_commitment,
+    closed_rate,
+    finite_float,
+    help_text,
     load_data_source,
     load_fingerprints,
     load_model_source,
+    non_negative_int,
+    open_rate,
+    positive_int,
+    print_warnings,
+    seed_int,
 )
 
 
@@ -37,7 +39,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     """Adds the ``verify`` sub-parser to ``commands`` (``add_subparsers``' result)."""
     p = commands.add_parser(
         "verify", help="verify a suspect model against a fingerprint file",
-        **_help_text(
+        **help_text(
             """
             Query a suspect on the fingerprints and judge whether it is a copy of their owner:
             the matching rate (share of fingerprints where the suspect gives the owner's
@@ -66,28 +68,28 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
              "--resume resume.json --json"]))
     p.add_argument("fingerprints", metavar="FINGERPRINTS", help="the owner's fingerprint file")
     p.add_argument("suspect", metavar="SUSPECT", help="the suspect model or endpoint")
-    p.add_argument("--threshold", type=_rate, default=None,
+    p.add_argument("--threshold", type=closed_rate, default=None,
                    help="a matching rate >= threshold means a copy (default: the calibrated "
                         "threshold for --fpr in a calibrated set, else 0.5)")
-    p.add_argument("--null-rate", type=_rate, default=None,
+    p.add_argument("--null-rate", type=closed_rate, default=None,
                    help="matching rate of independent models, for a binomial p-value "
                         "(overrides the set's calibration)")
-    p.add_argument("--fpr", type=_open_rate, default=0.01,
+    p.add_argument("--fpr", type=open_rate, default=0.01,
                    help="false-positive rate to allow: sets the calibrated threshold and the "
                         "sequential test (default %(default)s)")
-    p.add_argument("--batch-size", type=_positive_int, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=None,
                    help="points per query (default 64; 10 with --sequential)")
     seq = p.add_argument_group(
         "sequential verification (stop as soon as the answers decide; needs a null)")
     seq.add_argument("--sequential", action="store_true",
                      help="query in small batches, in a secret random order, and stop as "
                           "soon as a sequential test (SPRT) decides at --fpr and --fnr")
-    seq.add_argument("--fnr", type=_open_rate, default=None,
+    seq.add_argument("--fnr", type=open_rate, default=None,
                      help="false-negative rate to aim for, for copies matching --pirate-rate "
                           "(default 0.05)")
-    seq.add_argument("--pirate-rate", type=_open_rate, default=None,
+    seq.add_argument("--pirate-rate", type=open_rate, default=None,
                      help="matching rate of the copies to catch (default 0.8)")
-    seq.add_argument("--order-seed", type=_seed, default=None,
+    seq.add_argument("--order-seed", type=seed_int, default=None,
                      help="seed of the secret query order (default: fresh OS randomness; fix "
                           "it, and keep it secret, to resume an endpoint run with --resume)")
     decoys = p.add_argument_group(
@@ -98,28 +100,28 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
                              "tfds:NAME")
     decoys.add_argument("--decoy-split", metavar="SPLIT",
                         help="split directory inside a decoy image folder")
-    decoys.add_argument("--decoy-ratio", type=_finite, default=None,
+    decoys.add_argument("--decoy-ratio", type=finite_float, default=None,
                         help="decoys per fingerprint (default 1 with --decoys)")
-    decoys.add_argument("--decoy-seed", type=_seed, default=None,
+    decoys.add_argument("--decoy-seed", type=seed_int, default=None,
                         help="seed of the decoys' draw and order (default: fresh randomness; "
                              "fix it to resume an endpoint run with --resume)")
-    _add_data_limits(p)
-    _add_model_options(p, "suspect")
-    _add_passphrase_options(p, "to read a sealed FINGERPRINTS")
-    _add_commitment_options(p)
+    add_data_limits(p)
+    add_model_options(p, "suspect")
+    add_passphrase_options(p, "to read a sealed FINGERPRINTS")
+    add_commitment_options(p)
     http = p.add_argument_group("endpoint options (http(s):// suspects only)")
-    http.add_argument("--timeout", type=_finite, default=10.0,
+    http.add_argument("--timeout", type=finite_float, default=10.0,
                       help="seconds per request (default %(default)s)")
-    http.add_argument("--retries", type=_non_negative_int, default=5,
+    http.add_argument("--retries", type=non_negative_int, default=5,
                       help="retries per batch on errors, 5xx and 429 (default %(default)s)")
-    http.add_argument("--query-budget", type=_non_negative_int, default=None,
+    http.add_argument("--query-budget", type=non_negative_int, default=None,
                       help="most points ever sent (counting earlier runs on --resume)")
     http.add_argument("--query-log", metavar="FILE",
                       help="JSON-lines log of the requests (hashes, never the points)")
     http.add_argument("--resume", metavar="FILE",
                       help="answers kept here; a rerun does not query them again")
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
-    _add_common(p)
+    add_common(p)
     return p
 
 
@@ -162,14 +164,13 @@ def _verify_options(args: argparse.Namespace, calibration: Any) -> Any:
     return args.decoy_seed if args.decoy_seed is not None else args.order_seed
 
 
-def _cmd_verify(args: argparse.Namespace) -> int:
-    import ipguard_jax as ipg
-    from ipguard_jax.calibration import calibration_of
-
+def run(args: argparse.Namespace) -> int:
+    """Runs ``ipguard verify`` with the parsed ``args``; returns the exit status
+    (:data:`~ipguard_jax.cli.EXIT_COPY` or :data:`~ipguard_jax.cli.EXIT_NOT_COPY`)."""
     fingerprints = load_fingerprints(args.fingerprints, args)
     if len(fingerprints) == 0:
         raise UsageError(f"{args.fingerprints} holds no fingerprints")
-    commitment = _check_commitment(fingerprints, args)  # before any query
+    commitment = check_commitment(fingerprints, args)  # before any query
     try:
         calibration = calibration_of(fingerprints)
     except ValueError as e:
@@ -197,7 +198,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                                  null_rate=args.null_rate, batch_size=args.batch_size,
                                  fpr=args.fpr, decoys=decoys, decoy_ratio=args.decoy_ratio,
                                  key=key)
-    _print_warnings(caught)
+    print_warnings(caught)
     owner_hash = fingerprints.metadata.get("classifier", {}).get("params_sha256")
     sequential = None
     if args.sequential:

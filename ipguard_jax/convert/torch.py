@@ -44,7 +44,6 @@ from flax import nnx
 
 from ipguard_jax import models
 from ipguard_jax.classifier import Classifier
-from ipguard_jax.models import _common
 from ipguard_jax.models import mobilenet_v2 as _mobilenet_v2
 from ipguard_jax.models import vgg as _vgg
 
@@ -190,7 +189,7 @@ def _plan_mobilenet_v2(sd, module) -> _Plan:
     last_idx = max(_indices(list(sd), r"features\.(\d+)\."))
     last = _shape(sd, f"features.{last_idx}.0.weight")[0]
     for width in _MOBILENET_WIDTHS:
-        md = _mobilenet_v2._make_divisible
+        md = _mobilenet_v2.make_divisible
         if md(32 * width, 8) == first and md(1280 * max(1.0, width), 8) == last:
             break
     else:
@@ -382,7 +381,7 @@ def nnx_from_torch(
             its ``state_dict`` (then BatchNorm eps/momentum take torch's defaults and layer types
             are not checked).
         mean: per-channel mean the torch model's inputs were normalised with (e.g.
-            ``ipguard_jax.models._common.IMAGENET_MEAN`` for torchvision's pretrained weights);
+            ``ipguard_jax.models.IMAGENET_MEAN`` for torchvision's pretrained weights);
             ``None``: no normalisation (the NNX model takes what the torch model takes).
         std: per-channel std, like ``mean``.
         arch: one of :data:`SUPPORTED_ARCHS` to name the architecture instead of detecting it; it
@@ -423,7 +422,7 @@ def nnx_from_torch(
         _check_torch_leaves(mod)
     if arch is not None and arch not in ("cifar_resnet", plan.arch):
         raise ValueError(f"arch={arch!r} but the weights are those of a {plan.arch}")
-    mean_t, std_t = _common.normalization_stats(
+    mean_t, std_t = models.normalization_stats(
         0.0 if mean is None else mean, 1.0 if std is None else std, plan.in_channels
     )
 
@@ -545,7 +544,7 @@ def from_torch(
 
     Example:
         >>> import torchvision
-        >>> from ipguard_jax.models._common import IMAGENET_MEAN, IMAGENET_STD
+        >>> from ipguard_jax.models import IMAGENET_MEAN, IMAGENET_STD
         >>> net = torchvision.models.resnet18(num_classes=10).eval()
         >>> clf = from_torch(net, input_shape=(64, 64, 3), mean=IMAGENET_MEAN, std=IMAGENET_STD)
         >>> clf.num_classes

@@ -8,6 +8,9 @@ int32 labels, ``class_names``. Sources:
 - :func:`load_image_folder`: ``root/[split/]class/*.jpg`` directories or tar archives of them.
 - :func:`load_tfds`: TensorFlow Datasets splits, with or without TensorFlow.
 
+:data:`DEFAULT_MAX_ARCHIVE_BYTES` and :data:`DEFAULT_MAX_IMAGE_PIXELS` are
+:func:`load_image_folder`'s default limits on what an archive or an image may unpack to.
+
 Example:
     >>> from ipguard_jax import data
     >>> ds = data.load_digits()
@@ -20,6 +23,8 @@ from ipguard_jax.data._dataset import Dataset as Dataset
 from ipguard_jax.data._dataset import from_arrays as from_arrays
 from ipguard_jax.data._digits import load_digits as load_digits
 from ipguard_jax.data._folder import CACHE_ENV_VAR as CACHE_ENV_VAR
+from ipguard_jax.data._folder import DEFAULT_MAX_ARCHIVE_BYTES as DEFAULT_MAX_ARCHIVE_BYTES
+from ipguard_jax.data._folder import DEFAULT_MAX_IMAGE_PIXELS as DEFAULT_MAX_IMAGE_PIXELS
 from ipguard_jax.data._folder import default_cache_dir as default_cache_dir
 from ipguard_jax.data._folder import load_image_folder as load_image_folder
 from ipguard_jax.data._tfds import load_tfds as load_tfds

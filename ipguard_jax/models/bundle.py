@@ -53,7 +53,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from ipguard_jax.classifier import Classifier, _check_bounds, _check_shape, params_hash
+from ipguard_jax._version import __version__
+from ipguard_jax.classifier import Classifier, check_bounds, check_shape, params_hash
+from ipguard_jax.models import registry
 from ipguard_jax.storage.digest import (flatten_state, is_prng_key, leaf_name, sha256_regular,
                                         unflatten_state)
 from ipguard_jax.storage.files import (UnsafeFileError, array_nbytes, check_expansion, check_tree,
@@ -178,9 +180,7 @@ def _leaf_specs(state: Any) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
 
 
 def _build(arch: str, num_classes: int, model_kwargs: Mapping[str, Any]) -> nnx.Module:
-    from ipguard_jax import models
-
-    return models.create(arch, num_classes, rngs=nnx.Rngs(0), **dict(model_kwargs))
+    return registry.create(arch, num_classes, rngs=nnx.Rngs(0), **dict(model_kwargs))
 
 
 def _abstract_state(arch: str, num_classes: int, model_kwargs: Mapping[str, Any]) -> Any:
@@ -243,8 +243,6 @@ def save_model(path: str | os.PathLike, model: nnx.Module, *, arch: str, num_cla
         PosixPath('/.../owner_model')
     """
     import orbax.checkpoint as ocp
-
-    from ipguard_jax._version import __version__
 
     if not isinstance(model, nnx.Module):
         raise TypeError(f"model must be an nnx.Module, got {type(model).__name__}")
@@ -357,21 +355,19 @@ def _check_spec_fields(path: Path, spec: dict[str, Any]) -> None:
     def bad(field: str, why: str) -> ModelFileError:
         return ModelFileError(f"{path}: {SPEC_FILE} has an invalid {field!r}: {why}")
 
-    from ipguard_jax import models
-
-    if spec["arch"] not in models.available():
-        raise bad("arch", f"{spec['arch']!r} is not one of {', '.join(models.available())}")
+    if spec["arch"] not in registry.available():
+        raise bad("arch", f"{spec['arch']!r} is not one of {', '.join(registry.available())}")
     num_classes = spec["num_classes"]
     if isinstance(num_classes, bool) or num_classes < 2:
         raise bad("num_classes", f"must be an int >= 2, got {num_classes!r}")
     try:
-        shape = _check_shape(spec["input_shape"])
+        shape = check_shape(spec["input_shape"])
     except (TypeError, ValueError) as e:
         raise bad("input_shape", str(e)) from None
     if int(np.prod(shape, dtype=object)) > _MAX_INPUT_ELEMENTS:
         raise bad("input_shape", f"{list(shape)} has more than {_MAX_INPUT_ELEMENTS:,} elements")
     try:
-        _check_bounds(spec["bounds"])
+        check_bounds(spec["bounds"])
     except (TypeError, ValueError) as e:
         raise bad("bounds", str(e)) from None
     for key in _SIZE_KWARGS:
@@ -510,7 +506,7 @@ def load_model(path: str | os.PathLike) -> tuple[nnx.Module, ModelSpec]:
     module.eval()
     result = ModelSpec(
         arch=spec["arch"], num_classes=spec["num_classes"],
-        input_shape=_check_shape(spec["input_shape"]), bounds=_check_bounds(spec["bounds"]),
+        input_shape=check_shape(spec["input_shape"]), bounds=check_bounds(spec["bounds"]),
         model_kwargs=spec["model_kwargs"], metadata=dict(spec.get("metadata") or {}),
         state_sha256=spec["state_sha256"], library=dict(spec.get("library") or {}),
         created=str(spec.get("created", "")))

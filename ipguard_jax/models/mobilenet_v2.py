@@ -29,9 +29,14 @@ INVERTED_RESIDUAL_SETTING = (
 )
 
 
-def _make_divisible(v: float, divisor: int) -> int:
-    # torchvision's rounding of channel counts: nearest multiple of divisor,
-    # never more than 10% below v.
+def make_divisible(v: float, divisor: int) -> int:
+    """torchvision's rounding of a channel count: the nearest multiple of ``divisor`` (at
+    least ``divisor``), never more than 10% below ``v``.
+
+    Example:
+      >>> make_divisible(32 * 0.75, 8), make_divisible(1280 * 1.4, 8)
+      (24, 1792)
+    """
     new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
     if new_v < 0.9 * v:
         new_v += divisor
@@ -126,11 +131,11 @@ class MobileNetV2(nnx.Module):
         self.mean, self.std = _common.normalization_stats(
             mean, std, in_channels, _common.IMAGENET_MEAN, _common.IMAGENET_STD
         )
-        c_in = _make_divisible(32 * width_mult, 8)
-        last = _make_divisible(1280 * max(1.0, width_mult), 8)
+        c_in = make_divisible(32 * width_mult, 8)
+        last = make_divisible(1280 * max(1.0, width_mult), 8)
         features = [_conv_bn_relu6(in_channels, c_in, 3, 2, rngs=rngs)]
         for t, c, n, s in INVERTED_RESIDUAL_SETTING:
-            c_out = _make_divisible(c * width_mult, 8)
+            c_out = make_divisible(c * width_mult, 8)
             for i in range(n):
                 features.append(InvertedResidual(c_in, c_out, s if i == 0 else 1, t, rngs=rngs))
                 c_in = c_out

@@ -5,6 +5,9 @@
 - :mod:`~ipguard_jax.storage.digest`: sha256 of bytes, files, arrays and pytrees (PRNG keys
   included), and the flat form of PRNG-key-holding pytrees that checkpoints store.
 - :mod:`~ipguard_jax.storage.canonical`: canonical JSON (sorted keys, compact, ASCII).
+- :mod:`~ipguard_jax.storage.manifest`: the fingerprint manifest (format, version, checks and
+  :class:`~ipguard_jax.storage.fingerprint_files.FingerprintFileError`) that fingerprint
+  directories and sealed files share.
 - :mod:`~ipguard_jax.storage.fingerprint_files`: the versioned fingerprint directory store,
   :func:`~ipguard_jax.storage.fingerprint_files.save` and
   :func:`~ipguard_jax.storage.fingerprint_files.load`.

@@ -54,32 +54,23 @@ from typing import Any, Iterator
 import numpy as np
 
 from ipguard_jax.fingerprints import ARRAY_FIELDS, Fingerprints
-from ipguard_jax.storage.canonical import canonical_json
-from ipguard_jax.storage.digest import content_digest, sha256_regular
-from ipguard_jax.storage.files import (UnsafeFileError, array_nbytes, check_expansion, check_tree,
-                                       claimed, fsync_path, fsync_tree, locked,
-                                       orbax_array_specs, read_regular, rename_new,
-                                       temp_leftovers, write_atomic)
+from ipguard_jax.storage import sealed
+from ipguard_jax.storage.digest import sha256_regular
+from ipguard_jax.storage.files import (UnsafeFileError, check_expansion, check_tree, claimed,
+                                       fsync_path, fsync_tree, locked, orbax_array_specs,
+                                       read_regular, rename_new, temp_leftovers, write_atomic)
+# The manifest's format and checks, shared with sealed files; its public names stay
+# importable from here.
+from ipguard_jax.storage.manifest import (FORMAT, FORMAT_VERSION, MANIFEST,  # noqa: F401
+                                          FingerprintFileError, build_fingerprints,
+                                          check_manifest, check_save_args, spec_dtype,
+                                          spec_nbytes)
 
-FORMAT = "ipguard_jax.fingerprints"
-FORMAT_VERSION = 1
 _CURRENT = "CURRENT"
-_MANIFEST = "fingerprints.json"
 # Size caps of the small files of a directory: CURRENT holds a version name; a manifest holds
 # array specs, sha256s and the metadata (kilobytes in practice).
 _MAX_CURRENT_BYTES = 4096
 _MAX_MANIFEST_BYTES = 64 << 20
-
-
-class FingerprintFileError(ValueError):
-    """A fingerprint file is missing a part, corrupt, modified, or of an unknown format."""
-
-
-def _sealed():
-    """The sealed-file module, imported on use: it builds on this one."""
-    from ipguard_jax.storage import sealed
-
-    return sealed
 
 
 # -- small helpers ------------------------------------------------------------------------------
@@ -96,29 +87,6 @@ def _permission_error(path: Path, error: OSError) -> PermissionError:
         error.errno, f"cannot write the fingerprint file {path}: {why} (is {path.parent} "
         f"writable?)"
     )
-
-
-def _check_save_args(fingerprints: Any) -> None:
-    if not isinstance(fingerprints, Fingerprints):
-        raise TypeError(f"fingerprints must be Fingerprints, got {type(fingerprints).__name__}")
-    try:
-        _check_json_keys(fingerprints.metadata)
-        canonical_json(fingerprints.metadata, allow_nan=True)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"fingerprint metadata must be JSON-serialisable: {e}") from None
-
-
-def _check_json_keys(value: Any) -> None:
-    """Dict keys must be strings: JSON would turn others into strings and loading would not
-    give back the metadata saved."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"key {key!r} is not a string")
-            _check_json_keys(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _check_json_keys(item)
 
 
 # -- fingerprint directories --------------------------------------------------------------------
@@ -155,7 +123,7 @@ def _write_version(fingerprints: Fingerprints, version_dir: Path, target: Path) 
                   for p in sorted((version_dir / "arrays").rglob("*")) if p.is_file()},
         "metadata": fingerprints.metadata,
     }
-    _write_text_atomic(version_dir / _MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+    _write_text_atomic(version_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
     fsync_tree(version_dir)
 
 
@@ -197,7 +165,7 @@ def _save_directory(fingerprints: Fingerprints, path: Path, overwrite: bool) -> 
     if path.exists() or path.is_symlink():
         if not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        if path.is_file() and _sealed()._is_sealed_file(path):
+        if path.is_file() and sealed.is_sealed_file(path):
             raise FingerprintFileError(
                 f"{path} is a sealed fingerprint file; a fingerprint directory cannot replace "
                 f"it atomically: pass passphrase=... to save a sealed file, or remove it first"
@@ -308,7 +276,7 @@ def save(fingerprints: Fingerprints, path: str | os.PathLike, overwrite: bool = 
 
         A sealed file instead: ``ipg.save(fp, "owner.sealed", passphrase="...")``.
     """
-    _check_save_args(fingerprints)
+    check_save_args(fingerprints)
     path = Path(path).absolute()
     if not path.parent.is_dir():
         raise FileNotFoundError(f"the parent directory of {path} does not exist")
@@ -316,7 +284,7 @@ def save(fingerprints: Fingerprints, path: str | os.PathLike, overwrite: bool = 
         if passphrase is None:
             _save_directory(fingerprints, path, overwrite)
         else:
-            _sealed()._save_sealed(fingerprints, path, overwrite, passphrase)
+            sealed.save_sealed(fingerprints, path, overwrite, passphrase)
     except OSError as e:
         if isinstance(e, PermissionError) or e.errno == errno.EROFS:
             raise _permission_error(path, e) from None
@@ -336,75 +304,21 @@ def _current_version(path: Path) -> str:
         ) from None
 
 
-def _check_manifest(path: Path, manifest: Any) -> dict[str, Any]:
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise FingerprintFileError(f"{path}: {_MANIFEST} is not an {FORMAT} manifest")
-    file_version = manifest.get("format_version")
-    if not isinstance(file_version, int) or isinstance(file_version, bool) or file_version < 1:
-        raise FingerprintFileError(f"{path}: {_MANIFEST} has no valid format_version")
-    if file_version > FORMAT_VERSION:
-        raise FingerprintFileError(
-            f"{path} has format version {file_version!r}; this library reads up to version "
-            f"{FORMAT_VERSION}: upgrade ipguard_jax to read it"
-        )
-    expected = manifest.get("arrays", {})
-    if not isinstance(expected, dict) or set(expected) != set(ARRAY_FIELDS):
-        listed = sorted(expected) if isinstance(expected, dict) else expected
-        raise FingerprintFileError(f"{path}: the manifest lists arrays {listed}, "
-                                   f"expected {sorted(ARRAY_FIELDS)}")
-    if not all(isinstance(spec, dict) for spec in expected.values()):
-        raise FingerprintFileError(f"{path}: the manifest's array specs are not objects")
-    for name, spec in expected.items():
-        try:
-            _spec_nbytes(spec)
-        except (KeyError, TypeError, ValueError) as e:
-            raise FingerprintFileError(
-                f"{path}: the manifest's spec of array {name!r} is malformed ({e})") from None
-    if not isinstance(manifest.get("metadata", {}), dict):
-        raise FingerprintFileError(f"{path}: the manifest's metadata is not an object")
-    return expected
-
-
-def _build(path: Path, arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> Fingerprints:
-    """Checks the content digest, then the arrays' values, and builds the set."""
-    metadata = manifest.get("metadata", {})
-    if content_digest(arrays, metadata) != manifest.get("sha256"):
-        raise FingerprintFileError(
-            f"{path}: the content does not match its sha256: the file was modified or is corrupt"
-        )
-    try:
-        return Fingerprints(**arrays, metadata=metadata)
-    except (TypeError, ValueError) as e:  # consistent digest, inconsistent content
-        raise FingerprintFileError(f"{path}: the content is not a valid fingerprint set ({e})"
-                                   ) from None
-
-
 def _empty_set(specs: dict[str, Any]) -> bool:
     shape = specs["labels"].get("shape")
     return isinstance(shape, list) and shape == [0]
 
 
-def _spec_dtype(spec: dict[str, Any]) -> np.dtype:
-    import jax.numpy as jnp  # dtype names such as bfloat16
-
-    return jnp.dtype(spec.get("name") or spec["dtype"])
-
-
-def _spec_nbytes(spec: dict[str, Any]) -> int:
-    """Bytes of the array a manifest spec declares (exact: no overflow on crafted shapes)."""
-    return array_nbytes(_spec_dtype(spec), spec.get("shape"))
-
-
 def _read_manifest(path: Path, version_dir: Path) -> Any:
     try:
-        return json.loads(read_regular(version_dir / _MANIFEST, max_bytes=_MAX_MANIFEST_BYTES
+        return json.loads(read_regular(version_dir / MANIFEST, max_bytes=_MAX_MANIFEST_BYTES
                                        ).decode("utf-8"))
     except FileNotFoundError:
-        raise FingerprintFileError(f"{path}: {_MANIFEST} is missing") from None
+        raise FingerprintFileError(f"{path}: {MANIFEST} is missing") from None
     except UnsafeFileError as e:
-        raise FingerprintFileError(f"{path}: refusing to read {_MANIFEST}: {e}") from None
+        raise FingerprintFileError(f"{path}: refusing to read {MANIFEST}: {e}") from None
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise FingerprintFileError(f"{path}: {_MANIFEST} is corrupt ({e})") from None
+        raise FingerprintFileError(f"{path}: {MANIFEST} is corrupt ({e})") from None
 
 
 @contextlib.contextmanager
@@ -440,7 +354,7 @@ def _load_version(path: Path, version: str) -> Fingerprints:
     if not _is_version_name(version) or not version_dir.is_dir():
         raise FingerprintFileError(f"{path}: version {version!r} named by {_CURRENT} is missing")
     manifest = _read_manifest(path, version_dir)
-    expected = _check_manifest(path, manifest)
+    expected = check_manifest(path, manifest)
     store = version_dir / "arrays"
     if not store.is_dir():
         raise FingerprintFileError(f"{path}: the arrays directory is missing")
@@ -450,12 +364,12 @@ def _load_version(path: Path, version: str) -> Fingerprints:
         raise FingerprintFileError(f"{path}: refusing to read the arrays: {e}") from None
     _check_files(path, version_dir, manifest.get("files"))
     try:  # before anything is allocated
-        check_expansion(sum(_spec_nbytes(spec) for spec in expected.values()), stored_bytes,
+        check_expansion(sum(spec_nbytes(spec) for spec in expected.values()), stored_bytes,
                         "the arrays its manifest declares")
     except UnsafeFileError as e:
         raise FingerprintFileError(f"{path}: {e}") from None
     if _empty_set(expected):
-        arrays = {name: np.zeros(spec["shape"], _spec_dtype(spec))
+        arrays = {name: np.zeros(spec["shape"], spec_dtype(spec))
                   for name, spec in expected.items()}
     else:
         with _array_store_errors(path):
@@ -465,7 +379,7 @@ def _load_version(path: Path, version: str) -> Fingerprints:
             restored = ocp.PyTreeCheckpointer().restore(store)
             arrays = {name: np.asarray(restored[name]) for name in ARRAY_FIELDS}
     _check_arrays(path, expected, {name: (a.dtype, a.shape) for name, a in arrays.items()})
-    return _build(path, arrays, manifest)
+    return build_fingerprints(path, arrays, manifest)
 
 
 def load(path: str | os.PathLike, *, passphrase: str | bytes | None = None) -> Fingerprints:
@@ -506,9 +420,7 @@ def load(path: str | os.PathLike, *, passphrase: str | bytes | None = None) -> F
     if not path.exists():
         raise FileNotFoundError(f"no fingerprint file at {path}")
     if not path.is_dir():
-        sealed = _sealed()
-        return sealed._unseal(sealed._read_sealed_file(path, passphrase), passphrase,
-                              str(path))
+        return sealed.load_sealed(path, passphrase)
     if passphrase is not None:
         raise FingerprintFileError(
             f"{path} is an unsealed fingerprint directory: load it without a passphrase"

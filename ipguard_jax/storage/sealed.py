@@ -44,9 +44,9 @@ import numpy as np
 from ipguard_jax.fingerprints import ARRAY_FIELDS, Fingerprints
 from ipguard_jax.storage.canonical import canonical_json
 from ipguard_jax.storage.files import UnsafeFileError, fsync_path, open_regular, write_atomic
-from ipguard_jax.storage.fingerprint_files import (FORMAT, FORMAT_VERSION, FingerprintFileError,
-                                                   _build, _check_manifest, _check_save_args,
-                                                   _spec_nbytes)
+from ipguard_jax.storage.manifest import (FORMAT, FORMAT_VERSION, FingerprintFileError,
+                                          build_fingerprints, check_manifest, check_save_args,
+                                          spec_nbytes)
 
 #: First bytes of a sealed fingerprint file.
 SEALED_MAGIC = b"IPGJSEAL"
@@ -63,7 +63,22 @@ _CHECK_LABEL = b"ipguard_jax/sealed/v1 passphrase check"
 _SEAL_HINT = "sealed fingerprint files need the cryptography package: pip install ipguard-jax[seal]"
 
 
-def _is_sealed_file(path: Path) -> bool:
+def is_sealed_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a sealed fingerprint file: a regular file (or a link to one) that
+    starts with :data:`SEALED_MAGIC`.
+
+    A FIFO or device is no sealed file, and is neither waited on nor read; a missing or
+    unreadable file is none either.
+
+    Example:
+        >>> import os, tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = os.path.join(tmp, "owner.sealed")
+        ...     with open(path, "wb") as f:
+        ...         _ = f.write(SEALED_MAGIC + b"...")
+        ...     is_sealed_file(path), is_sealed_file(tmp), is_sealed_file(path + ".missing")
+        (True, False, False)
+    """
     try:
         with os.fdopen(open_regular(path, follow_symlinks=True), "rb") as f:
             return f.read(len(SEALED_MAGIC)) == SEALED_MAGIC
@@ -146,7 +161,7 @@ def _parse_payload(payload: bytes, where: str) -> Fingerprints:
     try:
         (size,) = struct.unpack_from(">I", payload, 0)
         manifest = json.loads(payload[4:4 + size].decode("utf-8"))
-        expected = _check_manifest(Path(where), manifest)
+        expected = check_manifest(Path(where), manifest)
         body = memoryview(payload)[4 + size:]
         arrays = {}
         for name in ARRAY_FIELDS:
@@ -154,14 +169,14 @@ def _parse_payload(payload: bytes, where: str) -> Fingerprints:
             dtype = jnp.dtype(spec["dtype"]).newbyteorder("<")
             shape = tuple(spec["shape"])
             start, nbytes = int(spec["offset"]), int(spec["nbytes"])
-            if start < 0 or start + nbytes > len(body) or nbytes != _spec_nbytes(spec):
+            if start < 0 or start + nbytes > len(body) or nbytes != spec_nbytes(spec):
                 raise ValueError(f"array {name!r} does not fit the payload")
             arrays[name] = np.frombuffer(body[start:start + nbytes], dtype).reshape(shape).copy()
     except FingerprintFileError:
         raise
     except (struct.error, UnicodeDecodeError, ValueError, TypeError, KeyError) as e:
         raise FingerprintFileError(f"{where}: the sealed content is malformed ({e})") from None
-    return _build(Path(where), arrays, manifest)
+    return build_fingerprints(Path(where), arrays, manifest)
 
 
 def seal(fingerprints: Fingerprints, passphrase: str | bytes) -> bytes:
@@ -189,7 +204,7 @@ def seal(fingerprints: Fingerprints, passphrase: str | bytes) -> bytes:
         >>> blob[:8], unseal(blob, "correct horse battery").digest() == fp.digest()
         (b'IPGJSEAL', True)
     """
-    _check_save_args(fingerprints)
+    check_save_args(fingerprints)
     secret = _passphrase_bytes(passphrase)
     aesgcm, scrypt, _ = _aead_backend()
     salt, nonce = secrets.token_bytes(16), secrets.token_bytes(12)
@@ -299,8 +314,43 @@ def unseal(data: bytes, passphrase: str | bytes) -> Fingerprints:
     return _unseal(bytes(data), passphrase, "sealed data")
 
 
-def _save_sealed(fingerprints: Fingerprints, path: Path, overwrite: bool,
-                 passphrase: Any) -> None:
+def load_sealed(path: Path, passphrase: Any) -> Fingerprints:
+    """The fingerprint set in the sealed file ``path`` (not a directory), authenticated and
+    checked: what :func:`ipguard_jax.load` does with a file.
+
+    Args:
+        path: the sealed file (a regular file, or a link to one).
+        passphrase: its passphrase; ``None`` is refused with a message that asks for one.
+
+    Returns:
+        The :class:`~ipguard_jax.Fingerprints`.
+
+    Raises:
+        FingerprintFileError: not a regular file or not a sealed file, no passphrase, a wrong
+            one, or a modified, corrupt or newer file.
+        TypeError: a passphrase that is neither str nor bytes.
+        ImportError: without the ``cryptography`` package.
+    """
+    return _unseal(_read_sealed_file(path, passphrase), passphrase, str(path))
+
+
+def save_sealed(fingerprints: Fingerprints, path: Path, overwrite: bool,
+                passphrase: Any) -> None:
+    """Writes ``fingerprints`` as the sealed file ``path``, atomically: what
+    :func:`ipguard_jax.save` does with a passphrase (after checking its arguments).
+
+    Args:
+        fingerprints: the set to seal.
+        path: the absolute path of the file; its parent exists.
+        overwrite: replace an existing sealed file there.
+        passphrase: str or bytes, not empty.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        FingerprintFileError: ``path`` is a directory, or a file that is not sealed.
+        TypeError, ValueError: a bad passphrase.
+        ImportError: without the ``cryptography`` package.
+    """
     if path.exists() or path.is_symlink():
         if not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
@@ -309,7 +359,7 @@ def _save_sealed(fingerprints: Fingerprints, path: Path, overwrite: bool,
                 f"{path} is a directory; a sealed file cannot replace it atomically: choose "
                 f"another path or remove it first"
             )
-        if not _is_sealed_file(path):
+        if not is_sealed_file(path):
             raise FingerprintFileError(
                 f"{path} exists and is not a sealed fingerprint file; refusing to overwrite it"
             )
