@@ -274,7 +274,7 @@ def make_setting(args: argparse.Namespace, default_data: str | os.PathLike | Non
                   train_optimizer="sgd", train_lr=0.1, batch_size=128, augment=True,
                   pirate_lr=1e-3, num=args.num, steps=args.steps, ks=floats, inits=inits,
                   targets=targets, subset=args.subset, baselines=names, eps=args.eps or 8 / 255,
-                  heldout_student=("mobilenet_v2", {}), conferrable_ks=conferrable_ks,
+                  heldout_student=("vgg11", {}), conferrable_ks=conferrable_ks,
                   extra_surrogates=[
                       ("sur2-distill-cnn", "distill", {"temperature": 4.0, "label_copies": 1,
                                                        "student": "cnn", "student_kwargs": {}}),
