@@ -1089,6 +1089,33 @@ def _data_label(data: str) -> str:
     return Path(data).name
 
 
+def _conferrable_lines(result: dict[str, Any]) -> list[str]:
+    """The conferrable rows' members, screening counts and full cost, as Markdown lines."""
+    rows = [r for r in result["configs"] if r.get("method") == "conferrable"]
+    if not rows:
+        return []
+    built = result["model_build_s"]
+    members = [*result.get("surrogates", {}), *result.get("references", {})]
+    known = [built[n] for n in members if built.get(n) is not None]
+    lines = ["", "## Conferrable rows: members, screening and cost", "",
+             f"Surrogates ({len(result.get('surrogates', {}))}): "
+             f"{', '.join(result.get('surrogates', {}))}. References "
+             f"({len(result.get('references', {}))}): {', '.join(result.get('references', {}))}. "
+             "Made from the owner and its own split only; none of them is a scored model "
+             f"(checked). Training them took {sum(known) / 60:.1f} min"
+             + (f" ({len(members) - len(known)} without a recorded time)"
+                if len(known) < len(members) else "") + ", on top of each row's generation.",
+             "", "| config | candidates | owner converged | surrogates agree | references clear "
+             "| kept | gen. s |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        sc = r.get("screening") or {}
+        lines.append(f"| {r['config']} | {sc.get('candidates', '-')} | "
+                     f"{sc.get('owner_converged', '-')} | {sc.get('surrogates_agree', '-')} | "
+                     f"{sc.get('references_clear', '-')} | {sc.get('kept', '-')} | "
+                     f"{r['generation_s']:.1f} |")
+    return lines
+
+
 def _markdown(result: dict[str, Any], reports: dict[str, Any]) -> str:
     lines = [
         f"# ARUC of IPGuard fingerprints ({_data_label(result['setting']['data'])}, owner "
@@ -1127,6 +1154,7 @@ def _markdown(result: dict[str, Any], reports: dict[str, Any]) -> str:
                      f"{cell('tpr_at_1pct_fpr', 2)} | {r['best_threshold']:.3f} | "
                      f"{r['convergence_rate']:.2f} | {r['num_fingerprints']} | "
                      f"{r['generation_s']:.1f} |")
+    lines += _conferrable_lines(result)
     owner_s = result["model_build_s"].get("owner")
     trained_in = f", trained in {owner_s / 60:.1f} min" if owner_s is not None else ""
     owner_line = f"Owner test accuracy: {result['accuracy']['owner']:.3f}{trained_in}."
