@@ -62,12 +62,13 @@ class FingerprintConfig:
             there); ``"auto"`` picks ``"host"`` on CPU and ``"device"`` on GPU/TPU.
         block_steps: steps per compiled block with ``loop="host"`` (larger blocks mean fewer
             host round-trips but longer compiles).
-        compact: with the host loop, swap finished points out of the working batch for fresh
-            candidates as it runs, so no step waits for a batch's slowest point. Each candidate
-            follows the same path as without compaction, and the same candidates are returned
-            (tested); only the count of candidates drawn may differ. Once every candidate has
-            started, the batch shrinks by halves to the points still running. Ignored with
-            ``loop="device"`` (chosen by ``"auto"`` on GPU/TPU).
+        compact: swap finished points out of the working batch for fresh candidates as it
+            runs, so no step waits for a batch's slowest point. Each candidate follows the same
+            path as without compaction, and the same candidates are returned (tested); only the
+            count of candidates drawn may differ. Once every candidate has started, the batch
+            shrinks by halves to the points still running. With ``loop="host"`` the host
+            refills after every block; with ``loop="device"`` (chosen by ``"auto"`` on
+            GPU/TPU) the refills happen inside the compiled loop, with the same results.
         precision: ``"float32"`` (default) or ``"bfloat16"``: the classifier's forward and
             backward passes run in bfloat16 (parameters and inputs cast, logits cast back),
             while the loss, the points and the optimiser updates stay float32. Faster on

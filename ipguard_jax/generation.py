@@ -30,6 +30,7 @@ from ipguard_jax.runners.checkpoint import Checkpoint
 from ipguard_jax.runners.chunked import run_chunked
 from ipguard_jax.runners.collector import Collector
 from ipguard_jax.runners.compacted import run_compacted
+from ipguard_jax.runners.device_compacted import run_device_compacted
 from ipguard_jax.runners.run import Run
 from ipguard_jax._version import __version__
 from ipguard_jax.classifier import Classifier, labels_from_logits
@@ -290,7 +291,7 @@ def generate(
                                      input_shape=classifier.input_shape,
                                      dtype=classifier.dtype), ids
 
-    compact = config.compact and loop == "host" and not isinstance(method, methods.CW)
+    compact = config.compact and not isinstance(method, methods.CW)
     collector = Collector(config, config.num, progress)
     apply_fn, params = classifier.apply_fn, classifier.params
     if config.precision != "float32":
@@ -299,7 +300,11 @@ def generate(
     run = Run(spec=programs.Spec(apply_fn, method.plan(config), config.target),
               params=place.replicate(params), sc=scalars, key=run_key, config=config,
               method=method, loop=loop, place=place, starts=starts, budget=budget, batch=batch,
-              collector=collector, checkpoint=saver)
+              collector=collector, checkpoint=saver, input_shape=classifier.input_shape,
+              dtype=classifier.dtype,
+              sources=(lambda ids: order[ids % data.shape[0]]) if config.init == "data"
+              else (lambda ids: ids),
+              data=(data, order) if config.init == "data" else None)
     try:
         if saver is not None:
             identity = {"config": config.to_dict(), "method": method.to_dict(),
@@ -309,7 +314,12 @@ def generate(
                         "budget": budget, "batch": batch, "compact": compact}
             saver.load(collector, json.loads(json.dumps(identity)), budget,
                        _checkpoint_arrays(classifier), classifier.bounds)
-        (run_compacted if compact else run_chunked)(run)
+        if not compact:
+            run_chunked(run)
+        elif loop == "host":
+            run_compacted(run)
+        else:
+            run_device_compacted(run)
     except BaseException:
         if saver is not None:
             saver.close()

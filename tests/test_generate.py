@@ -205,14 +205,17 @@ def test_keys_accepted_and_rejected():
         as_key(1.5)
 
 
+@pytest.mark.parametrize("loop", ["host", "device"])
 @pytest.mark.parametrize("keep", ["all", "converged"])
-def test_compaction_returns_the_same_fingerprints(owner, digits, keep):
+def test_compaction_returns_the_same_fingerprints(owner, digits, keep, loop):
     # k=10 with 40 steps: a mix of fast, slow and never-converging points, so slots refill
-    # at different times and the per-point budgets matter.
-    base = dict(num=30, k=10.0, steps=40, batch_size=8, keep=keep, loop="host", block_steps=4,
+    # at different times and the per-point budgets matter. With loop="device" the refills
+    # happen inside the compiled loop.
+    base = dict(num=30, k=10.0, steps=40, batch_size=8, keep=keep, block_steps=4,
                 max_candidates=120)
-    runs = {compact: ipg.generate(owner, ipg.FingerprintConfig(**base, compact=compact), key=4,
-                                  data=digits["test"][0], progress=False)
+    runs = {compact: ipg.generate(owner, ipg.FingerprintConfig(
+                **base, compact=compact, loop=loop if compact else "host"), key=4,
+                data=digits["test"][0], progress=False)
             for compact in (False, True)}
     plain, compacted = runs[False], runs[True]
     assert compacted.metadata["compact"] and not plain.metadata["compact"]
@@ -289,3 +292,22 @@ def test_runner_counters_record_the_work_executed(owner, digits):
     plain = runs[False].metadata["runner"]
     assert plain["point_steps"] == plain["blocks"] * 4 * 16  # whole chunks of 16 rows
     assert runs[True].metadata["runner"]["point_steps"] < plain["point_steps"]
+
+
+@pytest.mark.parametrize("keep", ["all", "converged"])
+def test_device_compaction_equals_host_compaction_with_few_round_trips(owner, digits, keep):
+    # The same rules on the device: the same candidates, blocks and point-steps, bit for bit on
+    # the MLP; the host waits only at the end and when the batch shrinks.
+    base = dict(num=40 if keep == "all" else 24, k=20.0 if keep == "all" else 3.0, steps=100,
+                batch_size=16, keep=keep, block_steps=4, compact=True)
+    runs = {loop: ipg.generate(owner, ipg.FingerprintConfig(**base, loop=loop), key=2,
+                               data=digits["test"][0], progress=False)
+            for loop in ("host", "device")}
+    host, device = runs["host"], runs["device"]
+    for name in ("source", "i", "j", "labels", "converged", "steps", "x", "loss"):
+        np.testing.assert_array_equal(getattr(device, name), getattr(host, name), err_msg=name)
+    assert device.metadata["num_candidates"] == host.metadata["num_candidates"]
+    for counter in ("blocks", "point_steps"):
+        assert device.metadata["runner"][counter] == host.metadata["runner"][counter]
+    syncs = device.metadata["runner"]["syncs"]
+    assert syncs <= 1 + np.log2(16) and syncs < host.metadata["runner"]["syncs"] / 4

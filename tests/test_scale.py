@@ -49,6 +49,7 @@ SHARDED_CONFIGS = [
     dict(num=37, batch_size=12),  # keep="converged": refills across chunks
     dict(num=37, batch_size=12, compact=True),
     dict(num=37, batch_size=12, loop="device"),
+    dict(num=37, batch_size=12, loop="device", compact=True),  # refills inside the loop
     dict(num=20, batch_size=12, init="noise", keep="all"),
 ]
 
@@ -110,10 +111,13 @@ def _wait_for_checkpoint(directory: Path, proc: subprocess.Popen, step: int) -> 
     return False
 
 
-@pytest.mark.parametrize("compact", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_a_run_killed_part_way_resumes_to_the_same_fingerprints(tmp_path, compact):
+@pytest.mark.parametrize("compact, loop", [
+    (False, "host"), pytest.param(True, "host", marks=pytest.mark.slow),
+    pytest.param(True, "device", marks=pytest.mark.slow)])
+def test_a_run_killed_part_way_resumes_to_the_same_fingerprints(tmp_path, compact, loop):
     # k=30 on the digits MLP: most points run their whole budget, so chunks take a while.
-    config = dict(num=48, batch_size=8, keep="all", k=30.0, steps=600, compact=compact)
+    config = dict(num=48, batch_size=8, keep="all", k=30.0, steps=600, compact=compact,
+                  loop=loop)
     spec = {"configs": [config], "checkpoint": str(tmp_path / "ckpt")}
     proc = _spawn({**spec, "out": str(tmp_path / "killed.npz")})
     assert _wait_for_checkpoint(tmp_path / "ckpt", proc, step=2), proc.communicate()[0][-2000:]

@@ -36,6 +36,11 @@ class Run:
         batch: the working batch (a multiple of the device count).
         collector: the finished candidates.
         checkpoint: the resume directory, or ``None``.
+        input_shape: one example's shape.
+        dtype: the input dtype.
+        sources: candidate ids -> their sources (the data row, or the id for noise starts).
+        data: ``(start data, its random order)`` for ``init="data"``, else ``None`` (the
+            device-side compaction gathers start points from them).
         stats: counters of the host's work, recorded in ``metadata["runner"]``: ``programs``
             (compiled calls launched), ``syncs`` (times the host waited for device results),
             and on the host loop ``blocks`` (step blocks run) and ``point_steps`` (steps times
@@ -54,5 +59,9 @@ class Run:
     batch: int
     collector: Collector
     checkpoint: Checkpoint | None
+    input_shape: tuple[int, ...] = ()
+    dtype: Any = np.float32
+    sources: Callable[[np.ndarray], np.ndarray] = lambda ids: ids
+    data: tuple[np.ndarray, np.ndarray] | None = None
     stats: dict[str, int] = dataclasses.field(
         default_factory=lambda: {"programs": 0, "syncs": 0, "blocks": 0, "point_steps": 0})
