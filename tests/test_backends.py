@@ -207,6 +207,7 @@ def _assert_close(a, b):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.abs(b).max()))
 
 
+@pytest.mark.slow  # ResNet-20 compiles
 def test_resnet20_same_logits_and_input_gradients_either_way():
     model = build_model("resnet20", 10, 0)
     x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))

@@ -234,7 +234,8 @@ def test_fgsm_and_pgd_match_foolbox(owner, digits, foolbox):
     np.testing.assert_allclose(fp.x[ok], theirs[ok], atol=1e-3)
 
 
-@pytest.mark.parametrize("field, value", [("k", 5.0), ("steps", 10), ("lr", 0.5), ("tol", 0.1)])
+@pytest.mark.parametrize("field, value", [("k", 5.0), pytest.param("steps", 10, marks=pytest.mark.slow),
+                                          pytest.param("lr", 0.5, marks=pytest.mark.slow), ("tol", 0.1)])
 def test_a_baseline_refuses_ipguard_settings_it_would_ignore(owner, digits, field, value):
     config = ipg.FingerprintConfig(num=4, keep="all", **{field: value})
     with pytest.raises(ValueError, match=rf"FingerprintConfig\.{field}=.*the pgd method ignores"):

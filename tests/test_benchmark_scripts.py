@@ -23,6 +23,7 @@ def image_folder(tmp_path):
     return tmp_path / "images"
 
 
+@pytest.mark.slow  # runs a benchmark end to end
 def test_train_script_warm_restarts_resume_every_phase(image_folder, tmp_path,
                                                       benchmark_script):
     module = benchmark_script("train_cifar10")
@@ -129,6 +130,7 @@ def test_conv_grad_variants_give_the_same_gradient(tmp_path, benchmark_script, c
     assert not (tmp_path / "x.json").exists()
 
 
+@pytest.mark.slow  # runs a benchmark end to end
 def test_allocator_script_times_each_workload_in_its_own_process(tmp_path, benchmark_script,
                                                                  capsys):
     module = benchmark_script("allocator")

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from ipguard_jax import compile_cache
 
 SCRIPT = """
@@ -29,6 +31,7 @@ def _run(env_value, *args):
     return out.stdout.split("DIR ")[-1].strip()
 
 
+@pytest.mark.slow  # three subprocesses
 def test_generate_turns_the_cache_on_unless_told_otherwise(tmp_path):
     cache = tmp_path / "xla"
     assert _run(str(cache)) == str(cache)

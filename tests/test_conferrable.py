@@ -106,6 +106,7 @@ def test_shares_free_the_worst_members(owner, members):
     np.testing.assert_allclose(float(loss), owner_part + gaps[0], rtol=1e-5)
 
 
+@pytest.mark.slow  # trains models or builds a zoo of members
 def test_same_key_same_points(owner, digits, members):
     method = Conferrable(surrogates=members[0], references=members[1])
     a = _generate(owner, digits, method, num=8, key=5)
@@ -113,6 +114,7 @@ def test_same_key_same_points(owner, digits, members):
     np.testing.assert_array_equal(a.x, b.x)
 
 
+@pytest.mark.slow  # trains models or builds a zoo of members
 def test_members_of_one_architecture_share_a_stacked_group():
     x_shape = (8, 8, 1)
     cnn = [ipg.Classifier.from_nnx(pp.build_model("cnn", 10, s, in_channels=1), x_shape)
@@ -161,6 +163,7 @@ def _nnx_owner(digits, shift=0):
     return model
 
 
+@pytest.mark.slow  # trains models or builds a zoo of members
 def test_extraction_learns_the_owners_answers_from_hard_labels(digits):
     # An owner that answers (true class + 1) mod 10: a student that learns from its answers,
     # not from the data's own labels, inherits the shift.
@@ -174,6 +177,7 @@ def test_extraction_learns_the_owners_answers_from_hard_labels(digits):
     assert (said == yt).mean() < 0.1
 
 
+@pytest.mark.slow  # trains models or builds a zoo of members
 def test_factories_make_cache_and_resume_members(digits, tmp_path):
     owner = _nnx_owner(digits)
     x, y = digits["owner"]

@@ -396,8 +396,17 @@ def test_smoke_benchmark_writes_its_reports(tmp_path):
     specs = benchmark.pirate_specs(benchmark.make_setting(benchmark.parse_args(["--quick"])))
     assert list(result["pirated"]) == [name for name, _, _ in specs]
     assert result["pirated"]["prune50"] == {"kind": "prune", "params": {"rate": 0.5}}
-    assert set(result["model_build_s"]) == {"owner", *result["pirated"], *result["independent"]}
-    assert [row["config"] for row in result["configs"]] == ["k=3 init=data target=random"]
+    # The defender's surrogates and references are built too, and scored nowhere.
+    members = {*result["surrogates"], *result["references"]}
+    assert len(result["surrogates"]) == 10 and len(result["references"]) == 8
+    assert set(result["model_build_s"]) == {"owner", *result["pirated"], *result["independent"],
+                                            *members}
+    for rep in result["reports"].values():
+        assert not members & {*rep["pirated"], *rep["independent"]}
+    assert [row["config"] for row in result["configs"]] == [
+        "k=3 init=data target=random", "conferrable k=3 init=data target=random",
+        "conferrable k=10 init=data target=random"]
+    assert "## Conferrable rows: members, screening and cost" in (tmp_path / "s.md").read_text()
     written = json.loads((tmp_path / "s.json").read_text())
     assert written["configs"][0]["num_fingerprints"] == result["configs"][0]["num_fingerprints"]
     md = (tmp_path / "s.md").read_text()
@@ -435,8 +444,9 @@ def test_quick_benchmark_runs(tmp_path, benchmark_script, capsys):
     from ipguard_jax.cli import main
 
     module = benchmark_script("aruc_cifar10")
+    # The conferrable rows (their 18 member models) are the smoke test's; here they are off.
     args = ["--quick", "--ks", "3", "--inits", "data", "--targets", "random",
-            "--cache-dir", str(tmp_path / "cache")]
+            "--conferrable-ks", "none", "--cache-dir", str(tmp_path / "cache")]
     result = module.main([*args, "--out", str(tmp_path / "q")])
     assert len(result["pirated"]) >= 12 and len(result["independent"]) >= 10
     assert math.isfinite(result["configs"][0]["aruc_roc"])
@@ -502,8 +512,12 @@ def test_plan_lists_every_model_of_the_run_and_sees_the_cache(tmp_path, capsys):
     p = benchmark.plan(setting, cache_dir=cache_dir, probe_batches=1)
     rows = {r["name"]: r for r in p["models"]}
     expected = (["owner"] + [n for n, _, _ in benchmark.pirate_specs(setting)]
-                + [s[0] for s in benchmark.independent_specs(setting, owner_ds, indep_ds, 0)])
+                + [s[0] for s in benchmark.independent_specs(setting, owner_ds, indep_ds, 0)]
+                + [n for n, _, _ in benchmark.surrogate_specs(setting)]
+                + [s[0] for s in setting.references])
     assert [r["name"] for r in p["models"]] == expected
+    assert {r["role"] for r in p["models"]} == {"owner", "pirated", "independent", "surrogate",
+                                                "reference"}
     assert not any(r["cached"] for r in p["models"])
     for name in ("prune30", "prune70", "int8"):  # weight edits: nothing to train
         assert rows[name]["epochs"] == 0 and rows[name]["estimated_s"] == 0
@@ -555,12 +569,14 @@ def test_plan_lists_every_model_of_the_run_and_sees_the_cache(tmp_path, capsys):
     assert main(["evaluate", "--quick", "--plan", "--cache-dir", str(cache_dir),
                  "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    assert "| owner | owner | mlp |" in out and "To train: 22 of 24 models" in out
+    total = len(p["models"])  # two of them cached above
+    assert "| owner | owner | mlp |" in out and f"To train: {total - 2} of {total} models" in out
     assert f"| no, 1/{setting.pirate_epochs} epochs done |" in out
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc/stat (Linux)")
+@pytest.mark.slow  # probes training throughput
 def test_plan_says_when_other_processes_slowed_its_probe(tmp_path):
     from ipguard_jax.evaluation import benchmark
 

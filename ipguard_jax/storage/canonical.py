@@ -35,7 +35,7 @@ def canonical_json(value: Any, *, allow_nan: bool) -> bytes:
         >>> canonical_json(float("nan"), allow_nan=False)
         Traceback (most recent call last):
         ...
-        ValueError: Out of range float values are not JSON compliant
+        ValueError: Out of range float values are not JSON compliant...
     """
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
                       allow_nan=allow_nan).encode("ascii")
