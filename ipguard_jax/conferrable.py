@@ -204,7 +204,10 @@ def _members(value: Any, role: str) -> tuple[tuple[str, Classifier], ...]:
     if isinstance(value, Mapping):
         items = list(value.items())
     elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        items = [(f"{role[:-1]}-{n}", m) for n, m in enumerate(value)]
+        # Classifiers, named by position; or (name, Classifier) pairs, as the method holds them
+        # (so dataclasses.replace on a method works).
+        items = [m if isinstance(m, tuple) and len(m) == 2 and isinstance(m[1], Classifier)
+                 else (f"{role[:-1]}-{n}", m) for n, m in enumerate(value)]
     else:
         raise TypeError(f"{role} must be a mapping name -> Classifier or a sequence of "
                         f"Classifiers, got {type(value).__name__}")

@@ -148,6 +148,10 @@ def test_bad_members_and_parameters_are_refused(owner, members):
         ipg.generate(owner, ipg.FingerprintConfig(num=2, init="noise"),
                      method=Conferrable(surrogates={"small": small}), progress=False)
     assert "s1" in repr(Conferrable(surrogates=surrogates))
+    import dataclasses
+
+    wider = dataclasses.replace(Conferrable(surrogates=surrogates), reference_margin=5.0)
+    assert [n for n, _ in wider.surrogates] == ["s1", "s2"] and wider.reference_margin == 5.0
 
 
 # --- factories ---------------------------------------------------------------------------------
