@@ -14,7 +14,6 @@ Example:
     (True, 1)
 """
 
-from ipguard_jax.core import *  # noqa: F401,F403
 from ipguard_jax.core import (  # noqa: F401
     IPGUARD, ApplyFn, Objective, OptimizeResult, PointState, Target, batched_ipguard_loss,
     choose_targets, encode_points, finish_points, init_points, ipguard_loss, loss_and_grad,
