@@ -124,12 +124,12 @@ def _segment(spec, source: Source, block: int, want: int, max_refills: int, devi
             qpos = work.qpos + fresh.sum()
             alive = (new_ids >= 0).sum()
             shrink = (qpos >= work.queue.shape[0]) & (2 * alive <= width) & can_halve
-            refilled = work._replace(points=points, state=state, slot_id=new_ids, qpos=qpos,
-                                     out=out, refills=work.refills + 1)
-            stopped_here = work._replace(out=out)
+            # After a stop the host reads only the outputs and the counters, so the refilled
+            # slots need not be undone.
+            work = work._replace(points=points, state=state, slot_id=new_ids, qpos=qpos,
+                                 out=out, refills=work.refills + 1)
             event = jnp.where(over, _STOP, jnp.where(
-                shrink, _SHRINK, jnp.where(refilled.refills >= max_refills, _CHECKPOINT, 0)))
-            work = jax.tree.map(lambda a, b: jnp.where(over, a, b), stopped_here, refilled)
+                shrink, _SHRINK, jnp.where(work.refills >= max_refills, _CHECKPOINT, 0)))
             return work, event.astype(jnp.int32)
 
         due = (finished.sum() >= threshold) | ~running.any()
