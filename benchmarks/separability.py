@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           axis=0))
         for how, score in selections.items():
             r = rows[f"{name} | {how}"] = {
-                "pool": int(len(x)), "selection": how,
+                "pool": int(len(x)), "pool_name": name, "selection": how,
                 **oracle_row(agree, list(models.pirated), list(models.independent), args.num,
                              score)}
             print(f"{name} | {how}: {r['pool']} candidates, {r['kept']} kept: "
@@ -193,16 +193,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              f"Copies that learnt from the owner's answers: {', '.join(answers)}. Independent "
              f"models: {', '.join(models.independent)}.", "",
              *harness.table(
-                 ["pool | selection", "candidates", "distilled/extracted min", "mean", "independent max",
+                 ["pool", "selection", "candidates", "distilled/extracted min", "mean", "independent max",
                   "closest independent", "independent mean", "all pirated min",
                   "ROC-AUC (all pirated)"],
-                 [[n, r["pool"], f"{r['answer_copies_min']:.2f}",
+                 [[r["pool_name"], r["selection"], r["pool"], f"{r['answer_copies_min']:.2f}",
                    f"{r['answer_copies_mean']:.2f}", f"{r['independent_max']:.2f}",
                    r["closest_independent"], f"{r['independent_mean']:.2f}",
                    f"{r['pirated_min']:.2f}", f"{r['roc_auc']:.3f}"]
                   for n, r in rows.items()]),
              "", "Matching rate per model on the kept points:", "",
-             *harness.table(["model", *rows],
+             *harness.table(["model", *[n.replace(" | ", ", ") for n in rows]],
                             [[m, *[f"{rows[n]['rates'][m]:.2f}" for n in rows]]
                              for m in (*models.pirated, *models.independent)])]
     harness.write_results(out, result, "\n".join(lines))
