@@ -59,16 +59,22 @@ class FingerprintConfig:
             ``lax.while_loop`` inside one compiled call; ``"host"``, compiled blocks of
             ``block_steps`` unrolled steps driven from Python, which is several times faster for
             convolutional models on XLA's CPU backend (convolutions in loop bodies are slow
-            there); ``"auto"`` picks ``"host"`` on CPU and ``"device"`` on GPU/TPU.
-        block_steps: steps per compiled block with ``loop="host"`` (larger blocks mean fewer
-            host round-trips but longer compiles).
+            there); ``"auto"`` (default) picks ``"host"`` when the run is on CPU devices and
+            ``"device"`` on GPU/TPU (decided by :func:`ipguard_jax.generate` from the devices
+            the run uses, and recorded in ``metadata["loop"]``; see ``docs/backends.md``).
+        block_steps: steps per compiled block with ``loop="host"``, and steps between two
+            looks at the working batch with compaction (larger blocks mean fewer host
+            round-trips but longer compiles).
         compact: swap finished points out of the working batch for fresh candidates as it
             runs, so no step waits for a batch's slowest point. Each candidate follows the same
             path as without compaction, and the same candidates are returned (tested); only the
             count of candidates drawn may differ. Once every candidate has started, the batch
             shrinks by halves to the points still running. With ``loop="host"`` the host
-            refills after every block; with ``loop="device"`` (chosen by ``"auto"`` on
-            GPU/TPU) the refills happen inside the compiled loop, with the same results.
+            refills after every block; with ``loop="device"`` the refills happen inside the
+            compiled loop, a few finished slots at a time, with the same results. ``"auto"``
+            (default) turns it on for runs on GPU/TPU and off on CPU (recorded in
+            ``metadata["compact"]``); ``True`` or ``False`` is used as given on every backend.
+            The Carlini-Wagner baseline never compacts.
         precision: ``"float32"`` (default) or ``"bfloat16"``: the classifier's forward and
             backward passes run in bfloat16 (parameters and inputs cast, logits cast back),
             while the loss, the points and the optimiser updates stay float32. Faster on
@@ -77,11 +83,12 @@ class FingerprintConfig:
 
     Raises:
         TypeError: a field of the wrong type (``num``, ``steps``, ``batch_size``,
-            ``block_steps`` and ``max_candidates`` must be ints; ``compact`` a bool;
+            ``block_steps`` and ``max_candidates`` must be ints; ``compact`` a bool or
+            ``"auto"``;
             ``optimizer`` an optax transformation).
         ValueError: a value out of range (counts <= 0, ``k < 0``, ``lr <= 0``, ``tol < 0``,
             non-finite numbers, an unknown ``init``/``target``/``keep``/``loop``/``precision``,
-            ``max_candidates < num``).
+            a ``compact`` string other than ``"auto"``, ``max_candidates < num``).
 
     Example:
         >>> from ipguard_jax import FingerprintConfig
@@ -102,7 +109,7 @@ class FingerprintConfig:
     max_candidates: int | None = None
     loop: Literal["auto", "device", "host"] = "auto"
     block_steps: int = 4
-    compact: bool = False
+    compact: bool | Literal["auto"] = "auto"
     precision: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self):
@@ -115,9 +122,13 @@ class FingerprintConfig:
             value = getattr(self, name)
             if _is_number(value):
                 object.__setattr__(self, name, float(value))
-        if not isinstance(self.compact, (bool, np.bool_)):
-            raise TypeError(f"compact must be a bool, got {self.compact!r}")
-        object.__setattr__(self, "compact", bool(self.compact))
+        if isinstance(self.compact, str):
+            if self.compact != "auto":
+                raise ValueError(f'compact must be True, False or "auto", got {self.compact!r}')
+        elif isinstance(self.compact, (bool, np.bool_)):
+            object.__setattr__(self, "compact", bool(self.compact))
+        else:
+            raise TypeError(f'compact must be True, False or "auto", got {self.compact!r}')
         for name in ("num", "steps", "batch_size", "block_steps"):
             value = getattr(self, name)
             if not _is_int(value):

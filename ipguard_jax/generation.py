@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from ipguard_jax import compile_cache, core, methods
+from ipguard_jax import backends, compile_cache, core, methods
 from ipguard_jax.runners import programs
 from ipguard_jax.runners.checkpoint import Checkpoint
 from ipguard_jax.runners.chunked import run_chunked
@@ -113,23 +113,25 @@ def _key_record(key: jax.Array) -> dict[str, Any]:
             "data": np.asarray(jax.random.key_data(key)).tolist()}
 
 
-def resolve_loop(loop: str) -> str:
-    """``"auto"`` -> ``"host"`` on the CPU backend, ``"device"`` elsewhere.
+def resolve_loop(loop: str, platform: str | None = None) -> str:
+    """``"auto"`` -> ``"host"`` on the CPU platform, ``"device"`` elsewhere.
 
     Args:
         loop: ``"auto"``, ``"host"`` or ``"device"`` (see :class:`~ipguard_jax.FingerprintConfig`).
+        platform: the platform the run goes to; default that of the default device
+            (:func:`ipguard_jax.backends.generation_platform`).
 
     Returns:
         ``"host"`` or ``"device"``; other values are returned as they are.
 
     Example:
         >>> from ipguard_jax.generation import resolve_loop
-        >>> resolve_loop("device")
-        'device'
+        >>> resolve_loop("device"), resolve_loop("auto", "gpu")
+        ('device', 'device')
     """
-    if loop == "auto":
-        return "host" if jax.default_backend() == "cpu" else "device"
-    return loop
+    if platform is None:
+        platform = backends.generation_platform()
+    return backends.resolve_loop(loop, platform)
 
 
 def _check_data(classifier: Classifier, data: Any, config: FingerprintConfig) -> np.ndarray:
@@ -194,11 +196,14 @@ def generate(
     see :mod:`ipguard_jax.compile_cache`), so a later process loads the compiled programs.
 
     Candidates are optimised ``config.batch_size`` at a time with ``vmap``-ed per-point
-    optimiser states, each chunk one compiled ``lax.while_loop`` (or, on CPU, compiled blocks of
-    unrolled steps driven from the host: see ``FingerprintConfig.loop``), so device memory is
-    O(batch_size) and later calls with the same shapes reuse the compiled code. With
-    ``keep="converged"`` further chunks are drawn until ``num`` points converged or the candidate
-    budget is spent; the result says how many converged (and warns if fewer than ``num``).
+    optimiser states, so device memory is O(batch_size) and later calls with the same shapes
+    reuse the compiled code. By default (``loop="auto"``, ``compact="auto"``) the run follows
+    its devices' platform (``docs/backends.md``): on GPU/TPU one compiled ``lax.while_loop``
+    whose finished points are swapped for fresh candidates on the device; on CPU consecutive
+    chunks, each run in compiled blocks of unrolled steps driven from the host. With
+    ``keep="converged"`` further candidates are drawn until ``num`` points converged or the
+    candidate budget is spent; the result says how many converged (and warns if fewer than
+    ``num``).
 
     On several devices the candidate batch is sharded over a device mesh (each device
     optimises its share of the points; the parameters are replicated) and the results are
@@ -235,7 +240,8 @@ def generate(
             checkpoint (another config, method, key, owner or data) is refused, and what is
             restored is checked first. The checkpoint holds the candidate points in
             plaintext: it is deleted when the run succeeds, unless ``keep_checkpoint``.
-        checkpoint_every: chunks (or refills, with ``compact=True``) between checkpoints.
+        checkpoint_every: chunks between checkpoints; with compaction, refills on the host
+            loop, and working batches' worth of finished candidates in the device loop.
         keep_checkpoint: keep the checkpoint directory after a successful run.
         progress: show a progress bar (of converged points with ``keep="converged"``, of
             candidates with ``keep="all"``).
@@ -277,7 +283,9 @@ def generate(
     order_key, point_key = jax.random.split(key)
     budget, data, order = _candidate_budget(classifier, config, data, order_key)
     batch = place.padded(min(config.batch_size, budget))
-    loop = resolve_loop(config.loop)
+    # "auto" settings follow the platform of the devices this run uses (docs/backends.md).
+    platform = backends.generation_platform(place.mesh)
+    loop = backends.resolve_loop(config.loop, platform)
     scalars = _settings(classifier, config, method, place)
     run_key = jax.random.wrap_key_data(place.replicate(jax.random.key_data(point_key)),
                                        impl=jax.random.key_impl(point_key))
@@ -291,7 +299,8 @@ def generate(
                                      input_shape=classifier.input_shape,
                                      dtype=classifier.dtype), ids
 
-    compact = config.compact and not isinstance(method, methods.CW)
+    compact = (backends.resolve_compact(config.compact, platform)
+               and not isinstance(method, methods.CW))
     collector = Collector(config, config.num, progress)
     apply_fn, params = classifier.apply_fn, classifier.params
     if config.precision != "float32":
@@ -336,6 +345,7 @@ def generate(
         "method": method.to_dict(),
         "loop": loop,
         "compact": compact,
+        "backend": platform,
         "devices": place.size,
         "processes": jax.process_count(),
         "key": {**_key_record(key), "source": key_source},

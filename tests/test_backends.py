@@ -1,4 +1,5 @@
-"""Per-backend choices: the CPU convolution rewrite, its detection and its override."""
+"""Per-backend choices: the CPU convolution rewrite, its detection and its override; the
+backend-aware defaults of generate (loop and compaction)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+import ipguard_jax as ipg
 from ipguard_jax import backends
 from ipguard_jax.backends import ENV_VAR, cpu, cpu_conv, cpu_conv_enabled
 from ipguard_jax.evaluation.postprocess import build_model
@@ -233,3 +235,92 @@ def test_small_cnn_same_logits_and_gradients_either_way():
 def test_rewrite_module_is_the_cpu_path():
     assert cpu.SMALL_OUTPUT_PIXELS == 16 and cpu.WGRAD_ROW_BLOCKS == 2
     assert _common.conv_general_dilated is backends.conv_general_dilated
+
+
+# --- generate's defaults ----------------------------------------------------------------------
+
+def test_generation_platform_is_that_of_the_run_devices():
+    cpu0 = jax.devices("cpu")[0]
+    assert backends.generation_platform() == jax.default_backend()
+    assert backends.generation_platform(Mesh(np.array([cpu0]), ("batch",))) == "cpu"
+
+
+@pytest.mark.usefixtures("gpu_default")
+def test_generation_platform_follows_the_default_device_and_the_mesh():
+    assert backends.generation_platform() == "gpu"
+    cpu0 = jax.devices("cpu")[0]
+    with jax.default_device(cpu0):
+        assert backends.generation_platform() == "cpu"
+    assert backends.generation_platform(Mesh(np.array([cpu0]), ("batch",))) == "cpu"
+
+
+@pytest.mark.parametrize("platform, loop, compact", [
+    ("cpu", "host", False), ("gpu", "device", True), ("tpu", "device", True)])
+def test_auto_resolution_per_platform(platform, loop, compact):
+    assert backends.resolve_loop("auto", platform) == loop
+    assert backends.resolve_compact("auto", platform) is compact
+    for explicit in ("host", "device"):
+        assert backends.resolve_loop(explicit, platform) == explicit
+    for explicit in (True, False):
+        assert backends.resolve_compact(explicit, platform) is explicit
+    with pytest.raises(ValueError, match="compact must be"):
+        backends.resolve_compact("yes", platform)
+
+
+@pytest.mark.parametrize("platform", ["gpu", "tpu", "cpu"])
+def test_generate_resolves_auto_from_the_reported_backend(owner, digits, monkeypatch, platform):
+    # The backend query is replaced: on "gpu"/"tpu" the run takes the device loop with the
+    # refills inside it (here on CPU devices), on "cpu" today's host-driven whole chunks.
+    from ipguard_jax import generation
+
+    asked, ran = [], []
+    monkeypatch.setattr(backends, "generation_platform",
+                        lambda mesh=None: asked.append(mesh) or platform)
+    for module, name in ((generation, "run_chunked"), (generation, "run_compacted"),
+                         (generation, "run_device_compacted")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name,
+                            lambda run, real=real, name=name: ran.append(name) or real(run))
+    config = ipg.FingerprintConfig(num=12, k=3.0, steps=40, batch_size=8, keep="all")
+    assert config.loop == "auto" and config.compact == "auto"
+    fp = ipg.generate(owner, config, key=0, data=digits["test"][0], progress=False)
+    accelerator = platform != "cpu"
+    assert asked == [None]  # one device here: no mesh
+    assert ran == (["run_device_compacted"] if accelerator else ["run_chunked"])
+    assert fp.metadata["backend"] == platform
+    assert fp.metadata["loop"] == ("device" if accelerator else "host")
+    assert fp.metadata["compact"] is accelerator
+    assert fp.metadata["config"]["loop"] == "auto" and fp.metadata["config"]["compact"] == "auto"
+    # Values given explicitly are used whatever the backend.
+    ran.clear()
+    explicit = ipg.FingerprintConfig(num=12, k=3.0, steps=40, batch_size=8, keep="all",
+                                     loop="host", compact=True)
+    fp = ipg.generate(owner, explicit, key=0, data=digits["test"][0], progress=False)
+    assert ran == ["run_compacted"]
+    assert fp.metadata["loop"] == "host" and fp.metadata["compact"] is True
+
+
+def test_cpu_default_is_todays_host_loop_without_compaction(owner, digits):
+    if jax.default_backend() != "cpu":
+        pytest.skip("needs the CPU backend")
+    data = digits["test"][0]
+    base = dict(num=16, k=3.0, steps=60, batch_size=8)
+    default = ipg.generate(owner, ipg.FingerprintConfig(**base), key=5, data=data,
+                           progress=False)
+    explicit = ipg.generate(owner, ipg.FingerprintConfig(**base, loop="host", compact=False),
+                            key=5, data=data, progress=False)
+    for name, a in default.arrays().items():
+        np.testing.assert_array_equal(a, explicit.arrays()[name], err_msg=name)
+    assert default.metadata["loop"] == "host" and default.metadata["compact"] is False
+    assert default.metadata["backend"] == "cpu"
+
+
+def test_compact_setting_is_validated():
+    assert ipg.FingerprintConfig().compact == "auto"
+    assert ipg.FingerprintConfig(compact=np.bool_(True)).compact is True
+    with pytest.raises(ValueError, match='compact must be True, False or "auto"'):
+        ipg.FingerprintConfig(compact="on")
+    with pytest.raises(TypeError, match='compact must be True, False or "auto"'):
+        ipg.FingerprintConfig(compact=None)
+    with pytest.raises(TypeError, match='compact must be True, False or "auto"'):
+        ipg.FingerprintConfig(compact=1)

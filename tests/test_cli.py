@@ -131,6 +131,18 @@ def test_fingerprint_overwrite_and_json_summary(files, tmp_path, capsys):
     assert first["sha256"] != second["sha256"] == ipg.load(out).digest()
 
 
+@pytest.mark.parametrize("flag, config_value, resolved", [
+    ([], "auto", False),                 # auto: off on the CPU
+    (["--compact"], True, True),         # the flag alone, as before: on
+    (["--compact", "off"], False, False)])
+def test_fingerprint_compact_choice(files, tmp_path, capsys, flag, config_value, resolved):
+    out = tmp_path / "fp"
+    assert main(["fingerprint", str(files["owner"]), "-o", str(out), "--num", "4", "--k", "0.1",
+                 "--steps", "20", "--init", "noise", "--keep", "all", "--quiet", *flag]) == 0
+    meta = ipg.load(out).metadata
+    assert meta["config"]["compact"] == config_value and meta["compact"] is resolved
+
+
 def test_fingerprint_with_a_baseline_method_and_a_checkpoint(files, tmp_path, capsys):
     out, ckpt = tmp_path / "fp", tmp_path / "ckpt"
     args = ["fingerprint", str(files["owner"]), "-o", str(out), "--num", "8", "--method", "pgd",

@@ -294,20 +294,105 @@ def test_runner_counters_record_the_work_executed(owner, digits):
     assert runs[True].metadata["runner"]["point_steps"] < plain["point_steps"]
 
 
-@pytest.mark.parametrize("keep", ["all", "converged"])
+@pytest.mark.parametrize("keep", [
+    # slow: "converged" keeps the device's refills equal to the host's in the default suite
+    pytest.param("all", marks=pytest.mark.slow), "converged"])
 def test_device_compaction_equals_host_compaction_with_few_round_trips(owner, digits, keep):
-    # The same rules on the device: the same candidates, blocks and point-steps, bit for bit on
-    # the MLP; the host waits only at the end and when the batch shrinks.
+    # The device refills a few stopped slots at a time: the same candidates and the same
+    # results, bit for bit on the MLP, in fewer executed point-steps; the host waits only at
+    # the end and when the batch shrinks. With the host's rule (a quarter of the batch, every
+    # stopped slot at once) the device runs exactly the host's blocks too.
+    from ipguard_jax.runners import device_compacted as dc
+
     base = dict(num=40 if keep == "all" else 24, k=20.0 if keep == "all" else 3.0, steps=100,
                 batch_size=16, keep=keep, block_steps=4, compact=True)
-    runs = {loop: ipg.generate(owner, ipg.FingerprintConfig(**base, loop=loop), key=2,
-                               data=digits["test"][0], progress=False)
-            for loop in ("host", "device")}
-    host, device = runs["host"], runs["device"]
-    for name in ("source", "i", "j", "labels", "converged", "steps", "x", "loss"):
-        np.testing.assert_array_equal(getattr(device, name), getattr(host, name), err_msg=name)
-    assert device.metadata["num_candidates"] == host.metadata["num_candidates"]
+    run = lambda loop: ipg.generate(owner, ipg.FingerprintConfig(**base, loop=loop), key=2,
+                                    data=digits["test"][0], progress=False)
+    host, device = run("host"), run("device")
+    with dc.refill_policy(dc.RefillPolicy(4, whole_batch=True)):
+        device_host_rule = run("device")
+    for other in (device, device_host_rule):
+        for name in ("source", "i", "j", "labels", "converged", "steps", "x", "loss"):
+            np.testing.assert_array_equal(getattr(other, name), getattr(host, name),
+                                          err_msg=name)
+    assert device_host_rule.metadata["num_candidates"] == host.metadata["num_candidates"]
     for counter in ("blocks", "point_steps"):
-        assert device.metadata["runner"][counter] == host.metadata["runner"][counter]
-    syncs = device.metadata["runner"]["syncs"]
-    assert syncs <= 1 + np.log2(16) and syncs < host.metadata["runner"]["syncs"] / 4
+        assert device_host_rule.metadata["runner"][counter] == host.metadata["runner"][counter]
+    if keep == "all":  # with "converged" the refills' timing changes how many are drawn
+        assert device.metadata["runner"]["point_steps"] < host.metadata["runner"]["point_steps"]
+    assert device.metadata["runner"]["refills"] > device_host_rule.metadata["runner"]["refills"]
+    for fp in (device, device_host_rule):
+        syncs = fp.metadata["runner"]["syncs"]
+        assert syncs <= 1 + np.log2(16) and syncs < host.metadata["runner"]["syncs"] / 4
+
+
+@pytest.mark.parametrize("init", [
+    # slow: "noise" keeps the sub-batch refills in the default suite
+    pytest.param("data", marks=pytest.mark.slow), "noise"])
+def test_device_refills_run_on_sub_batches_and_keep_every_result(owner, digits, init,
+                                                                 monkeypatch):
+    # A working batch of 48 refills 3 rows at a time (48 // 16): the finishing and starting
+    # programs inside the loop see 3 rows, never the whole batch; the fingerprints equal whole
+    # chunks' bit for bit (k=10 within 60 steps: fast, slow and failing points).
+    from ipguard_jax.runners import device_compacted as dc, programs
+
+    assert dc.refill_rows(48, 1) == (3, 3)
+    traced = {"finish": set(), "start": set()}
+    for name in traced:
+        real = getattr(programs, name)
+        monkeypatch.setattr(programs, name, lambda *a, real=real, name=name, **kw: (
+            traced[name].add(int(a[3].i.shape[0] if name == "finish" else a[3].shape[0]))
+            or real(*a, **kw)))
+    data = digits["test"][0] if init == "data" else None
+    base = dict(num=150, k=10.0, steps=60, batch_size=48, keep="all", block_steps=4, init=init)
+    device = ipg.generate(owner, ipg.FingerprintConfig(**base, loop="device", compact=True),
+                          key=6, data=data, progress=False)
+    assert 3 in traced["finish"] and 3 in traced["start"]  # traced inside the loop
+    assert max(traced["finish"]) <= 3  # the whole batch is never finished on the device
+    plain = ipg.generate(owner, ipg.FingerprintConfig(**base, loop="host", compact=False),
+                         key=6, data=data, progress=False)
+    assert 0 < plain.converged.sum() < 150
+    for name in ("source", "i", "j", "labels", "converged", "steps", "x", "loss"):
+        np.testing.assert_array_equal(getattr(device, name), getattr(plain, name), err_msg=name)
+    runner = device.metadata["runner"]
+    assert runner["point_steps"] >= int(device.steps.sum())
+    assert runner["refills"] >= 150 // 3
+
+
+# slow: a cost property (192 points twice); the device refills' results stay in the default
+# suite in test_device_refills_run_on_sub_batches_and_keep_every_result and
+# test_device_compaction_equals_host_compaction_with_few_round_trips
+@pytest.mark.slow
+def test_device_refills_raise_the_useful_share(owner, digits):
+    # Sub-batches of a sixteenth of the batch waste fewer point-steps than the host's rule
+    # (refill once a quarter stopped), on the same candidates with the same results.
+    from ipguard_jax.runners import device_compacted as dc
+
+    config = ipg.FingerprintConfig(num=192, k=10.0, steps=100, batch_size=32, keep="all",
+                                   loop="device", compact=True)
+    run = lambda: ipg.generate(owner, config, key=7, data=digits["test"][0], progress=False)
+    with dc.refill_policy(dc.RefillPolicy(4, whole_batch=True)):
+        quarter = run()
+    sixteenth = run()
+    np.testing.assert_array_equal(sixteenth.steps, quarter.steps)
+    np.testing.assert_array_equal(sixteenth.x, quarter.x)
+    useful = int(quarter.steps.sum())
+    share = {name: useful / fp.metadata["runner"]["point_steps"]
+             for name, fp in (("quarter", quarter), ("sixteenth", sixteenth))}
+    assert share["sixteenth"] > share["quarter"], share
+
+
+def test_refill_policy_is_checked_and_restored():
+    from ipguard_jax.runners import device_compacted as dc
+
+    with pytest.raises(ValueError, match="divisor"):
+        dc.RefillPolicy(0)
+    with pytest.raises(TypeError, match="RefillPolicy"):
+        with dc.refill_policy(8):
+            pass
+    with pytest.raises(RuntimeError):
+        with dc.refill_policy(dc.RefillPolicy(2)):
+            assert dc.refill_rows(64, 1) == (32, 32)
+            raise RuntimeError
+    assert dc.refill_rows(64, 1) == (4, 4)  # the default again
+    assert dc.refill_rows(64, 8) == (16, 16) and dc.refill_rows(8, 8) == (8, 8)

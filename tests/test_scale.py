@@ -54,10 +54,15 @@ SHARDED_CONFIGS = [
 ]
 
 
-def test_sharded_generation_and_verification_on_8_devices_equal_one_device(tmp_path):
-    results = _run({"devices": 8, "compare": True, "configs": SHARDED_CONFIGS,
+@pytest.mark.parametrize("configs", [
+    SHARDED_CONFIGS[:1],
+    # slow: refills, compaction and the device loop, sharded; the first case keeps sharded
+    # generation and verification in the default suite
+    pytest.param(SHARDED_CONFIGS[1:], marks=pytest.mark.slow)], ids=["padded", "refills"])
+def test_sharded_generation_and_verification_on_8_devices_equal_one_device(tmp_path, configs):
+    results = _run({"devices": 8, "compare": True, "configs": configs,
                     "out": str(tmp_path / "mlp.npz")})
-    for index, config in enumerate(SHARDED_CONFIGS):
+    for index, config in enumerate(configs):
         assert results[f"{index}_sharded_devices"] == 8
         assert results[f"{index}_single_devices"] == 1
         assert len(results[f"{index}_sharded_x"]) == config["num"]
@@ -111,9 +116,11 @@ def _wait_for_checkpoint(directory: Path, proc: subprocess.Popen, step: int) -> 
     return False
 
 
-@pytest.mark.parametrize("compact, loop", [
-    (False, "host"), pytest.param(True, "host", marks=pytest.mark.slow),
-    pytest.param(True, "device", marks=pytest.mark.slow)])
+# slow: kills a run in a subprocess and resumes it (three processes); generate's checkpoints
+# stay in the default suite in test_a_checkpoint_of_another_run_is_refused (written, a
+# finished run resumed, another run refused) and tests/test_cli_secrecy.py (removed, kept)
+@pytest.mark.slow
+@pytest.mark.parametrize("compact, loop", [(False, "host"), (True, "host"), (True, "device")])
 def test_a_run_killed_part_way_resumes_to_the_same_fingerprints(tmp_path, compact, loop):
     # k=30 on the digits MLP: most points run their whole budget, so chunks take a while.
     config = dict(num=48, batch_size=8, keep="all", k=30.0, steps=600, compact=compact,

@@ -1,7 +1,9 @@
-"""What the library does differently on each XLA backend, and the convolution that chooses.
+"""What the library does differently on each XLA backend: the defaults of ``generate`` and the
+convolution.
 
 The same programs run on every backend; a few forms are rewritten or scheduled differently
-where one backend was measured to run them much slower. All of it:
+where one backend was measured to run them much slower. ``docs/backends.md`` has the whole
+choice in one table, with the measurements behind each row; in short:
 
 +---------------------------+-----------------------------+------------------+------------------+
 |                           | CPU                         | GPU              | TPU              |
@@ -19,9 +21,9 @@ where one backend was measured to run them much slower. All of it:
 | (``FingerprintConfig``)   | steps driven from Python    | in one compiled  |                  |
 |                           |                             | call             |                  |
 +---------------------------+-----------------------------+------------------+------------------+
-| Compaction                | driven from the host after  | inside the       | inside the       |
-| (``compact=True``         | every block (the host loop) | compiled loop    | compiled loop    |
-| and ``loop="auto"``)      |                             | (device queue)   | (as GPU)         |
+| Compaction with           | off: whole chunks           | on, inside the   | on, inside the   |
+| ``compact="auto"``        |                             | compiled loop    | compiled loop    |
+|                           |                             | (device queue)   | (as GPU)         |
 +---------------------------+-----------------------------+------------------+------------------+
 
 Notes on the table:
@@ -33,20 +35,21 @@ Notes on the table:
   ResNet-20 training gradient 1.5-1.7x slower (``benchmarks/results/conv_grad.md``). Nothing
   was measured on GPU or TPU, so there the zoo keeps XLA's convolution. How the backend is
   told apart, and how to override it, is below.
-* The loop: ``loop="host"`` or ``"device"`` given explicitly is used on every backend; only
-  ``"auto"`` depends on the backend, decided by
-  :func:`ipguard_jax.generation.resolve_loop` from ``jax.default_backend()`` alone (XLA:CPU
-  runs convolutions inside a loop body several times slower than outside one). It does not
-  look at ``jax.default_device`` or meshes as the convolution does (below), so the two can
-  disagree where those name another platform than the default backend.
-* Compaction follows the loop: with ``loop="host"`` the host looks at the batch after every
+* The loop and compaction: only ``"auto"`` depends on the backend; ``loop="host"`` or
+  ``"device"`` and ``compact=True`` or ``False`` given explicitly are used on every backend.
+  :func:`ipguard_jax.generate` resolves ``"auto"`` with :func:`resolve_loop` and
+  :func:`resolve_compact` for the platform of the devices the run uses
+  (:func:`generation_platform`: the mesh's devices, else the default device) and records the
+  resolved values in ``metadata["loop"]``, ``metadata["compact"]`` and
+  ``metadata["backend"]``. With ``loop="host"`` compaction is driven by the host after every
   block; with ``loop="device"`` the refills happen inside the compiled loop
   (:mod:`ipguard_jax.runners.device_compacted`), which returns to the host only at the end,
   for a checkpoint, or to shrink the batch. Both start the same candidates and give the same
   fingerprints (bit for bit on the MLP, tested on 1 and 8 devices). Not with the
-  Carlini-Wagner baseline.
+  Carlini-Wagner baseline, which never compacts.
 * Not in the table: :func:`ipguard_jax.train.malloc_hint` suggests preloading tcmalloc on
-  the CPU backend only.
+  the CPU backend only; JAX's persistent compilation cache
+  (:mod:`ipguard_jax.compile_cache`) is on by default on every backend.
 
 Which backend a convolution is for
 ----------------------------------
@@ -64,14 +67,15 @@ compiled program, so each backend compiles only its own form): the CPU rewrite i
 4. ``jax.default_backend()``.
 
 The first three are part of ``jax.jit``'s cache key and the fourth is fixed for the process,
-so a compiled function is not reused for another answer. Limits: a computation can run somewhere none of these names. Arrays committed
-to one device of another platform without a mesh (``jax.device_put(x, gpu_device)`` while
-the default is the CPU, or the reverse), ``jax.jit(..., device=/backend=)``, or one program
-lowered for several platforms (``jax.export`` with ``platforms=``, or
-``.lower(lowering_platforms=...)``) get the choice of the tracing context. A wrong choice
-costs speed, not correctness: both forms compute the same convolution up to float rounding.
-``jax.lax.platform_dependent``, which chooses when lowering, would be exact but puts both
-forms (and both sets of autodiff residuals) into every traced program; it was not used.
+so a compiled function is not reused for another answer. Limits: a computation can run
+somewhere none of these names. Arrays committed to one device of another platform without a
+mesh (``jax.device_put(x, gpu_device)`` while the default is the CPU, or the reverse),
+``jax.jit(..., device=/backend=)``, or one program lowered for several platforms
+(``jax.export`` with ``platforms=``, or ``.lower(lowering_platforms=...)``) get the choice of
+the tracing context. A wrong choice costs speed, not correctness: both forms compute the same
+convolution up to float rounding. ``jax.lax.platform_dependent``, which chooses when lowering,
+would be exact but puts both forms (and both sets of autodiff residuals) into every traced
+program; it was not used.
 
 Overriding
 ----------
@@ -114,7 +118,7 @@ import jax
 from ipguard_jax.backends import cpu
 
 __all__ = ["ENV_VAR", "conv_general_dilated", "cpu", "cpu_conv", "cpu_conv_enabled",
-           "trace_platform"]
+           "generation_platform", "resolve_compact", "resolve_loop", "trace_platform"]
 
 #: The environment variable that forces the CPU convolution rewrite on (``"1"``) or off
 #: (``"0"``); ``"auto"`` or unset detects the backend.
@@ -241,3 +245,79 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     return impl(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                 rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                 feature_group_count=feature_group_count, precision=precision, **kwargs)
+
+
+# --- generate's defaults ------------------------------------------------------------------------
+
+
+def generation_platform(mesh: Any = None) -> str:
+    """The platform (``"cpu"``, ``"gpu"``, ``"tpu"``...) a generation run's arrays live on.
+
+    What :func:`ipguard_jax.generate` resolves its ``"auto"`` settings for: the platform of the
+    mesh's devices when the run is sharded over a mesh, else that of the default device
+    (:func:`trace_platform` without operands: the context's mesh, ``jax.default_device``,
+    ``jax.default_backend()``).
+
+    Args:
+        mesh: the run's ``jax.sharding.Mesh``, or ``None`` (the default device).
+
+    Returns:
+        The platform name.
+
+    Example:
+        >>> import jax
+        >>> from jax.sharding import Mesh
+        >>> generation_platform(Mesh(jax.devices("cpu")[:1], ("batch",)))
+        'cpu'
+    """
+    if mesh is not None:
+        devices = getattr(mesh, "devices", None)
+        if devices is not None and getattr(devices, "size", 0):
+            return str(devices.flat[0].platform)
+    return trace_platform()
+
+
+def resolve_loop(loop: str, platform: str) -> str:
+    """``loop="auto"`` -> ``"host"`` on ``"cpu"``, ``"device"`` on any other platform.
+
+    Args:
+        loop: ``"auto"``, ``"host"`` or ``"device"`` (see ``FingerprintConfig.loop``).
+        platform: where the run goes (:func:`generation_platform`).
+
+    Returns:
+        ``"host"`` or ``"device"``; an explicit value as it is.
+
+    Example:
+        >>> resolve_loop("auto", "cpu"), resolve_loop("auto", "gpu"), resolve_loop("host", "tpu")
+        ('host', 'device', 'host')
+    """
+    if loop == "auto":
+        return "host" if platform == "cpu" else "device"
+    return loop
+
+
+def resolve_compact(compact: bool | str, platform: str) -> bool:
+    """``compact="auto"`` -> off on ``"cpu"``, on elsewhere (inside the compiled loop, where
+    ``loop="auto"`` puts the steps there).
+
+    Args:
+        compact: ``True``, ``False`` or ``"auto"`` (see ``FingerprintConfig.compact``).
+        platform: where the run goes (:func:`generation_platform`).
+
+    Returns:
+        Whether to compact; an explicit bool as it is.
+
+    Raises:
+        ValueError: any other value.
+
+    Example:
+        >>> resolve_compact("auto", "cpu"), resolve_compact("auto", "tpu")
+        (False, True)
+        >>> resolve_compact(True, "cpu")
+        True
+    """
+    if isinstance(compact, bool):
+        return compact
+    if compact == "auto":
+        return platform != "cpu"
+    raise ValueError(f'compact must be True, False or "auto", got {compact!r}')

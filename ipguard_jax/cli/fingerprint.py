@@ -87,8 +87,11 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
                           "(default %(default)s)")
     gen.add_argument("--max-candidates", type=positive_int, default=None,
                      help="candidate budget for --keep converged (default 4 x --num)")
-    gen.add_argument("--compact", action="store_true",
-                     help="swap finished points out of the working batch (CPU loop)")
+    gen.add_argument("--compact", choices=["auto", "on", "off"], default="auto", nargs="?",
+                     const="on", metavar="{auto,on,off}",
+                     help="swap finished points out of the working batch for fresh "
+                          "candidates: auto (default) is on for GPU/TPU and off on CPU "
+                          "(docs/backends.md); --compact alone means on")
     gen.add_argument("--seed", type=seed_int, default=None,
                      help="PRNG seed in [0, 2**64) (default: 64 bits drawn from the OS, so "
                           "nobody, not even a thief holding the weights, can regenerate the "
@@ -121,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     config = ipg.FingerprintConfig(
         num=args.num, k=args.k, steps=args.steps, lr=args.lr, tol=args.tol, init=args.init,
         target=args.target, batch_size=args.batch_size, keep=args.keep,
-        max_candidates=args.max_candidates, compact=args.compact)
+        max_candidates=args.max_candidates, compact={"auto": "auto", "on": True, "off": False}[args.compact])
     if args.init == "noise" and (args.data is not None or args.split is not None):
         raise UsageError("--data and --split are for --init data; noise starts need no data")
     if args.keep_checkpoint and args.checkpoint is None:

@@ -9,7 +9,9 @@ module                        what it holds
 ``chunked``                   consecutive chunks; each runs until all its points stop (the
                               device loop, or host-driven blocks on CPU); CW's search over ``c``
 ``compacted``                 one working batch whose finished points are swapped for fresh
-                              candidates every few steps (host-driven today)
+                              candidates every few steps, driven from the host
+``device_compacted``          the same inside one compiled loop, refilling a few finished slots
+                              at a time (the GPU/TPU default)
 ``collector``                 finished candidates and the rule that stops the run
 ``checkpoint``                resuming a killed run from an orbax directory, checked on load
 ``run``                       what one run's runners share (:class:`~ipguard_jax.runners.run.Run`)

@@ -16,7 +16,8 @@ __all__ = ["Checkpoint"]
 class Checkpoint:
     """The progress of one ``generate`` run in an orbax directory, so a killed run resumes.
 
-    Every ``every`` chunks (or refills, with compaction) the finished candidates' results and
+    Every ``every`` chunks (with compaction: refills on the host loop, working batches' worth
+    of finished candidates in the device loop) the finished candidates' results and
     the position in the candidate sequence are written with orbax (to a temporary directory,
     renamed when complete; the previous checkpoint stays until then). Each candidate's path
     depends only on its index and the key, so a resumed run skips what is saved, restarts the

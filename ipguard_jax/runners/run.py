@@ -43,8 +43,10 @@ class Run:
             device-side compaction gathers start points from them).
         stats: counters of the host's work, recorded in ``metadata["runner"]``: ``programs``
             (compiled calls launched), ``syncs`` (times the host waited for device results),
-            and on the host loop ``blocks`` (step blocks run) and ``point_steps`` (steps times
-            rows of those blocks, done rows and padding included: the work executed).
+            and on the host loop and with compaction ``blocks`` (step blocks run) and
+            ``point_steps`` (steps times rows of those blocks, done rows and padding included:
+            the work executed); with compaction inside the device loop also ``refills``
+            (sub-batch refills run on the device).
     """
     spec: Spec
     params: Any
