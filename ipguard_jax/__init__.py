@@ -53,9 +53,9 @@ from ipguard_jax.io import seal as seal
 from ipguard_jax.io import unseal as unseal
 from ipguard_jax.sequential import SequentialVerdict as SequentialVerdict
 from ipguard_jax.sequential import verify_sequential as verify_sequential
-from ipguard_jax.suspects import HTTPSuspect as HTTPSuspect
-from ipguard_jax.suspects import QueryBudgetExceeded as QueryBudgetExceeded
-from ipguard_jax.suspects import SuspectQueryError as SuspectQueryError
+from ipguard_jax.adapters.http import HTTPSuspect as HTTPSuspect
+from ipguard_jax.adapters.http import QueryBudgetExceeded as QueryBudgetExceeded
+from ipguard_jax.adapters.http import SuspectQueryError as SuspectQueryError
 from ipguard_jax.verification import Verdict as Verdict
 from ipguard_jax.verification import matching_rate as matching_rate
 from ipguard_jax.verification import query_labels as query_labels

@@ -57,7 +57,7 @@ import numpy as np
 
 from ipguard_jax.classifier import Classifier
 from ipguard_jax.fingerprints import Fingerprints, content_digest
-from ipguard_jax.suspects import redact_url
+from ipguard_jax.adapters.http import redact_url
 from ipguard_jax.verification import (RemoteSuspect, check_fingerprints, check_fpr, is_real,
                                       query_labels)
 

@@ -476,7 +476,7 @@ class Classifier:
         The model's ``stateless_call`` with ``training=False`` becomes ``apply_fn``; its
         variable values are the ``params``. A model ending in a softmax triggers a warning
         unless ``strip_softmax=True`` (IPGuard's margin is in logit units). Details in
-        :func:`ipguard_jax._keras.classifier_from_keras`.
+        :func:`ipguard_jax.adapters.keras.classifier_from_keras`.
 
         Args:
             model: a built ``keras.Model`` mapping ``(N, *input_shape)`` to ``(N, C)``.
@@ -501,6 +501,6 @@ class Classifier:
             >>> Classifier.from_keras(keras.Sequential(layers)).num_classes  # doctest: +SKIP
             3
         """
-        from ipguard_jax._keras import classifier_from_keras
+        from ipguard_jax.adapters.keras import classifier_from_keras
 
         return classifier_from_keras(model, input_shape, bounds, **options)

@@ -353,7 +353,7 @@ def query_labels(fingerprints: Fingerprints, suspect: Suspect, batch_size: int =
         TypeError: a wrong type for an argument.
         ValueError: no fingerprints, mismatched shapes or classes, too few decoys, a
             suspect answer of the wrong shape, or an :class:`~ipguard_jax.HTTPSuspect`
-            resume file of another run (:class:`~ipguard_jax.suspects.ResumeFileError`).
+            resume file of another run (:class:`~ipguard_jax.adapters.http.ResumeFileError`).
 
     Example:
         A hand-made set of three points and a label-only suspect:

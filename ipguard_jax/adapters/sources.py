@@ -38,7 +38,7 @@ from ipguard_jax import data
 from ipguard_jax.classifier import Classifier
 from ipguard_jax.models import bundle
 from ipguard_jax.storage.sealed import is_sealed_file
-from ipguard_jax.suspects import HTTPSuspect, redact_url
+from ipguard_jax.adapters.http import HTTPSuspect, redact_url
 
 __all__ = ["URL_PREFIXES", "SourceError", "load_data", "load_model", "model_kind"]
 
@@ -120,7 +120,7 @@ def _load_torch(path: Path, *, input_shape: tuple[int, ...], arch: str | None,
     except ImportError:
         raise SourceError("reading PyTorch files needs torch: pip install 'ipguard-jax[torch]'"
                           ) from None
-    from ipguard_jax.convert import SUPPORTED_ARCHS, from_torch  # for torch files only
+    from ipguard_jax.adapters.torch import SUPPORTED_ARCHS, from_torch  # for torch files only
 
     if arch is not None and arch not in SUPPORTED_ARCHS:
         raise SourceError(f"--arch {arch!r} is not a supported PyTorch architecture; "

@@ -14,9 +14,9 @@ Example:
     10
 """
 
-from ipguard_jax.convert.torch import SUPPORTED_ARCHS as SUPPORTED_ARCHS
-from ipguard_jax.convert.torch import TorchSuspect as TorchSuspect
-from ipguard_jax.convert.torch import from_torch as from_torch
-from ipguard_jax.convert.torch import nnx_from_torch as nnx_from_torch
+from ipguard_jax.adapters.torch import SUPPORTED_ARCHS as SUPPORTED_ARCHS
+from ipguard_jax.adapters.torch import TorchSuspect as TorchSuspect
+from ipguard_jax.adapters.torch import from_torch as from_torch
+from ipguard_jax.adapters.torch import nnx_from_torch as nnx_from_torch
 
 __all__ = ["SUPPORTED_ARCHS", "TorchSuspect", "from_torch", "nnx_from_torch"]
