@@ -2,8 +2,9 @@
 
 A script builds a result dict that starts with the command that produced it, times its
 workloads with :func:`measure` (one function) or :func:`alternate` (several, in alternating
-rounds), records :func:`environment`, and writes ``<name>.json`` (and ``<name>.md``) with
-:func:`write_results`; :func:`table` formats Markdown tables.
+rounds), records :func:`environment` (and, on a shared machine, :func:`other_load`), and
+writes ``<name>.json`` (and ``<name>.md``) with :func:`write_results`; :func:`table` formats
+Markdown tables.
 
 Timing conventions, the same in every script: every timed call is followed by
 ``jax.block_until_ready`` on its result; the first call of a function (tracing, compiling, the
@@ -105,6 +106,54 @@ def load_average() -> float:
         True
     """
     return round(os.getloadavg()[0], 2)
+
+
+def _system_busy_s() -> float | None:
+    """CPU seconds all processes have spent busy since boot (Linux ``/proc/stat``), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 5:
+        return None
+    idle = fields[3] + fields[4]  # idle and iowait
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds this process has used (user and system)."""
+    times = os.times()
+    return times.user + times.system
+
+
+def other_load(min_wall_s: float = 1.0) -> Callable[[], float | None]:
+    """Starts measuring how many cores other processes keep busy (a shared machine).
+
+    Reads the machine's busy time (Linux ``/proc/stat``) less this process's own CPU time,
+    now and when the returned function is called.
+
+    Args:
+        min_wall_s: shorter measurements read as ``None`` (too coarse to tell).
+
+    Returns:
+        A function giving the cores other processes kept busy on average since the start,
+        rounded to 2 digits, or ``None`` off Linux or before ``min_wall_s``.
+
+    Example:
+        >>> read = other_load()
+        >>> read() is None  # less than a second: too short to tell
+        True
+    """
+    wall0, busy0, own0 = time.perf_counter(), _system_busy_s(), _own_cpu_s()
+
+    def read() -> float | None:
+        wall, busy1 = time.perf_counter() - wall0, _system_busy_s()
+        if busy0 is None or busy1 is None or wall < min_wall_s:
+            return None
+        return round(max(0.0, (busy1 - busy0) - (_own_cpu_s() - own0)) / wall, 2)
+
+    return read
 
 
 def environment(*, rename: Mapping[str, str] | None = None, omit: Iterable[str] = (),

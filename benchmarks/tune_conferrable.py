@@ -81,13 +81,10 @@ VARIANTS = {  # name -> (Conferrable keyword arguments, use the extra members)
 
 
 def main(argv=None) -> dict:
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import aruc_cifar10 as aruc
-
     import ipguard_jax as ipg
     from ipguard_jax import evaluation as ev
     from ipguard_jax.conferrable import Conferrable
-    from ipguard_jax.evaluation import benchmark as bm
+    from ipguard_jax.evaluation import protocol
     from ipguard_jax.evaluation import factories
     from ipguard_jax.evaluation import postprocess as pp
 
@@ -100,19 +97,19 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     t_start = time.perf_counter()
 
-    setting = aruc.make_setting(aruc.parse_args(["--quick"]))
-    owner_ds, pirate_ds, indep_ds, test_ds = bm.load_data(setting, 0)
-    cache = bm._model_cache(args.cache_dir, None, False)
+    setting = protocol.make_setting(quick=True)  # the ARUC benchmark's --quick
+    owner_ds, pirate_ds, indep_ds, test_ds = protocol.load_data(setting, 0)
+    cache = protocol.model_cache(args.cache_dir, None, False)
     n_classes = owner_ds.num_classes
     data = {"independent": indep_ds, "owner split": owner_ds}
 
     def trained(arch, kwargs, ds, name, seed):
         return factories.train_model(arch, kwargs, ds.x, ds.y, num_classes=n_classes,
-                                     config=bm._train_config(setting, seed, len(ds)),
+                                     config=protocol.train_config(setting, seed, len(ds)),
                                      data_name=name, cache=cache)[0]
 
     owner = trained(setting.owner, setting.owner_kwargs, owner_ds, "owner split", 0)
-    pirate_config = bm._pirate_config(setting, 0)
+    pirate_config = protocol.pirate_config(setting, 0)
     dev_pirates = {}
     for name, kind, params, seed in DEV_PIRATES:
         dev_pirates.update(factories.make_surrogates(
@@ -121,18 +118,18 @@ def main(argv=None) -> dict:
     dev_indep = {name: trained(arch, kw, data[split], split, seed)
                  for name, arch, kw, split, seed in DEV_INDEPENDENTS}
     surrogates = factories.make_surrogates(
-        owner, owner_ds.x, owner_ds.y, bm.surrogate_specs(setting),
+        owner, owner_ds.x, owner_ds.y, protocol.surrogate_specs(setting),
         config=dataclasses.replace(pirate_config, seed=100), cache=cache)
     references = factories.make_references(
         owner_ds.x, owner_ds.y, setting.references, num_classes=n_classes,
-        config=bm._train_config(setting, 0, len(owner_ds)), data_name="owner split",
+        config=protocol.train_config(setting, 0, len(owner_ds)), data_name="owner split",
         cache=cache)
     extra_s = factories.make_surrogates(
         owner, owner_ds.x, owner_ds.y, EXTRA_SURROGATES,
         config=dataclasses.replace(pirate_config, seed=150), cache=cache)
     extra_r = factories.make_references(
         owner_ds.x, owner_ds.y, EXTRA_REFERENCES, num_classes=n_classes,
-        config=bm._train_config(setting, 0, len(owner_ds)), data_name="owner split",
+        config=protocol.train_config(setting, 0, len(owner_ds)), data_name="owner split",
         cache=cache)
 
     def clf(m):

@@ -42,7 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from ipguard_jax.evaluation import benchmark
+from ipguard_jax.cli.evaluate import add_arguments, setting_from_args
+from ipguard_jax.evaluation import factories, protocol
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CIFAR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -184,7 +185,7 @@ def analyse(fingerprints, pirated: dict[str, np.ndarray], independent: dict[str,
 def load_models(setting, *, seed: int, cache_dir=None, zoo=None, from_zoo: bool = False):
     """The owner, pirated and independent classifiers of the ARUC benchmark's run.
 
-    The same recipes as :func:`ipguard_jax.evaluation.benchmark.run`, so the models come
+    The same recipes as :func:`ipguard_jax.evaluation.pipeline.run`, so the models come
     from its cache (or zoo); what is missing is trained (unless ``from_zoo``).
 
     Returns:
@@ -194,26 +195,26 @@ def load_models(setting, *, seed: int, cache_dir=None, zoo=None, from_zoo: bool 
     from ipguard_jax import evaluation as ev
     from ipguard_jax.evaluation import postprocess as pp
 
-    owner_ds, pirate_ds, indep_ds, test_ds = benchmark.load_data(setting, seed)
+    owner_ds, pirate_ds, indep_ds, test_ds = protocol.load_data(setting, seed)
     num_classes = owner_ds.num_classes
     input_shape = tuple(owner_ds.x.shape[1:])
-    cache = benchmark._model_cache(cache_dir, zoo, from_zoo)
+    cache = protocol.model_cache(cache_dir, zoo, from_zoo)
 
     def trained(arch, kwargs, ds, data_name, model_seed):
-        config = benchmark._train_config(setting, model_seed, len(ds))
-        recipe = benchmark._trained_recipe(arch, kwargs, num_classes, ds, data_name,
-                                           model_seed, config)
-        return benchmark.train_cached(
+        config = protocol.train_config(setting, model_seed, len(ds))
+        recipe = protocol.trained_recipe(arch, kwargs, num_classes, ds, data_name,
+                                         model_seed, config)
+        return protocol.train_cached(
             cache, recipe, lambda: pp.build_model(arch, num_classes, model_seed, **kwargs), ds,
             config)
 
     owner = trained(setting.owner, setting.owner_kwargs, owner_ds, "owner split", seed)
     owner_hash = ev.model_hash(owner)
-    pirate_config = benchmark._pirate_config(setting, seed)
+    pirate_config = protocol.pirate_config(setting, seed)
     data_hash = ev.array_digest(pirate_ds.x, pirate_ds.y)
     pirated = {}
-    for name, kind, params in benchmark.pirate_specs(setting):
-        recipe = benchmark._pirate_recipe(owner_hash, kind, params, data_hash, pirate_config)
+    for name, kind, params in protocol.pirate_specs(setting):
+        recipe = protocol.pirate_recipe(owner_hash, kind, params, data_hash, pirate_config)
         if kind == "distill" and "student" in params:
             def like(a=params["student"], kw=params["student_kwargs"]):
                 return pp.build_model(a, num_classes, 0, **kw)
@@ -225,10 +226,10 @@ def load_models(setting, *, seed: int, cache_dir=None, zoo=None, from_zoo: bool 
             config = dataclasses.replace(pirate_config, checkpoint_dir=partial)
             return pp.make_pirate(k, owner, pirate_ds.x, pirate_ds.y, config, **p)
 
-        pirated[name] = benchmark._cached_resumable(cache, recipe, make, like)
+        pirated[name] = factories.cached_resumable(cache, recipe, make, like)
     independent = {name: trained(arch, kwargs, ds, data_name, model_seed)
                    for name, arch, kwargs, ds, data_name, model_seed
-                   in benchmark.independent_specs(setting, owner_ds, indep_ds, seed)}
+                   in protocol.independent_specs(setting, owner_ds, indep_ds, seed)}
 
     def clf(model):
         return ipg.Classifier.from_nnx(model, input_shape=input_shape)
@@ -325,7 +326,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    benchmark.add_arguments(parser)
+    add_arguments(parser)
     parser.add_argument("--fpr", type=float, default=0.01)
     parser.add_argument("--fnr", type=float, default=0.05)
     parser.add_argument("--pirate-rate", type=float, default=0.8)
@@ -335,7 +336,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="fingerprints per sequential batch")
     parser.add_argument("--out", default=None, help="output path prefix (no extension)")
     args = parser.parse_args(argv)
-    setting = benchmark.make_setting(args, DEFAULT_CIFAR)
+    setting = setting_from_args(args, DEFAULT_CIFAR)
     zoo = args.zoo or (ZOO if args.from_zoo and not args.quick else None)
     out = Path(args.out) if args.out else RESULTS / (
         "verdicts_digits_quick" if args.quick else "verdicts_cifar10")

@@ -83,6 +83,9 @@ def test_train_script_rejects_bad_restart_options(bad, message, image_folder, be
     assert message in capsys.readouterr().err
 
 
+# slow: runs a benchmark end to end; its options stay in the default suite in
+# test_every_script_parses_its_options
+@pytest.mark.slow
 def test_step_batch_reports_every_batch_size(tmp_path, benchmark_script, capsys):
     module = benchmark_script("step_batch")
     result = module.main(["--models", "cnn", "--batches", "2", "3", "--reps", "2",
@@ -104,6 +107,10 @@ def test_step_batch_reports_every_batch_size(tmp_path, benchmark_script, capsys)
     assert not (tmp_path / "x.json").exists()
 
 
+# slow: runs a benchmark end to end; its options stay in the default suite in
+# test_every_script_parses_its_options, the convolution rewrites' gradients in
+# tests/test_models.py (test_convolution_rewrites_equal_lax and the kernel-gradient tests)
+@pytest.mark.slow
 def test_conv_grad_variants_give_the_same_gradient(tmp_path, benchmark_script, capsys):
     module = benchmark_script("conv_grad")
     from ipguard_jax.backends import cpu
@@ -156,8 +163,10 @@ def test_allocator_script_times_each_workload_in_its_own_process(tmp_path, bench
     assert not (tmp_path / "x.json").exists()
 
 
-PORTED = ("allocator", "conv_grad", "generate", "precision", "scale", "step_batch",
-          "train_cifar10", "vs_pytorch")
+PORTED = ("allocator", "aruc_cifar10", "conv_grad", "generate", "precision", "scale",
+          "step_batch", "train_cifar10", "vs_pytorch")
+#: Scripts on the ARUC benchmark's models that keep their own result files.
+ARUC_TOOLS = ("verdicts", "tune_conferrable")
 
 
 @pytest.mark.parametrize("name", PORTED)
@@ -208,6 +217,6 @@ def _private_uses(name: str) -> set[tuple[str, str]]:
 
 
 def test_scripts_reach_no_new_private_library_names():
-    found = set().union(*(_private_uses(name) for name in PORTED))
+    found = set().union(*(_private_uses(name) for name in PORTED + ARUC_TOOLS))
     assert found <= PRIVATE_USES, f"new private uses: {sorted(found - PRIVATE_USES)}"
     assert ("conv_grad", "ipguard_jax.models._common") in found  # the scan works

@@ -301,6 +301,9 @@ def _train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, lr: floa
     return model.eval()
 
 
+# slow: trains three PyTorch models; from_torch and TorchSuspect stay in the default suite in
+# the torchvision conversion tests and the TorchSuspect tests above
+@pytest.mark.slow
 def test_end_to_end_fingerprint_torch_models(digits):
     start = time.perf_counter()
     (x_own, y_own), (x_other, y_other) = digits["owner"], digits["other"]

@@ -4,7 +4,7 @@ Examples that need data sets, training, the network or files outside a temporary
 are marked ``# doctest: +SKIP`` in the docstrings. Left out here because their examples are
 slow (eager initialisation of convolutional networks, or importing torch and converting a
 ResNet-18, 5 to 30 s each): ``ipguard_jax.models.{cnn,cifar_resnet,resnet,vgg,mobilenet_v2,
-wide_resnet}`` and ``ipguard_jax.convert``, ``ipguard_jax.convert.torch``.
+wide_resnet}`` and ``ipguard_jax.convert``, ``ipguard_jax.adapters.torch``.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ MODULES = [
     "ipguard_jax.storage.fingerprint_files",
     "ipguard_jax.storage.manifest",
     "ipguard_jax.storage.sealed",
-    "ipguard_jax.suspects",
+    "ipguard_jax.adapters.http",
+    "ipguard_jax.runners.device_compacted",
     "ipguard_jax.train",
     "ipguard_jax.data",
     "ipguard_jax.data._dataset",
@@ -61,10 +62,14 @@ MODULES = [
     "ipguard_jax.evaluation.postprocess",
     "ipguard_jax.evaluation.report",
     "ipguard_jax.evaluation.zoo",
-    "ipguard_jax.evaluation.benchmark",
+    "ipguard_jax.evaluation.protocol",
+    "ipguard_jax.evaluation.modelset",
+    "ipguard_jax.evaluation.scoring",
+    "ipguard_jax.evaluation.pipeline",
     "ipguard_jax.evaluation.factories",
     "ipguard_jax.cli",
     "ipguard_jax.cli._common",
+    "ipguard_jax.cli.evaluate",
     "ipguard_jax.adapters",
     "ipguard_jax.adapters.sources",
     "ipguard_jax.demo",

@@ -183,6 +183,10 @@ class Crash(Exception):
     pass
 
 
+# slow: a CNN trained twice more; fit's resumption (stopped, resumed, the same parameters)
+# stays in the default suite in tests/test_evaluation.py::
+# test_a_benchmark_model_stopped_part_way_resumes_to_the_same_parameters[mlp-kwargs0]
+@pytest.mark.slow
 def test_resume_after_crash_matches_uninterrupted_run(uninterrupted, digits_split, tmp_path):
     x, y, _, _ = digits_split
     x, y = x[:384], y[:384]
@@ -345,6 +349,9 @@ def test_malloc_in_use_reads_the_memory_map(libraries, expected, tmp_path):
     assert malloc_in_use(tmp_path / "missing") == "unknown"
 
 
+# slow: starts Python with tcmalloc preloaded; malloc_in_use stays in the default suite in
+# test_malloc_in_use_reads_the_memory_map
+@pytest.mark.slow
 def test_malloc_in_use_sees_a_preloaded_tcmalloc():
     import ctypes.util
     import subprocess

@@ -3,11 +3,16 @@
 - :mod:`~ipguard_jax.evaluation.postprocess`: pirated copies of an NNX owner (FTLL, FTAL, RTLL,
   RTAL, pruning with and without fine-tuning, distillation, int8 quantisation).
 - :mod:`~ipguard_jax.evaluation.zoo`: trained models cached on disk by recipe hash (orbax).
+- :mod:`~ipguard_jax.evaluation.factories`: the defender's surrogates and references for
+  conferrable fingerprints.
 - :mod:`~ipguard_jax.evaluation.report`: matching rates -> robustness, uniqueness, ARUC (as
   ROC-AUC and as the integral of min(R, U)), TPR at 1% FPR, p-values, bootstrap confidence
-  intervals over models; JSON, Markdown, PNG.
+  intervals over models; JSON, Markdown, PNG, and the report of a whole run.
 
-:mod:`~ipguard_jax.evaluation.benchmark` runs the whole pipeline (``ipguard evaluate``).
+The whole evaluation (``ipguard evaluate``): :mod:`~ipguard_jax.evaluation.protocol` (the
+settings, data splits, model specs and recipes), :mod:`~ipguard_jax.evaluation.modelset` (the
+models, trained or loaded), :mod:`~ipguard_jax.evaluation.scoring` (fingerprint configurations
+scored on them) and :mod:`~ipguard_jax.evaluation.pipeline` (all of it, and the training plan).
 
 Example:
     From matching rates already measured (:func:`evaluate` queries the models itself):
@@ -21,7 +26,6 @@ Example:
     ...                           {"seed1": other_clf})  # doctest: +SKIP
 """
 
-from ipguard_jax.evaluation import benchmark as benchmark
 from ipguard_jax.evaluation import postprocess as postprocess
 from ipguard_jax.evaluation.postprocess import PirateConfig as PirateConfig
 from ipguard_jax.evaluation.postprocess import build_model as build_model
@@ -48,3 +52,12 @@ from ipguard_jax.evaluation.zoo import array_digest as array_digest
 from ipguard_jax.evaluation.zoo import default_model_dir as default_model_dir
 from ipguard_jax.evaluation.zoo import model_hash as model_hash
 from ipguard_jax.evaluation.zoo import recipe_key as recipe_key
+
+
+def __getattr__(name: str):
+    # The deprecated module (imported on first use only: importing it warns).
+    if name == "benchmark":
+        import importlib
+
+        return importlib.import_module("ipguard_jax.evaluation.benchmark")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,6 +31,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,7 @@ from ipguard_jax.fingerprints import Fingerprints
 from ipguard_jax.verification import binomial_sf, query_labels
 
 __all__ = ["EvaluationReport", "evaluate", "summarize", "roc_auc", "min_integral",
-           "bootstrap_intervals"]
+           "bootstrap_intervals", "data_label", "run_markdown", "write_run"]
 
 #: The metrics :func:`bootstrap_intervals` gives intervals for.
 INTERVAL_METRICS = ("aruc_roc", "aruc_min", "tpr_at_1pct_fpr")
@@ -606,3 +607,185 @@ def evaluate(fingerprints: Fingerprints, owner: Any, pirated: Mapping[str, Any],
     i = {name: _rate(fingerprints, m, name, "independent") for name, m in independent.items()}
     return summarize(p, i, num_points=len(fingerprints), thresholds=thresholds,
                      null_rate=null_rate, owner_rate=owner_rate, meta=meta)
+
+
+# --- the report of a whole evaluation run -------------------------------------------------------
+
+
+def data_label(data: str) -> str:
+    """The data as report titles name it: an archive or folder without the path it had.
+
+    Example:
+        >>> data_label("/home/me/datasets/cifar10-jpeg.tar.gz")
+        'cifar10-jpeg.tar.gz'
+        >>> data_label("tfds:imagenette/160px")
+        'tfds:imagenette/160px'
+    """
+    if data.startswith("tfds:"):  # a TFDS name may hold a "/" before its config
+        return data
+    return Path(data).name
+
+
+def _strict_json(value: Any) -> Any:
+    """NaN/inf (metrics of configs without fingerprints) as null, so any JSON reader copes."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
+
+
+def _cold_cost(result: Mapping[str, Any]) -> str:
+    """What the run costs with the model cache empty, from the times the cache recorded."""
+    costs = result["model_build_s"]
+    known = [v for v in costs.values() if v is not None]
+    t = result["timings_s"]
+    fingerprint_s = t["fingerprint_and_verify_s"]
+    other_s = t["total_s"] - fingerprint_s - t["owner_s"] - t["pirated_s"] - t["independent_s"]
+    text = (f"With the model cache empty this run needs about "
+            f"{(sum(known) + fingerprint_s + other_s) / 3600:.2f} h: building the {len(known)} "
+            f"models took {sum(known) / 3600:.2f} h (the times the cache recorded when each was "
+            f"built; a training run that stopped and resumed counts all its epochs), "
+            f"fingerprinting and verification {fingerprint_s / 60:.1f} min and the rest "
+            f"(loading data, test accuracies) {other_s / 60:.1f} min in this call.")
+    missing = sorted(n for n, v in costs.items() if v is None)
+    if missing:
+        text += f" No time recorded for {', '.join(missing)} (cached by an older version)."
+    return text
+
+
+def _conferrable_lines(result: Mapping[str, Any]) -> list[str]:
+    """The conferrable rows' members, screening counts and full cost, as Markdown lines."""
+    rows = [r for r in result["configs"] if r.get("method") == "conferrable"]
+    if not rows:
+        return []
+    built = result["model_build_s"]
+    members = [*result.get("surrogates", {}), *result.get("references", {})]
+    known = [built[n] for n in members if built.get(n) is not None]
+    lines = ["", "## Conferrable rows: members, screening and cost", "",
+             f"Surrogates ({len(result.get('surrogates', {}))}): "
+             f"{', '.join(result.get('surrogates', {}))}. References "
+             f"({len(result.get('references', {}))}): {', '.join(result.get('references', {}))}. "
+             "Made from the owner and its own split only; none of them is a scored model "
+             f"(checked). Training them took {sum(known) / 60:.1f} min"
+             + (f" ({len(members) - len(known)} without a recorded time)"
+                if len(known) < len(members) else "") + ", on top of each row's generation.",
+             "", "| config | candidates | owner converged | surrogates agree | references clear "
+             "| kept | gen. s |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        sc = r.get("screening") or {}
+        lines.append(f"| {r['config']} | {sc.get('candidates', '-')} | "
+                     f"{sc.get('owner_converged', '-')} | {sc.get('surrogates_agree', '-')} | "
+                     f"{sc.get('references_clear', '-')} | {sc.get('kept', '-')} | "
+                     f"{r['generation_s']:.1f} |")
+    return lines
+
+
+def run_markdown(result: Mapping[str, Any], reports: Mapping[str, EvaluationReport]) -> str:
+    """The Markdown report of an evaluation run (what ``ipguard evaluate`` writes as ``.md``).
+
+    A title naming the data and the owner, the command, the models and cache hits, what the
+    run costs with the cache empty, one table row per configuration (ARUC both ways with
+    bootstrap intervals, TPR at 1% FPR, the best threshold, convergence, fingerprints,
+    generation time), the conferrable rows' members and screening counts, then the matching
+    rate of every model under every configuration and the owner's test accuracy.
+
+    Args:
+        result: the run's results, as :func:`ipguard_jax.evaluation.pipeline.run` returns
+            them (``setting``, ``command``, ``pirated``, ``independent``, ``cache``,
+            ``timings_s``, ``model_build_s``, ``accuracy``, ``configs``, and ``surrogates`` and
+            ``references`` with conferrable rows).
+        reports: label -> report of each configuration that has fingerprints.
+
+    Returns:
+        The Markdown text.
+
+    Example:
+        >>> timings = {"total_s": 10.0, "fingerprint_and_verify_s": 4.0, "owner_s": 1.0,
+        ...            "pirated_s": 1.0, "independent_s": 1.0}
+        >>> result = {"setting": {"data": "/data/cifar10.tar.gz", "owner": "resnet20"},
+        ...           "command": "ipguard evaluate", "pirated": {}, "independent": {},
+        ...           "cache": {"hits": 0, "misses": 1}, "timings_s": timings,
+        ...           "model_build_s": {"owner": 60.0}, "configs": [],
+        ...           "accuracy": {"owner": 0.8}}
+        >>> print(run_markdown(result, {}).splitlines()[0])
+        # ARUC of IPGuard fingerprints (cifar10.tar.gz, owner resnet20)
+    """
+    lines = [
+        f"# ARUC of IPGuard fingerprints ({data_label(result['setting']['data'])}, owner "
+        f"{result['setting']['owner']})", "",
+        f"Command: `{result['command']}`", "",
+        f"Models: {len(result['pirated'])} pirated, {len(result['independent'])} independent; "
+        f"cache hits {result['cache']['hits']}, zoo hits {result['cache'].get('zoo_hits', 0)}, "
+        f"misses {result['cache']['misses']}"
+        + (f" (weights rounded to {result['cache']['precision']})"
+           if result["cache"].get("precision") else "")
+        + f"; total {result['timings_s']['total_s']:.0f} s.", "",
+        _cold_cost(result), "",
+        "ARUC (roc) = ROC-AUC of pirated vs independent matching rates, ties half. "
+        "ARUC (min) = integral over t of min(robustness(t), uniqueness(t)). "
+        "TPR@1%FPR = share of pirated models above every independent model's rate "
+        "when fewer than 100 independent models exist. Brackets: 95% percentile bootstrap "
+        "intervals over models (pirated and independent models resampled with "
+        "replacement).", "",
+        "| config | ARUC (roc) | ARUC (min) | TPR@1%FPR | best t | converged | "
+        "fingerprints | gen. s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["configs"]:
+        if r["num_fingerprints"] == 0:
+            lines.append(f"| {r['config']} | - | - | - | - | {r['convergence_rate']:.2f} | 0 | "
+                         f"{r['generation_s']:.1f} |")
+            continue
+        ci = r.get("intervals") or {}
+
+        def cell(name: str, digits: int) -> str:
+            value = f"{r[name]:.{digits}f}"
+            return value + (f" [{ci[name][0]:.{digits}f}, {ci[name][1]:.{digits}f}]"
+                            if name in ci else "")
+
+        lines.append(f"| {r['config']} | {cell('aruc_roc', 3)} | {cell('aruc_min', 3)} | "
+                     f"{cell('tpr_at_1pct_fpr', 2)} | {r['best_threshold']:.3f} | "
+                     f"{r['convergence_rate']:.2f} | {r['num_fingerprints']} | "
+                     f"{r['generation_s']:.1f} |")
+    lines += _conferrable_lines(result)
+    owner_s = result["model_build_s"].get("owner")
+    trained_in = f", trained in {owner_s / 60:.1f} min" if owner_s is not None else ""
+    owner_line = f"Owner test accuracy: {result['accuracy']['owner']:.3f}{trained_in}."
+    labels = list(reports)
+    if not labels:
+        return "\n".join([*lines, "", owner_line, ""])
+    lines += ["", "## Matching rate per model and configuration", "",
+              "| model | kind | test acc. | " + " | ".join(labels) + " |",
+              "|---|---|---|" + "---|" * len(labels)]
+    first = reports[labels[0]]
+    for kind, names in (("pirated", first.pirated), ("independent", first.independent)):
+        for n in names:
+            rates = " | ".join(f"{getattr(reports[lb], kind)[n]:.2f}" for lb in labels)
+            lines.append(f"| {n} | {kind} | {result['accuracy'][n]:.3f} | {rates} |")
+    lines += ["", owner_line, ""]
+    return "\n".join(lines)
+
+
+def write_run(out: str | os.PathLike, result: Mapping[str, Any],
+              reports: Mapping[str, EvaluationReport]) -> None:
+    """Writes an evaluation run's ``<out>.json`` (NaN as null), ``<out>.md``
+    (:func:`run_markdown`) and, when a configuration has a report, ``<out>.png``: the plot of
+    the best configuration (by ARUC as ROC-AUC, then as min-integral).
+
+    Args:
+        out: the path prefix; its parent directory is created.
+        result: the run's results (see :func:`run_markdown`).
+        reports: label -> report of each configuration that has fingerprints.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".json"), "w") as f:
+        json.dump(_strict_json(result), f, indent=2, default=str)
+    out.with_suffix(".md").write_text(run_markdown(result, reports))
+    if reports:
+        best = max(reports, key=lambda lb: (reports[lb].aruc_roc, reports[lb].aruc_min))
+        reports[best].plot(out.with_suffix(".png"),
+                           title=f"{data_label(result['setting']['data'])}: best config, {best}")

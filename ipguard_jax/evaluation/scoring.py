@@ -1,0 +1,175 @@
+"""Fingerprint configurations scored on pirated and independent models.
+
+:func:`configurations` lists what an evaluation fingerprints the owner with: the IPGuard grid
+of a :class:`~ipguard_jax.evaluation.protocol.Setting` (every margin ``k`` x initialisation x
+target choice), the baselines on the same owner (random points, FGSM, PGD, Carlini-Wagner),
+and the conferrable rows when a :class:`~ipguard_jax.conferrable.Conferrable` method is given.
+:func:`score` generates one configuration's fingerprint set and queries every model with it
+(:func:`~ipguard_jax.evaluation.evaluate`); :func:`score_all` does so for each configuration.
+
+Each configuration gives one result row: its label, method, ``k``, ``init``, ``target``, the
+number of fingerprints, the convergence rate, the generation time and the metrics of its
+:class:`~ipguard_jax.evaluation.EvaluationReport` (NaN where no point converged).
+
+Example:
+    >>> from ipguard_jax.evaluation import protocol
+    >>> setting = protocol.make_setting(quick=True, ks=[3], inits=["data"], targets=["random"],
+    ...                                 baselines=["fgsm"])
+    >>> [c.label for c in configurations(setting)]
+    ['k=3 init=data target=random', 'fgsm eps=0.1']
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from ipguard_jax.evaluation import protocol
+
+__all__ = ["Configuration", "configurations", "score", "score_all"]
+
+
+class Configuration(NamedTuple):
+    """One row of an evaluation: a fingerprint configuration and the method that makes it.
+
+    Attributes:
+        label: the row's name in the reports (``"k=3 init=data target=random"``).
+        config: the :class:`~ipguard_jax.FingerprintConfig`.
+        method: what :func:`~ipguard_jax.generate` runs (``"ipguard"`` or a method object).
+        row: the row's fields besides the results: ``method``, ``k``, ``init``, ``target``
+            (and, for conferrable rows, ``members_build_s``).
+    """
+
+    label: str
+    config: Any
+    method: Any
+    row: dict[str, Any]
+
+
+def configurations(setting: protocol.Setting, *, conferrable: Any = None,
+                   members_build_s: float = 0.0) -> list[Configuration]:
+    """The configurations an evaluation of ``setting`` scores, in the order of its report.
+
+    Args:
+        setting: the run's setting (its grid, ``num``, ``steps``, baselines, ``eps`` and
+            ``conferrable_ks``).
+        conferrable: the :class:`~ipguard_jax.conferrable.Conferrable` method of the
+            conferrable rows (none: no conferrable rows).
+        members_build_s: what its surrogates and references took to build, recorded in each
+            conferrable row.
+
+    Returns:
+        The IPGuard grid (``k`` x ``init`` x ``target``), then the baselines (start images from
+        the test split; adversarial ones keep only successful attacks, as IPGuard keeps
+        converged points), then one conferrable row per ``setting.conferrable_ks``.
+    """
+    import ipguard_jax as ipg
+    from ipguard_jax import methods
+
+    rows = []
+    for k in setting.ks:
+        for init in setting.inits:
+            for target in setting.targets:
+                config = ipg.FingerprintConfig(num=setting.num, k=k, steps=setting.steps,
+                                               init=init, target=target)
+                rows.append(Configuration(f"k={k:g} init={init} target={target}", config,
+                                          "ipguard", {"method": "ipguard", "k": k,
+                                                      "init": init, "target": target}))
+    eps = setting.eps
+    baseline_methods = {
+        "random": [("random init=data", methods.RandomPoints(), "data"),
+                   ("random init=noise", methods.RandomPoints(), "noise")],
+        "fgsm": [(f"fgsm eps={eps:.3g}", methods.FGSM(eps=eps), "data")],
+        "pgd": [(f"pgd-linf eps={eps:.3g}", methods.PGD(eps=eps, steps=20), "data")],
+        "cw": [("cw-l2 kappa=0 target=random", methods.CW(kappa=0.0), "data"),
+               ("cw-l2 kappa=5 target=random", methods.CW(kappa=5.0), "data")],
+    }
+    for name in setting.baselines:
+        for label, method, init in baseline_methods[name]:
+            config = ipg.FingerprintConfig(num=setting.num, init=init, target="random")
+            rows.append(Configuration(label, config, method,
+                                      {"method": name, "k": None, "init": init,
+                                       "target": "random" if name == "cw" else None}))
+    if conferrable is not None and setting.conferrable_ks:
+        target = setting.targets[0]
+        for k in setting.conferrable_ks:
+            config = ipg.FingerprintConfig(num=setting.num, k=k, steps=setting.steps,
+                                           init="data", target=target)
+            rows.append(Configuration(f"conferrable k={k:g} init=data target={target}",
+                                      config, conferrable,
+                                      {"method": "conferrable", "k": k, "init": "data",
+                                       "target": target, "members_build_s": members_build_s}))
+    return rows
+
+
+def score(configuration: Configuration, owner: Any, pirated: Mapping[str, Any],
+          independent: Mapping[str, Any], *, key: Any, data: Any = None
+          ) -> tuple[dict[str, Any], Any]:
+    """Fingerprints ``owner`` with one configuration and queries every model with the set.
+
+    Prints one line with the row's metrics (or that no point converged).
+
+    Args:
+        configuration: what to generate (:func:`configurations`).
+        owner: the owner's :class:`~ipguard_jax.Classifier`.
+        pirated: name -> classifier of each pirated copy.
+        independent: name -> classifier of each independent model.
+        key: the generation key (the same for every row: the rows differ by configuration).
+        data: start images of configurations with ``init="data"``.
+
+    Returns:
+        ``(row, report)``: the result row, and the
+        :class:`~ipguard_jax.evaluation.EvaluationReport` (``None`` when no point converged:
+        nothing to verify, the row's metrics are NaN).
+    """
+    import ipguard_jax as ipg
+    from ipguard_jax import evaluation as ev
+
+    label, config, method, fields = configuration
+    tg = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ipg.ConvergenceWarning)
+        fp = ipg.generate(owner, config, key=key,
+                          data=data if config.init == "data" else None,
+                          method=method, progress=False)
+    gen_s = time.perf_counter() - tg
+    row = {"config": label, **fields, "num_fingerprints": len(fp),
+           "convergence_rate": fp.convergence_rate, "generation_s": gen_s}
+    if "screening" in fp.metadata:
+        row["screening"] = fp.metadata["screening"]
+    if len(fp) == 0:  # no point reached the margin: nothing to verify
+        print(f"{label}: no fingerprint converged", flush=True)
+        return {**row, "aruc_roc": math.nan, "aruc_min": math.nan,
+                "tpr_at_1pct_fpr": math.nan, "best_threshold": math.nan,
+                "owner_rate": math.nan}, None
+    rep = ev.evaluate(fp, owner, pirated, independent, meta={
+        "config": config.to_dict(), "method": fp.metadata["method"],
+        "convergence_rate": fp.convergence_rate, "num_fingerprints": len(fp),
+        "generation_s": gen_s})
+    print(f"{label}: ARUC(roc)={rep.aruc_roc:.3f} ARUC(min)={rep.aruc_min:.3f} "
+          f"TPR@1%FPR={rep.tpr_at_1pct_fpr:.2f} conv={fp.convergence_rate:.2f} "
+          f"gen={gen_s:.1f}s", flush=True)
+    return {**row, "aruc_roc": rep.aruc_roc, "aruc_min": rep.aruc_min,
+            "tpr_at_1pct_fpr": rep.tpr_at_1pct_fpr, "best_threshold": rep.best_threshold,
+            "owner_rate": rep.owner_rate, "intervals": rep.intervals}, rep
+
+
+def score_all(configs: list[Configuration], owner: Any, pirated: Mapping[str, Any],
+              independent: Mapping[str, Any], *, key: Any, data: Any = None
+              ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """:func:`score` for each configuration, in order.
+
+    Returns:
+        ``(rows, reports)``: one row per configuration, and label -> report for the rows that
+        have one.
+    """
+    rows, reports = [], {}
+    for configuration in configs:
+        row, rep = score(configuration, owner, pirated, independent, key=key, data=data)
+        rows.append(row)
+        if rep is not None:
+            reports[configuration.label] = rep
+    return rows, reports
