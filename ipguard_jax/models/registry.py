@@ -35,6 +35,7 @@ _REGISTRY: dict[str, Callable[..., nnx.Module]] = {
     "vgg11": functools.partial(VGG, 11),
     "vgg13": functools.partial(VGG, 13),
     "vgg16": functools.partial(VGG, 16),
+    "wrn16_1": functools.partial(WideResNet, 16, 1),
     "wrn16_4": functools.partial(WideResNet, 16, 4),
     "wrn28_10": functools.partial(WideResNet, 28, 10),
     "mobilenet_v2": MobileNetV2,

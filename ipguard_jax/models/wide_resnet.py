@@ -87,7 +87,7 @@ class NetworkBlock(nnx.Module):
 class WideResNet(nnx.Module):
     """WRN-depth-k: 3x3 stem, 3 stages (16k/32k/64k), BN-ReLU, GAP, Linear.
 
-    Parameters with 10 classes: WRN-16-4 2,748,890, WRN-28-10 36,479,194.
+    Parameters with 10 classes: WRN-16-1 175,066, WRN-16-4 2,748,890, WRN-28-10 36,479,194.
 
     Input: ``(B, H, W, C)`` float32 in [0, 1]; designed for 32x32, any
     ``H, W >= 1`` works (two stride-2 stages, then global average pooling,
