@@ -296,6 +296,41 @@ def temp_leftovers(path: str | os.PathLike, suffix: str) -> Callable[[], Iterabl
     return lambda: path.parent.glob(pattern)
 
 
+def remove_tree(path: str | os.PathLike, *, attempts: int = 50, wait_s: float = 0.05) -> bool:
+    """Removes the directory ``path`` and everything in it, again while something refills it.
+
+    A failed save (a full disk, an interrupted write) can leave a writer thread of the
+    checkpointing library still finishing its files after the error reached us; one
+    ``rmtree`` then races with it and leaves the directory behind. This tries again, a short
+    wait apart, until the directory is gone.
+
+    Args:
+        path: the directory (a missing one is already removed).
+        attempts: how many removals to try.
+        wait_s: seconds between two tries.
+
+    Returns:
+        Whether ``path`` is gone.
+
+    Example:
+        >>> import os, tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     os.makedirs(os.path.join(tmp, "a", "b"))
+        ...     remove_tree(os.path.join(tmp, "a")), os.listdir(tmp)
+        (True, [])
+    """
+    import time
+
+    path = Path(path)
+    for attempt in range(attempts):
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            return True
+        if attempt + 1 < attempts:
+            time.sleep(wait_s)
+    return False
+
+
 def _remove_if_abandoned(entry: Path) -> None:
     """Removes the temporary ``entry`` if no live save holds its lock (see :func:`claimed`)."""
     try:

@@ -58,7 +58,8 @@ from ipguard_jax.storage import sealed
 from ipguard_jax.storage.digest import sha256_regular
 from ipguard_jax.storage.files import (UnsafeFileError, check_expansion, check_tree, claimed,
                                        fsync_path, fsync_tree, locked, orbax_array_specs,
-                                       read_regular, rename_new, temp_leftovers, write_atomic)
+                                       read_regular, remove_tree, rename_new, temp_leftovers,
+                                       write_atomic)
 # The manifest's format and checks, shared with sealed files; its public names stay
 # importable from here.
 from ipguard_jax.storage.manifest import (FORMAT, FORMAT_VERSION, MANIFEST,  # noqa: F401
@@ -197,7 +198,7 @@ def _save_directory(fingerprints: Fingerprints, path: Path, overwrite: bool) -> 
                         leftover.unlink(missing_ok=True)
         except BaseException:
             if _current_version_or_none(path) != version:
-                shutil.rmtree(path / version, ignore_errors=True)
+                remove_tree(path / version)
             raise
         return
     # A new set is built in a hidden sibling and renamed into place once complete.
@@ -211,7 +212,7 @@ def _save_directory(fingerprints: Fingerprints, path: Path, overwrite: bool) -> 
             rename_new(staging, path, "fingerprint directory")
             fsync_path(path.parent)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging)
 
 
 def _current_version_or_none(path: Path) -> str | None:
