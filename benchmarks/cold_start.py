@@ -94,8 +94,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         calls.append({"s": time.perf_counter() - t, "converged": float(fp.converged.mean()),
                       "runner": fp.metadata.get("runner")})
     return {"import_s": import_s, "calls": calls, "backend": jax.default_backend(),
-            "resolved": {f: fp.metadata.get("config", {}).get(f)
-                         for f in ("compact", "loop", "batch_size")}}
+            # What "auto" became for this run (generate records the resolved values).
+            "resolved": {f: fp.metadata.get(f) for f in ("loop", "compact", "backend")}}
 
 
 def _spawn(args: argparse.Namespace, variant: str, cache_dir: str, calls: int) -> dict[str, Any]:
