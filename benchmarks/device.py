@@ -68,6 +68,10 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _harness as harness  # noqa: E402
+# The PyTorch baselines are vs_pytorch.py's: its IPGuard loss and its compacting working set
+# (b2), both run on whatever device their tensors are on.
+from vs_pytorch import run_best_batched as torch_batched  # noqa: E402
+from vs_pytorch import torch_ipguard_loss as ipguard_loss  # noqa: E402
 
 MODELS = ("resnet18", "resnet50")
 #: Per size preset and model: image side, points, ipguard_jax batch, PyTorch working set,
@@ -152,18 +156,6 @@ def torch_device(platform: str):
     return None, f"torch does not see the {platform} device"
 
 
-def ipguard_loss(logits, i, j, k: float):
-    """Per-point IPGuard loss ``(B,)`` (the other classes' max masks ``i`` and ``j``)."""
-    import torch
-
-    z_i = logits.gather(1, i[:, None])[:, 0]
-    z_j = logits.gather(1, j[:, None])[:, 0]
-    classes = torch.arange(logits.shape[1], device=logits.device)
-    mask = (classes[None] == i[:, None]) | (classes[None] == j[:, None])
-    others = logits.masked_fill(mask, float("-inf")).amax(dim=1)
-    return torch.relu(z_i - z_j + k) + torch.relu(others - z_i)
-
-
 def sync(device) -> None:
     import torch
 
@@ -201,55 +193,6 @@ def torch_per_point(model, x0, i, j, *, k, lr, steps, tol, budget_s, device):
             break
     return {"points_run": len(times), "seconds": sum(times), "steps": steps_taken,
             "converged": converged}
-
-
-def torch_batched(model, x0, i, j, *, k, lr, steps, tol, capacity, b1=0.9, b2=0.999,
-                  eps=1e-8):
-    """The compacting working set of ``benchmarks/vs_pytorch.py`` (b2), on ``x0``'s device."""
-    import torch
-
-    n, device = len(x0), x0.device
-    res_loss = torch.zeros(n, device=device)
-    res_steps = torch.zeros(n, dtype=torch.int64, device=device)
-    empty = x0[:0].contiguous(memory_format=torch.channels_last)
-    ids = torch.zeros(0, dtype=torch.int64, device=device)
-    x, m, v = empty, empty.clone(), empty.clone()
-    count = torch.zeros(0, dtype=torch.int64, device=device)
-    next_id = 0
-    while True:
-        fresh = min(capacity - len(ids), n - next_id)
-        if fresh > 0:
-            new = torch.arange(next_id, next_id + fresh, device=device)
-            next_id += fresh
-            start = x0[new].contiguous(memory_format=torch.channels_last)
-            ids = torch.cat([ids, new])
-            x = torch.cat([x, start])
-            m = torch.cat([m, torch.zeros_like(start)])
-            v = torch.cat([v, torch.zeros_like(start)])
-            count = torch.cat([count, torch.zeros(fresh, dtype=torch.int64, device=device)])
-        if len(ids) == 0:
-            break
-        xr = x.detach().requires_grad_(True)
-        loss = ipguard_loss(model(xr), i[ids], j[ids], k)
-        (grad,) = torch.autograd.grad(loss.sum(), xr)
-        loss = loss.detach()
-        finished = (loss <= tol) | (count >= steps)
-        if bool(finished.any()):
-            done = ids[finished]
-            res_loss[done] = loss[finished]
-            res_steps[done] = count[finished]
-            keep = ~finished
-            ids, x, m, v, count, grad = (ids[keep], x[keep], m[keep], v[keep], count[keep],
-                                         grad[keep])
-            if len(ids) == 0:
-                continue
-        count = count + 1
-        m = b1 * m + (1 - b1) * grad
-        v = b2 * v + (1 - b2) * grad * grad
-        c1 = (1 - b1 ** count.double()).float().view(-1, 1, 1, 1)
-        c2 = (1 - b2 ** count.double()).float().view(-1, 1, 1, 1)
-        x = (x - lr * (m / c1) / ((v / c2).sqrt() + eps)).clamp_(0.0, 1.0)
-    return {"steps": res_steps.cpu().numpy(), "converged": (res_loss <= tol).cpu().numpy()}
 
 
 def build_owner(arch: str, image: int, x0: np.ndarray, logit_std: float):

@@ -251,7 +251,7 @@ def torch_ipguard_loss(logits, i, j, k: float):
 
     z_i = logits.gather(1, i[:, None])[:, 0]
     z_j = logits.gather(1, j[:, None])[:, 0]
-    classes = torch.arange(logits.shape[1])
+    classes = torch.arange(logits.shape[1], device=logits.device)
     mask = (classes[None] == i[:, None]) | (classes[None] == j[:, None])
     others = logits.masked_fill(mask, float("-inf")).amax(dim=1)
     return torch.relu(z_i - z_j + k) + torch.relu(others - z_i)
@@ -338,31 +338,32 @@ def run_best_batched(model, x0, i, j, *, k, lr, steps, tol, capacity,
     pass; points with ``loss <= tol`` or with ``steps`` updates leave the set (their result is
     this measurement), fresh points take their places while any are left, and the set shrinks
     after that. Adam is written out with a per-point step count (refilled points start at 0),
-    so each point follows the same path as alone.
+    so each point follows the same path as alone. Runs on ``x0``'s device (``model`` and ``i``,
+    ``j`` must be there too); the results come back as host arrays.
     """
     import torch
 
-    n = len(x0)
+    n, device = len(x0), x0.device
     res_x = torch.empty_like(x0)
-    res_labels = torch.zeros(n, dtype=torch.int64)
-    res_loss = torch.zeros(n)
-    res_steps = torch.zeros(n, dtype=torch.int64)
+    res_labels = torch.zeros(n, dtype=torch.int64, device=device)
+    res_loss = torch.zeros(n, device=device)
+    res_steps = torch.zeros(n, dtype=torch.int64, device=device)
     empty = x0[:0].contiguous(memory_format=torch.channels_last)
-    ids = torch.zeros(0, dtype=torch.int64)
+    ids = torch.zeros(0, dtype=torch.int64, device=device)
     x, m, v = empty, empty.clone(), empty.clone()
-    count = torch.zeros(0, dtype=torch.int64)
+    count = torch.zeros(0, dtype=torch.int64, device=device)
     next_id = 0
     while True:
         fresh = min(capacity - len(ids), n - next_id)
         if fresh > 0:  # refill free slots with the next points
-            new = torch.arange(next_id, next_id + fresh)
+            new = torch.arange(next_id, next_id + fresh, device=device)
             next_id += fresh
             start = x0[new].contiguous(memory_format=torch.channels_last)
             ids = torch.cat([ids, new])
             x = torch.cat([x, start])
             m = torch.cat([m, torch.zeros_like(start)])
             v = torch.cat([v, torch.zeros_like(start)])
-            count = torch.cat([count, torch.zeros(fresh, dtype=torch.int64)])
+            count = torch.cat([count, torch.zeros(fresh, dtype=torch.int64, device=device)])
         if len(ids) == 0:
             break
         xr = x.detach().requires_grad_(True)
@@ -389,8 +390,8 @@ def run_best_batched(model, x0, i, j, *, k, lr, steps, tol, capacity,
         c1 = (1 - b1 ** count.double()).float().view(shape)
         c2 = (1 - b2 ** count.double()).float().view(shape)
         x = (x - lr * (m / c1) / ((v / c2).sqrt() + eps)).clamp_(0.0, 1.0)
-    return _result(res_x.numpy(), res_labels.numpy(), res_loss.numpy(),
-                   (res_loss <= tol).numpy(), res_steps.numpy())
+    return _result(res_x.cpu().numpy(), res_labels.cpu().numpy(), res_loss.cpu().numpy(),
+                   (res_loss <= tol).cpu().numpy(), res_steps.cpu().numpy())
 
 
 # --- timing (harness.clock: one call, its result waited for) ----------------------------------
