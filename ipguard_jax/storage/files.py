@@ -614,7 +614,8 @@ def orbax_array_specs(directory: str | os.PathLike) -> dict[str, tuple[np.dtype,
     """
     import orbax.checkpoint as ocp
 
-    meta = ocp.PyTreeCheckpointer().metadata(Path(directory))
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        meta = checkpointer.metadata(Path(directory))
     tree = getattr(meta, "item_metadata", meta)  # a StepMetadata in recent orbax versions
     tree = getattr(tree, "tree", tree)
     if not isinstance(tree, Mapping):

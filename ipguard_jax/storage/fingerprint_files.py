@@ -98,7 +98,11 @@ def _orbax_save(directory: Path, arrays: dict[str, np.ndarray], target: Path) ->
     import orbax.checkpoint as ocp
 
     try:
-        ocp.PyTreeCheckpointer().save(directory, arrays)
+        # Closed on the way out, failure included: a save that failed part-way (a full disk)
+        # otherwise leaves the checkpointer's writers running while the caller removes the
+        # staging directory, and their event loop dies with a traceback at exit.
+        with ocp.PyTreeCheckpointer() as checkpointer:
+            checkpointer.save(directory, arrays)
     except ValueError as e:
         text = str(e)
         for code in (errno.ENOSPC, errno.EDQUOT):
@@ -377,7 +381,8 @@ def _load_version(path: Path, version: str) -> Fingerprints:
             stored = orbax_array_specs(store)
         _check_arrays(path, expected, stored)  # the store allocates what it declares
         with _array_store_errors(path):
-            restored = ocp.PyTreeCheckpointer().restore(store)
+            with ocp.PyTreeCheckpointer() as checkpointer:
+                restored = checkpointer.restore(store)
             arrays = {name: np.asarray(restored[name]) for name in ARRAY_FIELDS}
     _check_arrays(path, expected, {name: (a.dtype, a.shape) for name, a in arrays.items()})
     return build_fingerprints(path, arrays, manifest)
