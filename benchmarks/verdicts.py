@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from ipguard_jax.cli.evaluate import add_arguments, setting_from_args
-from ipguard_jax.evaluation import factories, protocol
+from ipguard_jax.evaluation import protocol
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CIFAR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -185,57 +185,26 @@ def analyse(fingerprints, pirated: dict[str, np.ndarray], independent: dict[str,
 def load_models(setting, *, seed: int, cache_dir=None, zoo=None, from_zoo: bool = False):
     """The owner, pirated and independent classifiers of the ARUC benchmark's run.
 
-    The same recipes as :func:`ipguard_jax.evaluation.pipeline.run`, so the models come
-    from its cache (or zoo); what is missing is trained (unless ``from_zoo``).
+    :func:`ipguard_jax.evaluation.modelset.build_models` with the run's cache (or zoo), so the
+    models are those of :func:`ipguard_jax.evaluation.pipeline.run`; what is missing is
+    trained (unless ``from_zoo``). The surrogates and references are not made.
 
     Returns:
         ``(owner, pirated, independent, test_ds)``: classifiers by name and the test split.
     """
     import ipguard_jax as ipg
-    from ipguard_jax import evaluation as ev
-    from ipguard_jax.evaluation import postprocess as pp
+    from ipguard_jax.evaluation import modelset
 
-    owner_ds, pirate_ds, indep_ds, test_ds = protocol.load_data(setting, seed)
-    num_classes = owner_ds.num_classes
-    input_shape = tuple(owner_ds.x.shape[1:])
-    cache = protocol.model_cache(cache_dir, zoo, from_zoo)
-
-    def trained(arch, kwargs, ds, data_name, model_seed):
-        config = protocol.train_config(setting, model_seed, len(ds))
-        recipe = protocol.trained_recipe(arch, kwargs, num_classes, ds, data_name,
-                                         model_seed, config)
-        return protocol.train_cached(
-            cache, recipe, lambda: pp.build_model(arch, num_classes, model_seed, **kwargs), ds,
-            config)
-
-    owner = trained(setting.owner, setting.owner_kwargs, owner_ds, "owner split", seed)
-    owner_hash = ev.model_hash(owner)
-    pirate_config = protocol.pirate_config(setting, seed)
-    data_hash = ev.array_digest(pirate_ds.x, pirate_ds.y)
-    pirated = {}
-    for name, kind, params in protocol.pirate_specs(setting):
-        recipe = protocol.pirate_recipe(owner_hash, kind, params, data_hash, pirate_config)
-        if kind == "distill" and "student" in params:
-            def like(a=params["student"], kw=params["student_kwargs"]):
-                return pp.build_model(a, num_classes, 0, **kw)
-        else:
-            def like():
-                return pp.build_model(setting.owner, num_classes, 0, **setting.owner_kwargs)
-
-        def make(partial, k=kind, p=params):
-            config = dataclasses.replace(pirate_config, checkpoint_dir=partial)
-            return pp.make_pirate(k, owner, pirate_ds.x, pirate_ds.y, config, **p)
-
-        pirated[name] = factories.cached_resumable(cache, recipe, make, like)
-    independent = {name: trained(arch, kwargs, ds, data_name, model_seed)
-                   for name, arch, kwargs, ds, data_name, model_seed
-                   in protocol.independent_specs(setting, owner_ds, indep_ds, seed)}
+    splits = protocol.load_data(setting, seed)
+    models = modelset.build_models(setting, splits, seed=seed, defender=False,
+                                   cache=protocol.model_cache(cache_dir, zoo, from_zoo))
+    input_shape = tuple(splits.owner.x.shape[1:])
 
     def clf(model):
         return ipg.Classifier.from_nnx(model, input_shape=input_shape)
 
-    return (clf(owner), {n: clf(m) for n, m in pirated.items()},
-            {n: clf(m) for n, m in independent.items()}, test_ds)
+    return (clf(models.owner), {n: clf(m) for n, m in models.pirated.items()},
+            {n: clf(m) for n, m in models.independent.items()}, splits.test)
 
 
 def run(setting, *, seed: int, cache_dir=None, zoo=None, from_zoo: bool = False,

@@ -162,7 +162,7 @@ class _Builder:
 
 
 def build_models(setting: protocol.Setting, splits: protocol.Splits, *, seed: int,
-                 cache) -> ModelSet:
+                 cache, defender: bool = True) -> ModelSet:
     """Makes or loads every model of a run: the owner first, then its pirated copies, the
     independent models and (with conferrable rows) the surrogates and references.
 
@@ -173,6 +173,10 @@ def build_models(setting: protocol.Setting, splits: protocol.Splits, *, seed: in
         cache: the :class:`~ipguard_jax.evaluation.ModelCache`
             (:func:`~ipguard_jax.evaluation.protocol.model_cache`); its zoo, if any, receives
             every model it does not hold yet.
+        defender: also make the surrogates and references of the conferrable rows (when
+            the setting has any); ``False`` makes only the owner and the scored models (the
+            pirated copies are the same either way), and leaves ``surrogates`` and
+            ``references`` empty.
 
     Returns:
         The :class:`ModelSet`.
@@ -189,8 +193,8 @@ def build_models(setting: protocol.Setting, splits: protocol.Splits, *, seed: in
     owner_ds, pirate_ds, indep_ds, _ = splits
     pirates = protocol.pirate_specs(setting)
     indep_specs = protocol.independent_specs(setting, owner_ds, indep_ds, seed)
-    sur_specs = protocol.surrogate_specs(setting)
-    ref_specs = protocol.reference_specs(setting)
+    sur_specs = protocol.surrogate_specs(setting) if defender else []
+    ref_specs = protocol.reference_specs(setting) if defender else []
     names = [spec[0] for spec in indep_specs] + [spec[0] for spec in pirates] + [
         spec[0] for spec in sur_specs] + [spec[0] for spec in ref_specs]
     if len(set(names)) != len(names):
