@@ -65,7 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ipguard_jax import core
-from ipguard_jax.methods import Method, Plan
+from ipguard_jax.methods import Method, Plan, bind_ipguard_settings, check_ipguard_settings
 from ipguard_jax.classifier import Classifier
 
 __all__ = ["Conferrable", "MemberGroup", "stack_members", "member_lead"]
@@ -236,8 +236,10 @@ def _non_negative(name: str, value: Any) -> None:
 class Conferrable(Method):
     """IPGuard boundary points that surrogates also give and references do not.
 
-    The owner's term is IPGuard's loss with the run's ``FingerprintConfig.k``; ``steps``,
-    ``lr``, ``optimizer`` and ``tol`` also come from the config, as for IPGuard.
+    The owner's term is IPGuard's loss with margin ``k``; ``k``, ``steps``, ``lr`` and
+    ``tol`` are the method's when given (as for :class:`~ipguard_jax.methods.IPGuard`), else
+    the run's :class:`~ipguard_jax.FingerprintConfig`'s; the optimiser, when not Adam, is
+    ``FingerprintConfig.optimizer``.
 
     Attributes:
         surrogates: models derived from the owner (a mapping name -> :class:`Classifier`, or a
@@ -250,6 +252,7 @@ class Conferrable(Method):
         min_surrogates: share of the surrogates that must meet their condition (the others
             are free): ``1.0`` means all of them.
         min_references: share of the references that must meet theirs.
+        k, steps, lr, tol: IPGuard's settings (``None``: the config's).
 
     The defaults (margins 1 and 3, shares 0.8) were chosen on development models that no
     evaluation scores (``benchmarks/tune_conferrable.py``, results in
@@ -280,6 +283,10 @@ class Conferrable(Method):
     reference_weight: float = 1.0
     min_surrogates: float = 0.8
     min_references: float = 0.8
+    k: float | None = None
+    steps: int | None = None
+    lr: float | None = None
+    tol: float | None = None
 
     name: ClassVar[str] = "conferrable"
     config_fields: ClassVar[tuple[str, ...]] = ("k", "steps", "lr", "optimizer", "tol")
@@ -295,6 +302,7 @@ class Conferrable(Method):
             _non_negative(name, getattr(self, name))
         _share("min_surrogates", self.min_surrogates)
         _share("min_references", self.min_references)
+        check_ipguard_settings(self)
         object.__setattr__(self, "surrogates", surrogates)
         object.__setattr__(self, "references", references)
         object.__setattr__(self, "_groups", {
@@ -361,8 +369,12 @@ class Conferrable(Method):
                 f"reference_margin={self.reference_margin}, min_surrogates="
                 f"{self.min_surrogates}, min_references={self.min_references})")
 
+    def bind(self, config):
+        return bind_ipguard_settings(self, config)
+
     def to_dict(self) -> dict[str, Any]:
-        """Name, parameters and the members' names and parameter digests (JSON-able).
+        """Name, parameters and the members' names and parameter digests (JSON-able); ``k``,
+        ``steps``, ``lr`` and ``tol`` are in the run's config.
 
         Returns:
             ``{"name": "conferrable", "params": {...}}``.

@@ -47,6 +47,11 @@ class FingerprintConfig:
         optimizer: any optax ``GradientTransformation``; ``None`` means ``optax.adam(lr)``. Each
             point gets its own optimiser state.
         tol: a point whose loss is ``<= tol`` stops moving and counts as converged.
+
+            ``k``, ``steps``, ``lr`` and ``tol`` are IPGuard's settings: they may instead be
+            given to the method, ``generate(..., method=IPGuard(k=10.0))``, which runs as
+            ``FingerprintConfig(k=10.0)`` does (the set records the config that ran). The
+            baselines refuse them (they carry their own parameters).
         init: ``"data"`` starts from given images; ``"noise"`` from uniform noise in the bounds.
         target: ``"random"`` (uniform over the classes other than ``i``) or ``"least_likely"``.
         batch_size: candidate points optimised together; device memory is O(batch_size).

@@ -273,7 +273,7 @@ def generate(
         >>> len(fp), bool(fp.converged.all()), bool((fp.labels == fp.j).all())
         (8, True, True)
     """
-    method = _check_arguments(classifier, config, method, checkpoint_every)
+    method, config = _check_arguments(classifier, config, method, checkpoint_every)
     compile_cache.ensure_enabled()
     saver = None if checkpoint is None else Checkpoint(checkpoint, checkpoint_every)
     key, key_source = _resolve_key(key, saver)
@@ -368,8 +368,9 @@ def generate(
 
 
 def _check_arguments(classifier: Any, config: Any, method: Any, checkpoint_every: Any
-                     ) -> methods.Method:
-    """The method, once the arguments of :func:`generate` fit together."""
+                     ) -> tuple[methods.Method, FingerprintConfig]:
+    """The method and the config the run uses (the method's own settings in it), once the
+    arguments of :func:`generate` fit together."""
     if not isinstance(classifier, Classifier):
         raise TypeError(f"classifier must be an ipguard_jax.Classifier, got "
                         f"{type(classifier).__name__}")
@@ -380,11 +381,12 @@ def _check_arguments(classifier: Any, config: Any, method: Any, checkpoint_every
         raise ValueError(f"precision={config.precision!r} is for the ipguard method; the "
                          f"baselines run in float32")
     method.check(classifier)
+    config = method.bind(config)
     method.check_config(config)
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) \
             or checkpoint_every <= 0:
         raise ValueError(f"checkpoint_every must be an int > 0, got {checkpoint_every!r}")
-    return method
+    return method, config
 
 
 def _resolve_key(key: Any, saver: Checkpoint | None) -> tuple[jax.Array, str]:

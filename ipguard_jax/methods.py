@@ -21,8 +21,8 @@ A string picks the method with its default parameters; an instance sets them. Th
 :class:`~ipguard_jax.FingerprintConfig` still decides ``num``, ``init``, ``target`` (the target
 class ``j`` of the targeted attacks), ``batch_size``, ``keep`` (``"converged"`` keeps
 successful attacks: a changed label for untargeted ones, the target for targeted ones) and the
-loop; its ``k``, ``steps``, ``lr``, ``optimizer`` and ``tol`` belong to IPGuard and the
-baselines carry their own.
+loop; its ``k``, ``steps``, ``lr``, ``optimizer`` and ``tol`` belong to IPGuard (which can
+also hold its own: ``IPGuard(k=10.0, steps=500)``) and the baselines carry their own.
 
 Example:
     >>> import jax.numpy as jnp
@@ -51,8 +51,9 @@ from ipguard_jax.core.objectives import (
     CW_OBJECTIVE, IPGUARD, RANDOM_OBJECTIVE, TARGETED_L2, TARGETED_LINF, UNTARGETED_L2,
     UNTARGETED_LINF, Objective, random_start_l2, random_start_linf, normalized_step, sign_step)
 
-__all__ = ["Method", "IPGuard", "RandomPoints", "FGSM", "PGD", "CW", "METHODS", "resolve_method",
-           "sign_step", "normalized_step", "cw_search_update"]
+__all__ = ["Method", "IPGuard", "IPGUARD_SETTINGS", "bind_ipguard_settings",
+           "check_ipguard_settings", "RandomPoints", "FGSM", "PGD", "CW", "METHODS",
+           "resolve_method", "sign_step", "normalized_step", "cw_search_update"]
 
 
 class Plan(NamedTuple):
@@ -175,6 +176,21 @@ class Method:
         """
         del classifier
 
+    def bind(self, config: Any) -> Any:
+        """The config the run uses: ``config`` with the settings this method holds itself.
+
+        The default returns ``config`` as it is; :class:`IPGuard` and
+        :class:`~ipguard_jax.conferrable.Conferrable` put their ``k``, ``steps``, ``lr`` and
+        ``tol`` in it when they are given, so the set's recorded config is the one that ran.
+
+        Args:
+            config: the run's :class:`~ipguard_jax.FingerprintConfig`.
+
+        Returns:
+            A :class:`~ipguard_jax.FingerprintConfig`.
+        """
+        return config
+
     def check_config(self, config: Any) -> None:
         """Refuses a config that sets IPGuard's own settings for a method that ignores them.
 
@@ -267,19 +283,104 @@ class Method:
         return {"name": self.name, "params": dataclasses.asdict(self)}
 
 
+#: IPGuard's settings that :class:`IPGuard` and the methods built on its loss may hold
+#: themselves instead of the :class:`~ipguard_jax.FingerprintConfig`.
+IPGUARD_SETTINGS = ("k", "steps", "lr", "tol")
+
+
+def bind_ipguard_settings(method: Method, config: Any) -> Any:
+    """``config`` with the IPGuard settings ``method`` holds (its fields that are not ``None``).
+
+    Raises:
+        ValueError: a setting given both to the method and, with another value, to the config.
+    """
+    defaults = type(config)()
+    given = {name: getattr(method, name) for name in IPGUARD_SETTINGS
+             if getattr(method, name) is not None}
+    for name, value in given.items():
+        current = getattr(config, name)
+        if current != getattr(defaults, name) and current != value:
+            raise ValueError(
+                f"{name} is set twice: {type(method).__name__}({name}={value!r}) and "
+                f"FingerprintConfig({name}={current!r}); set it in one place")
+    return dataclasses.replace(config, **given) if given else config
+
+
+def check_ipguard_settings(method: Method) -> None:
+    """Checks the IPGuard settings a method holds (``None``: the config's).
+
+    Raises:
+        TypeError: a setting that is not a number (``steps``: not an int).
+        ValueError: ``k`` or ``tol`` negative or not finite, ``lr`` or ``steps`` not > 0.
+    """
+    for name in ("k", "lr", "tol"):
+        value = getattr(method, name)
+        if value is not None:
+            _positive(name, value, zero_ok=name != "lr")
+    if method.steps is not None:
+        _positive("steps", method.steps, integer=True)
+
+
+def _without_settings(params: dict[str, Any]) -> dict[str, Any]:
+    # The settings are recorded once, in the run's config (see Method.bind).
+    return {name: value for name, value in params.items() if name not in IPGUARD_SETTINGS}
+
+
 @dataclasses.dataclass(frozen=True)
 class IPGuard(Method):
-    """IPGuard's boundary points; every parameter comes from the :class:`FingerprintConfig`.
+    """IPGuard's boundary points (Cao, Jia and Gong, AsiaCCS 2021).
+
+    Attributes:
+        k: the margin by which the target ``j`` must beat the runner-up ``i``, in logits.
+        steps: the most optimisation steps per point.
+        lr: Adam's learning rate.
+        tol: a point whose loss is ``<= tol`` stops and counts as converged.
+
+    Each is ``None`` by default: the :class:`~ipguard_jax.FingerprintConfig`'s value
+    (``FingerprintConfig(k=10)`` and ``IPGuard(k=10)`` run the same; the set's recorded
+    config holds the value that ran). The optimiser, when not Adam, is
+    ``FingerprintConfig.optimizer``.
+
+    Raises:
+        TypeError, ValueError: a setting that is not a number, or not finite and >= 0 (> 0
+            for ``lr``; ``steps`` an int > 0).
 
     Example:
         >>> from ipguard_jax import FingerprintConfig
         >>> from ipguard_jax.methods import IPGuard
         >>> IPGuard().budget(FingerprintConfig(steps=200))
         200
+        >>> IPGuard(k=10.0, steps=500).bind(FingerprintConfig()).k
+        10.0
+        >>> IPGuard(k=10.0).bind(FingerprintConfig(k=5.0))
+        Traceback (most recent call last):
+        ...
+        ValueError: k is set twice: IPGuard(k=10.0) and FingerprintConfig(k=5.0); set it in one place
     """
+
+    k: float | None = None
+    steps: int | None = None
+    lr: float | None = None
+    tol: float | None = None
 
     name: ClassVar[str] = "ipguard"
     config_fields: ClassVar[tuple[str, ...]] = ("k", "steps", "lr", "optimizer", "tol")
+
+    def __post_init__(self):
+        check_ipguard_settings(self)
+
+    def bind(self, config):
+        return bind_ipguard_settings(self, config)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Name and parameters; ``k``, ``steps``, ``lr`` and ``tol`` are in the run's config.
+
+        Example:
+            >>> from ipguard_jax.methods import IPGuard
+            >>> IPGuard(k=10.0).to_dict()
+            {'name': 'ipguard', 'params': {}}
+        """
+        return {"name": self.name, "params": _without_settings(dataclasses.asdict(self))}
 
     def plan(self, config):
         return Plan(IPGUARD, "adam", config.optimizer)

@@ -246,3 +246,28 @@ def test_a_baseline_refuses_ipguard_settings_it_would_ignore(owner, digits, fiel
         _run(owner, digits, PGD(eps=0.1), config)
     fp = _run(owner, digits, "ipguard", config)  # IPGuard reads them
     assert len(fp) == 4
+
+
+def test_ipguard_holding_its_settings_runs_as_the_config_that_holds_them(owner, digits):
+    settings = dict(k=5.0, steps=30, lr=0.05, tol=0.01)
+    by_config = _run(owner, digits, "ipguard", ipg.FingerprintConfig(num=8, keep="all",
+                                                                     **settings))
+    by_method = _run(owner, digits, ipg.methods.IPGuard(**settings),
+                     ipg.FingerprintConfig(num=8, keep="all"))
+    for field in ("x", "labels", "i", "j", "steps", "converged"):
+        np.testing.assert_array_equal(getattr(by_method, field), getattr(by_config, field))
+    assert int(by_method.steps.max()) <= 30
+    assert by_method.metadata["config"] == by_config.metadata["config"]  # the config that ran
+    assert by_method.metadata["config"]["k"] == 5.0
+    assert by_method.metadata["method"] == {"name": "ipguard", "params": {}}
+    # The same value in both places is one setting; two values are refused before any work.
+    _run(owner, digits, ipg.methods.IPGuard(k=5.0), ipg.FingerprintConfig(num=2, k=5.0,
+                                                                          keep="all"))
+    with pytest.raises(ValueError, match=r"k is set twice: IPGuard\(k=4.0\) and "
+                                         r"FingerprintConfig\(k=5.0\)"):
+        _run(owner, digits, ipg.methods.IPGuard(k=4.0), ipg.FingerprintConfig(num=2, k=5.0))
+    for bad, error in ((dict(k=-1.0), ValueError), (dict(steps=0), ValueError),
+                       (dict(steps=2.5), TypeError), (dict(lr=0.0), ValueError),
+                       (dict(tol=float("nan")), ValueError), (dict(k="3"), TypeError)):
+        with pytest.raises(error, match=next(iter(bad))):
+            ipg.methods.IPGuard(**bad)

@@ -133,6 +133,18 @@ def test_members_of_one_architecture_share_a_stacked_group():
     np.testing.assert_allclose(stacked[1], cnn[1](x)[0], rtol=1e-5, atol=1e-5)
 
 
+def test_ipguard_settings_held_by_the_method_are_the_runs(owner, digits, members):
+    method = Conferrable(surrogates=members[0], references=members[1], k=4.0, steps=20)
+    fp = _generate(owner, digits, method, num=4, keep="all")
+    assert fp.metadata["config"]["k"] == 4.0 and fp.metadata["config"]["steps"] == 20
+    assert int(fp.steps.max()) <= 20
+    assert "k" not in fp.metadata["method"]["params"]
+    with pytest.raises(ValueError, match=r"steps is set twice: Conferrable\(steps=20\)"):
+        _generate(owner, digits, method, num=4, steps=30)
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        Conferrable(surrogates=members[0], k=-2.0)
+
+
 def test_bad_members_and_parameters_are_refused(owner, members):
     surrogates, _ = members
     with pytest.raises(ValueError, match="at least one surrogate or reference"):
