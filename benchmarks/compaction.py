@@ -19,6 +19,9 @@ host-driven compaction's rule).
     python benchmarks/compaction.py --model mlp
     # the accelerator-path check on ResNet-20 (CIFAR-10 shapes; long on a CPU)
     python benchmarks/compaction.py --model resnet20 --points 512 --steps 1000 --ks 10
+    # the same on the CIFAR-10 owner of the repository's zoo, from CIFAR-10 test images (hours)
+    python benchmarks/compaction.py --model resnet20-zoo --points 512 --batch 128 \
+        --steps 1000 --ks 10 --variants device --refills 16
 
 Results: ``benchmarks/results/compaction_<model>.{json,md}``.
 """
@@ -41,6 +44,16 @@ VARIANTS = {  # name -> FingerprintConfig fields
     "host loop, compaction": {"loop": "host", "compact": True},
 }
 REFERENCE = "host loop, compaction"
+
+
+def zoo_owner():
+    """The ResNet-20 owner of the CIFAR-10 tables, from ``benchmarks/zoo/cifar10``."""
+    from ipguard_jax.evaluation import ModelZoo
+    from ipguard_jax.evaluation import postprocess as pp
+
+    zoo = ModelZoo(Path(__file__).resolve().parents[1] / "benchmarks" / "zoo" / "cifar10")
+    record = next(r for r in zoo.records() if r["name"] == "owner")
+    return zoo.load(record["recipe"], lambda: pp.build_model("resnet20", 10, 0))
 
 
 def parse_refill(rule: str):
@@ -73,7 +86,13 @@ def _useful(fp, config) -> dict:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="cnn", choices=["cnn", "mlp", "resnet20"])
+    p.add_argument("--model", default="cnn", choices=["cnn", "mlp", "resnet20", "resnet20-zoo"],
+                   help="the owner: the digits CNN or MLP (trained here), a ResNet-20 trained "
+                   "one epoch on noise (resnet20), or the CIFAR-10 owner of the repository's "
+                   "zoo started from CIFAR-10 test images (resnet20-zoo; needs --cifar)")
+    p.add_argument("--cifar", default=str(Path(__file__).resolve().parents[2] / "shared"
+                                          / "datasets" / "cifar10-jpeg.tar.gz"),
+                   help="CIFAR-10 as JPEG folders (archive or directory), for resnet20-zoo")
     p.add_argument("--points", type=int, default=256)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=300)
@@ -101,7 +120,11 @@ def main(argv=None) -> dict:
                 if args.variants == "all" or name == REFERENCE}
     variants.update({name: {"loop": "device", "compact": True} for name in policies})
 
-    if args.model == "resnet20":
+    if args.model == "resnet20-zoo":
+        shape = (32, 32, 3)
+        model = zoo_owner()
+        x = data.load_image_folder(args.cifar, "test").x[:args.points]
+    elif args.model == "resnet20":
         shape = (32, 32, 3)
         x = np.random.default_rng(0).uniform(size=(args.points, *shape)).astype(np.float32)
         model = pp.build_model("resnet20", 10, 0)

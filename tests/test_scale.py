@@ -73,6 +73,31 @@ def test_sharded_generation_and_verification_on_8_devices_equal_one_device(tmp_p
                                           results[f"{index}_{run}_labels"])
 
 
+@pytest.mark.slow  # a subprocess with 8 devices, two runs of 192 points each
+def test_each_device_compacts_its_own_slots(tmp_path):
+    # Device loop with compaction on 8 devices, 8 slots each: the same fingerprints as one
+    # device, with the refills done by each device on its own slots. The compiled loop's only
+    # collectives are the scalar reductions that decide when it stops (all-reduce): no
+    # candidate, point or result crosses devices until the host reads the results.
+    configs = [dict(num=192, batch_size=64, keep="all", k=10.0, steps=60, loop="device",
+                    compact=True),
+               dict(num=64, batch_size=64, k=3.0, steps=60, loop="device", compact=True)]
+    results = _run({"devices": 8, "compare": True, "collectives": True, "configs": configs,
+                    "out": str(tmp_path / "own.npz")})
+    for index in range(len(configs)):
+        sharded, single = f"{index}_sharded", f"{index}_single"
+        _assert_same(results, sharded, single)
+        assert results[f"{sharded}_all-reduce"] > 0
+        for op in ("all-gather", "all-to-all", "collective-permute", "reduce-scatter"):
+            assert results[f"{sharded}_{op}"] == 0, op
+        assert results[f"{sharded}_syncs"] <= 1 + np.log2(64)
+    # keep="all": every candidate ran, on 8 devices in about as many point-steps as on one
+    # (each device refills 2 of its 8 slots at a time, one device 4 of 64).
+    useful = int(results["0_single_steps"].sum())
+    share = {run: useful / int(results[f"0_{run}_point_steps"]) for run in ("sharded", "single")}
+    assert share["sharded"] >= 0.9 * share["single"] > 0.5, share
+
+
 @pytest.mark.slow  # subprocesses with 8 devices / 2 hosts
 def test_sharded_convolutional_owner_agrees_with_one_device(tmp_path):
     # Convolutions may round differently with 2 rows per device than with 16 on one.

@@ -42,6 +42,17 @@ def main() -> None:
         model = models.create("cnn", num_classes=10, in_channels=1, widths=(8, 16),
                               rngs=nnx.Rngs(0))
         owner = ipg.Classifier.from_nnx(model, input_shape=(8, 8, 1))
+    compiled = []  # with "collectives": the compiled programs of the loop's compaction
+    if spec.get("collectives"):
+        from ipguard_jax.runners import device_compacted
+
+        segment = device_compacted._segment
+
+        def spy(*args, **kwargs):
+            compiled.append(segment.lower(*args, **kwargs).compile().as_text())
+            return segment(*args, **kwargs)
+
+        device_compacted._segment = spy
     results = {}
     for index, fields in enumerate(spec["configs"]):
         config = ipg.FingerprintConfig(**fields)
@@ -59,6 +70,14 @@ def main() -> None:
                                                                   mesh=mesh)
             results[prefix + "devices"] = np.asarray(fp.metadata["devices"])
             results[prefix + "processes"] = np.asarray(fp.metadata["processes"])
+            for counter in ("point_steps", "syncs", "refills", "blocks"):
+                if counter in fp.metadata["runner"]:
+                    results[prefix + counter] = np.asarray(fp.metadata["runner"][counter])
+            if compiled:
+                text, compiled[:] = "\n".join(compiled), []
+                for op in ("all-reduce", "all-gather", "all-to-all", "collective-permute",
+                           "reduce-scatter"):
+                    results[prefix + op] = np.asarray(text.count(f" {op}("))
     out = spec["out"]
     tmp = f"{out}.tmp.npz"
     np.savez(tmp, **results)
