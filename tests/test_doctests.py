@@ -27,6 +27,7 @@ MODULES = [
     "ipguard_jax.methods",
     "ipguard_jax.baselines",
     "ipguard_jax.conferrable",
+    "ipguard_jax.seeds",
     "ipguard_jax.classifier",
     "ipguard_jax.config",
     "ipguard_jax.sharding",

@@ -728,3 +728,44 @@ def test_report_bootstrap_intervals_over_models(tmp_path):
     assert ev.EvaluationReport.from_dict(old).intervals == {}
     with pytest.raises(ValueError, match="bootstrap must be an int >= 0"):
         ev.summarize(pirated, independent, num_points=100, bootstrap=-1)
+
+
+def test_owner_mistake_rows_start_from_the_images_the_owner_gets_wrong(mlp_owner, cnn_owner,
+                                                                          digits, monkeypatch):
+    from ipguard_jax.evaluation import protocol, scoring
+    from ipguard_jax.seeds import owner_mistakes
+
+    owner = ipg.Classifier.from_nnx(mlp_owner, input_shape=(8, 8, 1))
+    independent = ipg.Classifier.from_nnx(cnn_owner, input_shape=(8, 8, 1))
+
+    setting = protocol.make_setting(quick=True, ks=[3, 1], inits=["data"], targets=["random"],
+                                    baselines=["mistakes"], conferrable_ks=[])
+    rows = [c for c in scoring.configurations(setting) if c.row.get("seeds")]
+    assert [c.label for c in rows] == ["random seeds=owner-mistakes",
+                                       "k=1 seeds=owner-mistakes target=random"]
+    x, y = digits[2].x, digits[2].y
+    wrong = owner_mistakes(owner, x, y)
+    assert 0 < len(wrong) < len(y) and (owner.predict(x[wrong]) != y[wrong]).all()
+    made = []
+    real = ipg.generate
+    monkeypatch.setattr(ipg, "generate", lambda *a, **kw: made.append(real(*a, **kw))
+                        or made[-1])
+    row, rep = scoring.score(rows[0], owner, {"owner": owner}, {"other": independent},
+                             key=0, data=x, labels=y)
+    assert row["seeds"] == "owner-mistakes" and rep.owner_rate == 1.0
+    # The points are the owner's mistakes, labelled with its (wrong) answers.
+    fp, = made
+    assert row["num_fingerprints"] == len(fp) > 0
+    index = {bytes(p): n for n, p in enumerate(x)}
+    at = np.asarray([index[bytes(p)] for p in np.asarray(fp.x)])
+    assert np.isin(at, wrong).all()
+    np.testing.assert_array_equal(fp.labels, owner.predict(x[at]))
+    assert (fp.labels != y[at]).all()
+    with pytest.raises(ValueError, match="need the test images and their labels"):
+        scoring.score(rows[1], owner, {"owner": owner}, {"other": independent}, key=0, data=x)
+    with pytest.raises(ValueError, match=r"labels outside the owner's classes \[0, 10\)"):
+        owner_mistakes(owner, x, np.full(len(x), 12))
+    with pytest.raises(ValueError, match="one label per example"):
+        owner_mistakes(owner, x, y[:-1])
+    with pytest.raises(TypeError, match="integer labels"):
+        owner_mistakes(owner, x, y.astype(np.float32))

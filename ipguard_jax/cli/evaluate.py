@@ -78,9 +78,11 @@ def add_arguments(parser: argparse.ArgumentParser, *,
     p.add_argument("--ks", default="1,3,10,30")
     p.add_argument("--inits", default="data,noise")
     p.add_argument("--targets", default="random,least_likely")
-    p.add_argument("--baselines", default="random,fgsm,pgd,cw",
+    p.add_argument("--baselines", default="random,fgsm,pgd,cw,mistakes",
                    help="baseline fingerprints to compare on the same models (comma-separated "
-                        "from random, fgsm, pgd, cw; 'none' for none)")
+                        "from random, fgsm, pgd, cw, mistakes; 'none' for none). 'mistakes': "
+                        "the test images the owner labels wrongly, as they are and as "
+                        "IPGuard's start points at the smallest k")
     p.add_argument("--eps", type=float, default=None,
                    help="L-inf radius of the FGSM/PGD baselines (default 0.1 on digits, 8/255 "
                         "on images)")

@@ -117,7 +117,7 @@ def run(setting: protocol.Setting, *, out: str | os.PathLike, command: str, seed
     t0 = time.perf_counter()
     rows, reports = score_all(
         configurations(setting, conferrable=conferrable, members_build_s=members_s),
-        owner, pirated, independent, key=seed, data=splits.test.x)
+        owner, pirated, independent, key=seed, data=splits.test.x, labels=splits.test.y)
     timings["fingerprint_and_verify_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
 

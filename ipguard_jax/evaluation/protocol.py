@@ -52,7 +52,7 @@ VARIANTS = {"seed1": ("independent", 1), "seed2": ("independent", 2),
 PRESETS = ("cpu", "wide")
 
 #: The baseline fingerprints an evaluation can compare with IPGuard's.
-BASELINES = ("random", "fgsm", "pgd", "cw")
+BASELINES = ("random", "fgsm", "pgd", "cw", "mistakes")
 
 #: Every model of a run is rounded to this precision as it is made (or loaded), so the models a
 #: run evaluates are exactly those a :class:`~ipguard_jax.evaluation.ModelZoo` keeps.
@@ -79,7 +79,7 @@ class Setting:
     Example:
         >>> setting = make_setting(quick=True, ks=[1, 3])
         >>> setting.data, setting.ks, setting.baselines
-        ('digits', [1.0, 3.0], ['random', 'fgsm', 'pgd', 'cw'])
+        ('digits', [1.0, 3.0], ['random', 'fgsm', 'pgd', 'cw', 'mistakes'])
     """
 
     data: str

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -88,6 +89,9 @@ def configurations(setting: protocol.Setting, *, conferrable: Any = None,
                ("cw-l2 kappa=5 target=random", methods.CW(kappa=5.0), "data")],
     }
     for name in setting.baselines:
+        if name == "mistakes":
+            rows += _mistake_rows(setting)
+            continue
         for label, method, init in baseline_methods[name]:
             config = ipg.FingerprintConfig(num=setting.num, init=init, target="random")
             rows.append(Configuration(label, config, method,
@@ -105,8 +109,30 @@ def configurations(setting: protocol.Setting, *, conferrable: Any = None,
     return rows
 
 
+def _mistake_rows(setting: protocol.Setting) -> list[Configuration]:
+    """The rows started from the test images the owner labels wrongly
+    (:func:`ipguard_jax.seeds.owner_mistakes`): the images themselves, labelled by the owner,
+    and IPGuard's points from them at the grid's smallest ``k`` (closest to the images)."""
+    import ipguard_jax as ipg
+    from ipguard_jax import methods
+
+    k = min(setting.ks) if setting.ks else 1.0
+    target = setting.targets[0] if setting.targets else "random"
+    seeds = {"init": "data", "seeds": "owner-mistakes"}
+    return [
+        Configuration("random seeds=owner-mistakes",
+                      ipg.FingerprintConfig(num=setting.num, init="data"),
+                      methods.RandomPoints(),
+                      {"method": "mistakes", "k": None, "target": None, **seeds}),
+        Configuration(f"k={k:g} seeds=owner-mistakes target={target}",
+                      ipg.FingerprintConfig(num=setting.num, k=k, steps=setting.steps,
+                                            init="data", target=target),
+                      "ipguard", {"method": "ipguard", "k": k, "target": target, **seeds}),
+    ]
+
+
 def score(configuration: Configuration, owner: Any, pirated: Mapping[str, Any],
-          independent: Mapping[str, Any], *, key: Any, data: Any = None
+          independent: Mapping[str, Any], *, key: Any, data: Any = None, labels: Any = None
           ) -> tuple[dict[str, Any], Any]:
     """Fingerprints ``owner`` with one configuration and queries every model with the set.
 
@@ -119,6 +145,10 @@ def score(configuration: Configuration, owner: Any, pirated: Mapping[str, Any],
         independent: name -> classifier of each independent model.
         key: the generation key (the same for every row: the rows differ by configuration).
         data: start images of configurations with ``init="data"``.
+        labels: their true labels; the rows seeded at the owner's mistakes
+            (``row["seeds"] == "owner-mistakes"``) start from the images among ``data`` the
+            owner labels wrongly, and need them. Such a row makes at most one fingerprint per
+            mistake and records how many there were (``row["seed_images"]``).
 
     Returns:
         ``(row, report)``: the result row, and the
@@ -129,6 +159,22 @@ def score(configuration: Configuration, owner: Any, pirated: Mapping[str, Any],
     from ipguard_jax import evaluation as ev
 
     label, config, method, fields = configuration
+    if fields.get("seeds") == "owner-mistakes":
+        from ipguard_jax.seeds import owner_mistakes
+
+        if data is None or labels is None:
+            raise ValueError(f"{label}: the owner-mistakes rows need the test images and "
+                             f"their labels (data=..., labels=...)")
+        data = data[owner_mistakes(owner, data, labels)]
+        fields = {**fields, "seed_images": len(data)}
+        if 0 < len(data) < config.num:  # as many fingerprints as there are mistakes
+            config = dataclasses.replace(config, num=len(data))
+        if not len(data):
+            print(f"{label}: the owner labels every test image right", flush=True)
+            return {"config": label, **fields, "num_fingerprints": 0,
+                    "convergence_rate": math.nan, "generation_s": 0.0, "aruc_roc": math.nan,
+                    "aruc_min": math.nan, "tpr_at_1pct_fpr": math.nan,
+                    "best_threshold": math.nan, "owner_rate": math.nan}, None
     tg = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ipg.ConvergenceWarning)
@@ -158,8 +204,8 @@ def score(configuration: Configuration, owner: Any, pirated: Mapping[str, Any],
 
 
 def score_all(configs: list[Configuration], owner: Any, pirated: Mapping[str, Any],
-              independent: Mapping[str, Any], *, key: Any, data: Any = None
-              ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+              independent: Mapping[str, Any], *, key: Any, data: Any = None,
+              labels: Any = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """:func:`score` for each configuration, in order.
 
     Returns:
@@ -168,7 +214,8 @@ def score_all(configs: list[Configuration], owner: Any, pirated: Mapping[str, An
     """
     rows, reports = [], {}
     for configuration in configs:
-        row, rep = score(configuration, owner, pirated, independent, key=key, data=data)
+        row, rep = score(configuration, owner, pirated, independent, key=key, data=data,
+                         labels=labels)
         rows.append(row)
         if rep is not None:
             reports[configuration.label] = rep
