@@ -441,11 +441,17 @@ def run_steps(
         >>> state.done.tolist(), state.steps.tolist()  # done after 2 steps; the rest wait
         ([True], [2])
     """
-    for _ in range(num_steps):
+    def one(state, _):
         enabled = True if max_steps is None else state.steps < max_steps
-        state = step_points(apply_fn, params, state, i, j, k=k, optimizer=optimizer, tol=tol,
-                            bounds=bounds, enabled=enabled, objective=objective, extra=extra,
-                            hyper=hyper)
+        return step_points(apply_fn, params, state, i, j, k=k, optimizer=optimizer, tol=tol,
+                           bounds=bounds, enabled=enabled, objective=objective, extra=extra,
+                           hyper=hyper), None
+
+    if num_steps == 0:
+        return state
+    # A scan unrolled in full: the step is traced once (a second process with the compiled
+    # program in its cache only traces), and the program has no loop construct.
+    state, _ = jax.lax.scan(one, state, None, length=num_steps, unroll=True)
     return state
 
 
