@@ -398,16 +398,15 @@ def pirate_specs(setting: Setting) -> list[tuple[str, str, dict[str, Any]]]:
         (f"distill-{student_arch}", "distill",
          {"temperature": 4.0, "student": student_arch, "student_kwargs": student_kwargs}),
         ("int8", "int8", {}),
+        # Extraction through a label-only API: a student of the owner's hard labels.
+        ("extract-same", "extract", {}),
     ]
-    if setting.conferrable_ks:
-        # What conferrable points must survive: extraction through a label-only API, and
-        # distillation into an architecture none of the surrogates has.
-        specs.append(("extract-same", "extract", {}))
-        if setting.heldout_student is not None:
-            arch, kwargs = setting.heldout_student
-            specs.append((f"distill-{arch}", "distill",
-                          {"temperature": 4.0, "label_copies": 2, "student": arch,
-                           "student_kwargs": kwargs}))
+    if setting.heldout_student is not None:
+        # Distillation into an architecture none of the conferrable rows' surrogates has.
+        arch, kwargs = setting.heldout_student
+        specs.append((f"distill-{arch}", "distill",
+                      {"temperature": 4.0, "label_copies": 2, "student": arch,
+                       "student_kwargs": kwargs}))
     return specs
 
 
