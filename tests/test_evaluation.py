@@ -769,3 +769,45 @@ def test_owner_mistake_rows_start_from_the_images_the_owner_gets_wrong(mlp_owner
         owner_mistakes(owner, x, y[:-1])
     with pytest.raises(TypeError, match="integer labels"):
         owner_mistakes(owner, x, y.astype(np.float32))
+
+
+def test_finished_rows_are_kept_and_a_rerun_makes_none_again(mlp_owner, cnn_owner, digits,
+                                                               tmp_path, monkeypatch):
+    from ipguard_jax.evaluation import protocol, scoring
+
+    owner = ipg.Classifier.from_nnx(mlp_owner, input_shape=(8, 8, 1))
+    other = ipg.Classifier.from_nnx(cnn_owner, input_shape=(8, 8, 1))
+    setting = protocol.make_setting(quick=True, ks=[3], inits=["data"], targets=["random"],
+                                    baselines=["random"], conferrable_ks=[], num=16)
+    configs = scoring.configurations(setting)
+    store = scoring.RowStore(tmp_path / "rows")
+    test = digits[2]
+    run = lambda: scoring.score_all(configs, owner, {"self": owner}, {"other": other}, key=0,
+                                    data=test.x, labels=test.y, store=store)
+    rows, reports = run()
+    files = sorted((tmp_path / "rows").glob("*.json"))
+    assert len(files) == len(configs) == 3
+    assert not list((tmp_path / "rows").glob("*.checkpoint"))  # removed after each row
+    # Again: every row comes from the store, nothing is generated.
+    monkeypatch.setattr(ipg, "generate", lambda *a, **kw: pytest.fail("generated again"))
+    again_rows, again_reports = run()
+    assert json.dumps(again_rows, sort_keys=True) == json.dumps(
+        json.loads(json.dumps(rows, default=float)), sort_keys=True)
+    assert {n: r.aruc_roc for n, r in again_reports.items()} == {
+        n: r.aruc_roc for n, r in reports.items()}
+    # A damaged, foreign or swapped file is not used: that row is made again.
+    monkeypatch.undo()
+    files[0].write_text("{not json")
+    record = json.loads(files[1].read_text())
+    files[2].write_text(json.dumps({**record, "key": "0" * 64}))
+    made = []
+    real = ipg.generate
+    monkeypatch.setattr(ipg, "generate", lambda *a, **kw: made.append(1) or real(*a, **kw))
+    run()
+    assert len(made) == 2
+    # Another model is another row.
+    key = scoring.RowStore.key(configs[0], owner, {"self": owner}, {"other": other}, key=0,
+                               data=test.x, labels=test.y)
+    assert key != scoring.RowStore.key(configs[0], owner, {"self": other}, {"other": owner},
+                                       key=0, data=test.x, labels=test.y)
+    assert scoring.RowStore.key(configs[0], owner, {"self": lambda x: x}, {}, key=0) is None

@@ -36,7 +36,7 @@ from typing import Any
 from ipguard_jax.evaluation import protocol
 from ipguard_jax.evaluation.modelset import build_models
 from ipguard_jax.evaluation.report import write_run
-from ipguard_jax.evaluation.scoring import configurations, score_all
+from ipguard_jax.evaluation.scoring import RowStore, configurations, score_all
 
 __all__ = ["QUICK_NAME", "FULL_NAME", "run", "plan", "format_plan"]
 
@@ -52,6 +52,12 @@ def run(setting: protocol.Setting, *, out: str | os.PathLike, command: str, seed
         cache_dir: str | os.PathLike | None = None, zoo: str | os.PathLike | None = None,
         from_zoo: bool = False) -> dict[str, Any]:
     """Trains (or loads) the models, fingerprints, verifies and writes the reports.
+
+    Everything is resumable: a model stopped part-way resumes from its epoch checkpoints, and
+    each finished row (configuration) is kept in ``<cache_dir>/rows`` (a
+    :class:`~ipguard_jax.evaluation.scoring.RowStore`), so a run stopped part-way and started
+    again with the same arguments makes only the rows it had not finished, and a row stopped
+    part-way resumes its generation from its checkpoint.
 
     Args:
         setting: what to run (see :func:`~ipguard_jax.evaluation.protocol.make_setting`).
@@ -117,7 +123,8 @@ def run(setting: protocol.Setting, *, out: str | os.PathLike, command: str, seed
     t0 = time.perf_counter()
     rows, reports = score_all(
         configurations(setting, conferrable=conferrable, members_build_s=members_s),
-        owner, pirated, independent, key=seed, data=splits.test.x, labels=splits.test.y)
+        owner, pirated, independent, key=seed, data=splits.test.x, labels=splits.test.y,
+        store=RowStore(cache.root / "rows"))
     timings["fingerprint_and_verify_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
 

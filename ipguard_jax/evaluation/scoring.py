@@ -22,15 +22,19 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from ipguard_jax.evaluation import protocol
 
-__all__ = ["Configuration", "configurations", "score", "score_all"]
+__all__ = ["Configuration", "RowStore", "configurations", "score", "score_all"]
 
 
 class Configuration(NamedTuple):
@@ -131,9 +135,125 @@ def _mistake_rows(setting: protocol.Setting) -> list[Configuration]:
     ]
 
 
+@functools.lru_cache(maxsize=1)
+def _source_digest() -> str:
+    """sha256 over the package's ``.py`` files (their paths and bytes)."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+class RowStore:
+    """The finished rows of an evaluation, one file each, so that a run stopped part-way
+    resumes at the rows it had not finished, and a row stopped part-way resumes its
+    generation from a checkpoint.
+
+    A row is known by a key over everything that decides it: the row's label, config and
+    method (with its members' parameter digests), the owner's and every scored model's
+    parameter digests, the generation key, the start data and their labels, and the
+    library's source (a digest of its ``.py`` files: rows made by other code are made again). A file is used only if it is a regular file of at most 16 MiB holding a row for
+    that key; anything else is ignored (and the row is made again).
+
+    Args:
+        root: the directory (made on the first write), e.g. ``<model cache>/rows``.
+
+    Example:
+        >>> import tempfile
+        >>> store = RowStore(tempfile.mkdtemp())
+        >>> store.load("0" * 64) is None
+        True
+    """
+
+    FORMAT = "ipguard_jax.evaluation.row-1"
+    MAX_BYTES = 16 * 2 ** 20
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser()
+
+    def __repr__(self) -> str:
+        return f"RowStore({str(self.root)!r})"
+
+    @staticmethod
+    def key(configuration: Configuration, owner: Any, pirated: Mapping[str, Any],
+            independent: Mapping[str, Any], *, key: Any, data: Any = None,
+            labels: Any = None) -> str | None:
+        """The row's key (sha256 hex), or ``None`` when something that decides it has no
+        digest (a suspect that is not a :class:`~ipguard_jax.Classifier`, a key that is not
+        an int)."""
+        import ipguard_jax as ipg
+        from ipguard_jax.storage.canonical import canonical_json
+        from ipguard_jax.storage.digest import array_digest, sha256_hex
+
+        label, config, method, fields = configuration
+        models = {"owner": owner, **{f"pirated/{n}": m for n, m in pirated.items()},
+                  **{f"independent/{n}": m for n, m in independent.items()}}
+        if isinstance(key, bool) or not isinstance(key, int) or not all(
+                isinstance(m, ipg.Classifier) for m in models.values()):
+            return None
+        described = {
+            "version": ipg.__version__, "source": _source_digest(), "label": label, "config": config.to_dict(),
+            "method": method if isinstance(method, str) else method.to_dict(),
+            "fields": {n: v for n, v in fields.items() if n != "members_build_s"},
+            "models": {n: m.params_hash for n, m in models.items()}, "key": key,
+            "data": None if data is None else array_digest(data),
+            "labels": None if labels is None else array_digest(labels)}
+        return sha256_hex(canonical_json(described, allow_nan=False))
+
+    def _path(self, key: str) -> Path:
+        if not (isinstance(key, str) and len(key) == 64
+                and all(c in "0123456789abcdef" for c in key)):
+            raise ValueError(f"a row key is 64 hex digits, got {key!r}")
+        return self.root / f"{key}.json"
+
+    def checkpoint(self, key: str) -> Path:
+        """Where the row's generation keeps its checkpoint while it runs."""
+        return self.root / f"{key}.checkpoint"
+
+    def load(self, key: str) -> tuple[dict[str, Any], Any] | None:
+        """``(row, report)`` of a finished row, or ``None``."""
+        from ipguard_jax.evaluation.report import EvaluationReport
+        from ipguard_jax.storage.files import UnsafeFileError, read_regular
+
+        path = self._path(key)
+        try:
+            record = json.loads(read_regular(path, max_bytes=self.MAX_BYTES))
+        except (FileNotFoundError, UnsafeFileError, OSError, ValueError):
+            return None
+        if not (isinstance(record, dict) and record.get("format") == self.FORMAT
+                and record.get("key") == key and isinstance(record.get("row"), dict)):
+            return None
+        report = record.get("report")
+        if report is not None:
+            try:
+                report = EvaluationReport(**report)
+            except TypeError:
+                return None
+        return record["row"], report
+
+    def save(self, key: str, row: Mapping[str, Any], report: Any) -> None:
+        """Keeps a finished row (written atomically)."""
+        from ipguard_jax.storage.files import write_atomic
+
+        def plain(value):
+            if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+                return value.item()
+            if hasattr(value, "tolist"):
+                return value.tolist()
+            raise TypeError(f"a row field of type {type(value).__name__} is not JSON-able")
+
+        record = {"format": self.FORMAT, "key": key, "row": dict(row),
+                  "report": None if report is None else dataclasses.asdict(report)}
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_atomic(self._path(key), json.dumps(record, default=plain))
+
+
 def score(configuration: Configuration, owner: Any, pirated: Mapping[str, Any],
-          independent: Mapping[str, Any], *, key: Any, data: Any = None, labels: Any = None
-          ) -> tuple[dict[str, Any], Any]:
+          independent: Mapping[str, Any], *, key: Any, data: Any = None, labels: Any = None,
+          store: RowStore | None = None) -> tuple[dict[str, Any], Any]:
     """Fingerprints ``owner`` with one configuration and queries every model with the set.
 
     Prints one line with the row's metrics (or that no point converged).
@@ -149,12 +269,30 @@ def score(configuration: Configuration, owner: Any, pirated: Mapping[str, Any],
             (``row["seeds"] == "owner-mistakes"``) start from the images among ``data`` the
             owner labels wrongly, and need them. Such a row makes at most one fingerprint per
             mistake and records how many there were (``row["seed_images"]``).
+        store: where finished rows are kept (:class:`RowStore`): a row found there is not
+            made again, and a row's generation checkpoints there while it runs.
 
     Returns:
         ``(row, report)``: the result row, and the
         :class:`~ipguard_jax.evaluation.EvaluationReport` (``None`` when no point converged:
         nothing to verify, the row's metrics are NaN).
     """
+    row_key = None if store is None else RowStore.key(
+        configuration, owner, pirated, independent, key=key, data=data, labels=labels)
+    if row_key is not None:
+        done = store.load(row_key)
+        if done is not None:
+            print(f"{configuration.label}: finished earlier ({store})", flush=True)
+            return done
+    row, rep = _score(configuration, owner, pirated, independent, key=key, data=data,
+                      labels=labels,
+                      checkpoint=None if row_key is None else store.checkpoint(row_key))
+    if row_key is not None:
+        store.save(row_key, row, rep)
+    return row, rep
+
+
+def _score(configuration, owner, pirated, independent, *, key, data, labels, checkpoint):
     import ipguard_jax as ipg
     from ipguard_jax import evaluation as ev
 
@@ -180,7 +318,7 @@ def score(configuration: Configuration, owner: Any, pirated: Mapping[str, Any],
         warnings.simplefilter("ignore", ipg.ConvergenceWarning)
         fp = ipg.generate(owner, config, key=key,
                           data=data if config.init == "data" else None,
-                          method=method, progress=False)
+                          method=method, progress=False, checkpoint=checkpoint)
     gen_s = time.perf_counter() - tg
     row = {"config": label, **fields, "num_fingerprints": len(fp),
            "convergence_rate": fp.convergence_rate, "generation_s": gen_s}
@@ -205,7 +343,8 @@ def score(configuration: Configuration, owner: Any, pirated: Mapping[str, Any],
 
 def score_all(configs: list[Configuration], owner: Any, pirated: Mapping[str, Any],
               independent: Mapping[str, Any], *, key: Any, data: Any = None,
-              labels: Any = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+              labels: Any = None, store: RowStore | None = None
+              ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """:func:`score` for each configuration, in order.
 
     Returns:
@@ -215,7 +354,7 @@ def score_all(configs: list[Configuration], owner: Any, pirated: Mapping[str, An
     rows, reports = [], {}
     for configuration in configs:
         row, rep = score(configuration, owner, pirated, independent, key=key, data=data,
-                         labels=labels)
+                         labels=labels, store=store)
         rows.append(row)
         if rep is not None:
             reports[configuration.label] = rep
