@@ -104,8 +104,11 @@ def configurations(setting: protocol.Setting, *, conferrable: Any = None,
     if conferrable is not None and setting.conferrable_ks:
         target = setting.targets[0]
         for k in setting.conferrable_ks:
+            # Compaction: most candidates run every step (they meet the owner's margin but
+            # not every member's), so a chunk would wait for its slowest; and a run stopped
+            # part-way resumes from its last refill, not its last whole chunk.
             config = ipg.FingerprintConfig(num=setting.num, k=k, steps=setting.steps,
-                                           init="data", target=target)
+                                           init="data", target=target, compact=True)
             rows.append(Configuration(f"conferrable k={k:g} init=data target={target}",
                                       config, conferrable,
                                       {"method": "conferrable", "k": k, "init": "data",
