@@ -197,14 +197,18 @@ class RowStore:
         if isinstance(key, bool) or not isinstance(key, int) or not all(
                 isinstance(m, ipg.Classifier) for m in models.values()):
             return None
-        described = {
-            "version": ipg.__version__, "source": _source_digest(), "label": label, "config": config.to_dict(),
-            "method": method if isinstance(method, str) else method.to_dict(),
-            "fields": {n: v for n, v in fields.items() if n != "members_build_s"},
-            "models": {n: m.params_hash for n, m in models.items()}, "key": key,
-            "data": None if data is None else array_digest(data),
-            "labels": None if labels is None else array_digest(labels)}
-        return sha256_hex(canonical_json(described, allow_nan=False))
+        try:
+            described = {
+                "version": ipg.__version__, "source": _source_digest(), "label": label,
+                "config": config.to_dict(),
+                "method": method if isinstance(method, str) else method.to_dict(),
+                "fields": {n: v for n, v in fields.items() if n != "members_build_s"},
+                "models": {n: m.params_hash for n, m in models.items()}, "key": key,
+                "data": None if data is None else array_digest(data),
+                "labels": None if labels is None else array_digest(labels)}
+            return sha256_hex(canonical_json(described, allow_nan=False))
+        except (TypeError, ValueError):  # something without a canonical form: not kept
+            return None
 
     def _path(self, key: str) -> Path:
         if not (isinstance(key, str) and len(key) == 64
