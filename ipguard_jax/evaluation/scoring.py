@@ -299,6 +299,11 @@ def score(configuration: Configuration, owner: Any, pirated: Mapping[str, Any],
     return row, rep
 
 
+#: The metrics of a row with no fingerprint to verify.
+_NO_METRICS = {"aruc_roc": math.nan, "aruc_min": math.nan, "tpr_at_1pct_fpr": math.nan,
+               "best_threshold": math.nan, "owner_rate": math.nan}
+
+
 def _score(configuration, owner, pirated, independent, *, key, data, labels, checkpoint):
     import ipguard_jax as ipg
     from ipguard_jax import evaluation as ev
@@ -317,9 +322,7 @@ def _score(configuration, owner, pirated, independent, *, key, data, labels, che
         if not len(data):
             print(f"{label}: the owner labels every test image right", flush=True)
             return {"config": label, **fields, "num_fingerprints": 0,
-                    "convergence_rate": math.nan, "generation_s": 0.0, "aruc_roc": math.nan,
-                    "aruc_min": math.nan, "tpr_at_1pct_fpr": math.nan,
-                    "best_threshold": math.nan, "owner_rate": math.nan}, None
+                    "convergence_rate": math.nan, "generation_s": 0.0, **_NO_METRICS}, None
     tg = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ipg.ConvergenceWarning)
@@ -333,9 +336,7 @@ def _score(configuration, owner, pirated, independent, *, key, data, labels, che
         row["screening"] = fp.metadata["screening"]
     if len(fp) == 0:  # no point reached the margin: nothing to verify
         print(f"{label}: no fingerprint converged", flush=True)
-        return {**row, "aruc_roc": math.nan, "aruc_min": math.nan,
-                "tpr_at_1pct_fpr": math.nan, "best_threshold": math.nan,
-                "owner_rate": math.nan}, None
+        return {**row, **_NO_METRICS}, None
     rep = ev.evaluate(fp, owner, pirated, independent, meta={
         "config": config.to_dict(), "method": fp.metadata["method"],
         "convergence_rate": fp.convergence_rate, "num_fingerprints": len(fp),
