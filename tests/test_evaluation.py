@@ -811,3 +811,5 @@ def test_finished_rows_are_kept_and_a_rerun_makes_none_again(mlp_owner, cnn_owne
     assert key != scoring.RowStore.key(configs[0], owner, {"self": other}, {"other": owner},
                                        key=0, data=test.x, labels=test.y)
     assert scoring.RowStore.key(configs[0], owner, {"self": lambda x: x}, {}, key=0) is None
+    with pytest.raises(ValueError, match="a row key is 64 hex digits, got '../x'"):
+        store.load("../x")
